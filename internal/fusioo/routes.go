@@ -1,0 +1,232 @@
+package fusioo
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Kind says what a route does to Fusioo's data, which decides whether an
+// attempt whose outcome is unknown (504, reset after the request was
+// written, timeout) may be sent again.
+type Kind int
+
+const (
+	// KindRead has no side effect: GET, HEAD, OPTIONS and the POST search
+	// routes. Always safe to send again.
+	KindRead Kind = iota
+	// KindWrite is an idempotent change (PUT, DELETE, RFC 9110): safe to
+	// send again unless retry.idempotent_writes is false.
+	KindWrite
+	// KindCreate makes a new record, discussion or webhook: sending it
+	// again may create a duplicate, so it is never re-sent once written.
+	KindCreate
+	// KindUpload creates a file: a create whose body (up to 25 MB) is
+	// streamed once and never buffered for replay.
+	KindUpload
+)
+
+var kindNames = [...]string{"read", "write", "create", "upload"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", int(k))
+}
+
+// ParseKind is the inverse of Kind.String, for configuration.
+func ParseKind(s string) (Kind, error) {
+	for i, n := range kindNames {
+		if n == s {
+			return Kind(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown route kind %q (want read, write, create or upload)", s)
+}
+
+// Route is one entry of the route table: a method and a path template
+// (version prefix stripped, "{name}" matching one path segment), whether
+// Fusioo charges it to the hourly quota, and what kind of call it is.
+type Route struct {
+	Method   string
+	Template string
+	Charged  bool
+	Kind     Kind
+	segs     []string
+}
+
+// Name is the bounded label used for metrics and logs: method and template,
+// never the raw path.
+func (r *Route) Name() string { return r.Method + " " + r.Template }
+
+// DefaultRoutes is Fusioo's v3 API as its guide documents it. GET /ping is
+// the one route documented as not rate limited; everything else is charged.
+func DefaultRoutes() []Route {
+	return []Route{
+		{Method: "GET", Template: "/ping", Charged: false, Kind: KindRead},
+		{Method: "GET", Template: "/apps", Charged: true, Kind: KindRead},
+		{Method: "GET", Template: "/apps/{app}", Charged: true, Kind: KindRead},
+		{Method: "GET", Template: "/records/apps/{app}", Charged: true, Kind: KindRead},
+		{Method: "POST", Template: "/records/apps/{app}", Charged: true, Kind: KindCreate},
+		{Method: "POST", Template: "/records/apps/{app}/filter", Charged: true, Kind: KindRead},
+		{Method: "GET", Template: "/records/apps/{app}/count", Charged: true, Kind: KindRead},
+		{Method: "POST", Template: "/records/apps/{app}/count/filter", Charged: true, Kind: KindRead},
+		{Method: "GET", Template: "/records/{record}", Charged: true, Kind: KindRead},
+		{Method: "PUT", Template: "/records/{record}", Charged: true, Kind: KindWrite},
+		{Method: "DELETE", Template: "/records/{record}", Charged: true, Kind: KindWrite},
+		{Method: "GET", Template: "/records/{record}/discussions", Charged: true, Kind: KindRead},
+		{Method: "POST", Template: "/records/{record}/discussions", Charged: true, Kind: KindCreate},
+		{Method: "GET", Template: "/files/{file}", Charged: true, Kind: KindRead},
+		{Method: "POST", Template: "/files/apps/{app}/fields/{field}", Charged: true, Kind: KindUpload},
+		{Method: "DELETE", Template: "/files/{file}", Charged: true, Kind: KindWrite},
+		{Method: "GET", Template: "/webhooks", Charged: true, Kind: KindRead},
+		{Method: "POST", Template: "/webhooks", Charged: true, Kind: KindCreate},
+		{Method: "GET", Template: "/webhooks/{webhook}", Charged: true, Kind: KindRead},
+		{Method: "PUT", Template: "/webhooks/{webhook}", Charged: true, Kind: KindWrite},
+		{Method: "DELETE", Template: "/webhooks/{webhook}", Charged: true, Kind: KindWrite},
+	}
+}
+
+// Routes is a compiled route table. The zero value is not usable; build one
+// with NewRoutes. It is read-only after construction and safe for
+// concurrent use.
+type Routes struct {
+	routes []Route
+	// unknown holds one fallback route per method, so an unmatched request
+	// still has a bounded name ("GET {unknown}").
+	unknown map[string]*Route
+	other   *Route
+}
+
+// NewRoutes compiles table. A later entry with the same method and template
+// replaces an earlier one, so configuration overrides are appended to
+// DefaultRoutes.
+func NewRoutes(table []Route) (*Routes, error) {
+	rs := &Routes{unknown: map[string]*Route{}}
+	index := map[string]int{}
+	for _, r := range table {
+		r.Method = strings.ToUpper(r.Method)
+		if r.Method == "" {
+			return nil, fmt.Errorf("route %q: empty method", r.Template)
+		}
+		if !strings.HasPrefix(r.Template, "/") {
+			return nil, fmt.Errorf("route %s %q: template must start with /", r.Method, r.Template)
+		}
+		r.Template = stripVersion(r.Template)
+		r.segs = split(r.Template)
+		for _, s := range r.segs {
+			if strings.HasPrefix(s, "{") != strings.HasSuffix(s, "}") {
+				return nil, fmt.Errorf("route %s %q: bad segment %q", r.Method, r.Template, s)
+			}
+		}
+		if i, ok := index[r.Name()]; ok {
+			rs.routes[i] = r
+			continue
+		}
+		index[r.Name()] = len(rs.routes)
+		rs.routes = append(rs.routes, r)
+	}
+	for _, m := range []string{"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"} {
+		rs.unknown[m] = unknownRoute(m)
+	}
+	rs.other = unknownRoute("OTHER")
+	return rs, nil
+}
+
+// unknownRoute is charged (Fusioo may count it) and, for POST and other
+// methods that may change data, treated as a create: the safe assumption.
+func unknownRoute(method string) *Route {
+	k := KindCreate
+	switch method {
+	case "GET", "HEAD", "OPTIONS":
+		k = KindRead
+	case "PUT", "DELETE":
+		k = KindWrite
+	}
+	return &Route{Method: method, Template: "{unknown}", Charged: true, Kind: k}
+}
+
+// Match returns the route for method and path. The first matching entry
+// wins, except that a template with fewer variables beats one with more
+// (so "/records/apps/{app}" is preferred to "/records/{record}/…" shapes).
+// Unknown paths get a charged fallback named "{unknown}". HEAD matches a GET
+// route when no HEAD route exists.
+func (rs *Routes) Match(method, path string) *Route {
+	segs := split(stripVersion(path))
+	if r := rs.match(method, segs); r != nil {
+		return r
+	}
+	if method == http.MethodHead {
+		if r := rs.match(http.MethodGet, segs); r != nil {
+			return r
+		}
+	}
+	if r, ok := rs.unknown[method]; ok {
+		return r
+	}
+	return rs.other
+}
+
+func (rs *Routes) match(method string, segs []string) *Route {
+	var best *Route
+	bestVars := 1 << 30
+	for i := range rs.routes {
+		r := &rs.routes[i]
+		if r.Method != method || len(r.segs) != len(segs) {
+			continue
+		}
+		vars, ok := 0, true
+		for j, s := range r.segs {
+			if s[0] == '{' {
+				if segs[j] == "" {
+					ok = false
+					break
+				}
+				vars++
+				continue
+			}
+			if s != segs[j] {
+				ok = false
+				break
+			}
+		}
+		if ok && vars < bestVars {
+			best, bestVars = r, vars
+		}
+	}
+	return best
+}
+
+// All returns every route of the table followed by the fallbacks, for
+// metrics that pre-initialise their label values.
+func (rs *Routes) All() []*Route {
+	out := make([]*Route, 0, len(rs.routes)+len(rs.unknown)+1)
+	for i := range rs.routes {
+		out = append(out, &rs.routes[i])
+	}
+	for _, m := range []string{"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"} {
+		out = append(out, rs.unknown[m])
+	}
+	return append(out, rs.other)
+}
+
+// stripVersion removes a leading /v1/ … /v9/ so one table serves every API
+// version.
+func stripVersion(p string) string {
+	if len(p) >= 3 && p[0] == '/' && p[1] == 'v' && p[2] >= '1' && p[2] <= '9' && (len(p) == 3 || p[3] == '/') {
+		if len(p) == 3 {
+			return "/"
+		}
+		return p[3:]
+	}
+	return p
+}
+
+func split(p string) []string {
+	p = strings.Trim(p, "/")
+	if p == "" {
+		return nil
+	}
+	return strings.Split(p, "/")
+}
