@@ -1,0 +1,103 @@
+// Package limiter decides when a request may be sent upstream: a local
+// smoother (x/time/rate) per key, a quota store that counts attempts in a
+// rolling window (in memory or in Redis), and a FIFO queue per key for
+// requests that may wait a bounded time for the quota to free.
+//
+// It knows nothing of HTTP. Keys are opaque strings (the proxy passes a hash
+// of the access token, never the token).
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Policy is the quota every key gets: never more than Limit attempts in any
+// rolling Window. A counted attempt occupies its slot for Window+Margin after
+// admission, because the upstream counts it when it receives it, some time
+// after the gateway admitted it; Margin must cover that delay.
+type Policy struct {
+	Limit   int
+	Window  time.Duration
+	Margin  time.Duration
+	Buckets int // sub-buckets per window; default 60
+}
+
+// DefaultBuckets is the number of sub-buckets a window is cut into. Each
+// store counts the oldest live bucket whole, which can never over-admit and
+// costs at most one bucket (1/DefaultBuckets) of the quota.
+const DefaultBuckets = 60
+
+// Validate reports a policy that cannot be enforced.
+func (p Policy) Validate() error {
+	switch {
+	case p.Limit <= 0:
+		return fmt.Errorf("limit must be positive, got %d", p.Limit)
+	case p.Window <= 0:
+		return fmt.Errorf("window must be positive, got %s", p.Window)
+	case p.Margin < 0:
+		return fmt.Errorf("margin must not be negative, got %s", p.Margin)
+	case p.Buckets < 0 || p.Buckets > 3600:
+		return fmt.Errorf("buckets must be between 1 and 3600, got %d", p.Buckets)
+	}
+	return nil
+}
+
+// Span is how long one counted attempt occupies its slot.
+func (p Policy) Span() time.Duration { return p.Window + p.Margin }
+
+// BucketWidth is the width of one sub-bucket: Span cut into Buckets parts,
+// rounded up to a whole millisecond so Redis (which counts in milliseconds)
+// and memory agree.
+func (p Policy) BucketWidth() time.Duration {
+	n := p.Buckets
+	if n <= 0 {
+		n = DefaultBuckets
+	}
+	w := (p.Span() + time.Duration(n) - 1) / time.Duration(n)
+	if r := w % time.Millisecond; r != 0 {
+		w += time.Millisecond - r
+	}
+	if w <= 0 {
+		w = time.Millisecond
+	}
+	return w
+}
+
+// Take asks a store for one slot.
+type Take struct {
+	// Ahead is the number of requests queued in front of the caller. With
+	// Ahead > 0 nothing is counted: the store only says, in RetryAfter, when
+	// Ahead+1 slots will have freed, so a request can tell whether joining
+	// the queue is worth it.
+	Ahead int
+}
+
+// Result is a store's answer. A denial is a result, not an error.
+type Result struct {
+	Allowed   bool
+	Limit     int
+	Remaining int // slots left in the window after this answer
+	// RetryAfter is, when Allowed is false, how long until the slot the
+	// caller needs frees (0: it is free now, but others are queued first).
+	RetryAfter time.Duration
+	// ResetAfter is how long until the oldest counted attempt stops
+	// counting, that is until Remaining next grows (0 when nothing counts).
+	ResetAfter time.Duration
+	// Blocked is set when the key was refused because the upstream said its
+	// quota is exhausted (see Store.Block), not because of local counting.
+	Blocked bool
+}
+
+// Store counts attempts per key. Implementations are safe for concurrent
+// use, make one atomic check-and-count per Take, and use one clock of their
+// own (the injected clock in memory, Redis TIME in Redis) so that clock skew
+// between replicas cannot over-admit.
+type Store interface {
+	Take(ctx context.Context, key string, t Take) (Result, error)
+	// Block refuses every Take for key for d: the upstream answered 20005
+	// (or asked to pause with Retry-After) although the count said there was
+	// room.
+	Block(ctx context.Context, key string, d time.Duration) error
+}
