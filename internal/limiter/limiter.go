@@ -133,9 +133,14 @@ func New(cfg Config) *Limiter {
 //
 // The key "" stands for requests without a token: only the anonymous local
 // limit applies to them.
-func (l *Limiter) Admit(ctx context.Context, key string) (Decision, error) {
+//
+// The wait ends by MaxWait from now, or by deadline when that is earlier
+// (a retry gets what is left of its request's wait), or by ctx's deadline.
+func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (Decision, error) {
 	start := l.clock.Now()
-	deadline := start.Add(l.cfg.MaxWait)
+	if limit := start.Add(l.cfg.MaxWait); deadline.IsZero() || limit.Before(deadline) {
+		deadline = limit
+	}
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}

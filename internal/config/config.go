@@ -1,0 +1,640 @@
+// Package config loads the gateway's one TOML file: defaults that work for
+// every key, environment overrides for secrets and addresses, and validation
+// that reports every bad or unknown key in one run.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// EnvPrefix starts every environment override: FUSIOO_GATEWAY_REDIS_URL
+// overrides redis.url, FUSIOO_GATEWAY_QUOTA_LIMIT overrides quota.limit.
+const EnvPrefix = "FUSIOO_GATEWAY_"
+
+// Duration is a time.Duration written as a Go duration string ("1h", "250ms").
+type Duration struct{ time.Duration }
+
+// Config is the whole file. Field tags name the TOML keys; `secret:"true"`
+// marks values Redacted hides.
+type Config struct {
+	Server    Server    `toml:"server"`
+	Upstream  Upstream  `toml:"upstream"`
+	Quota     Quota     `toml:"quota"`
+	Redis     Redis     `toml:"redis"`
+	Smoothing Smoothing `toml:"smoothing"`
+	Queue     Queue     `toml:"queue"`
+	Retry     Retry     `toml:"retry"`
+	Log       Log       `toml:"log"`
+	Routes    []Route   `toml:"routes"`
+}
+
+// Server configures the two listeners.
+type Server struct {
+	Listen            string   `toml:"listen"`
+	AdminListen       string   `toml:"admin_listen"`
+	ShutdownTimeout   Duration `toml:"shutdown_timeout"`
+	ReadHeaderTimeout Duration `toml:"read_header_timeout"`
+	IdleTimeout       Duration `toml:"idle_timeout"`
+	MaxBodyBytes      int64    `toml:"max_body_bytes"`
+	MaxHeaderBytes    int      `toml:"max_header_bytes"`
+}
+
+// Upstream is the one place requests go.
+type Upstream struct {
+	URL                 string   `toml:"url"`
+	Timeout             Duration `toml:"timeout"`
+	DialTimeout         Duration `toml:"dial_timeout"`
+	MaxIdleConnsPerHost int      `toml:"max_idle_conns_per_host"`
+}
+
+// Quota is each token's allowance.
+type Quota struct {
+	Limit          int      `toml:"limit"`
+	Window         Duration `toml:"window"`
+	Margin         Duration `toml:"margin"`
+	Buckets        int      `toml:"buckets"`
+	Store          string   `toml:"store"`
+	FallbackShare  float64  `toml:"fallback_share"`
+	OnStoreFailure string   `toml:"on_store_failure"`
+	PolicyName     string   `toml:"policy_name"`
+	KeySecret      string   `toml:"key_secret" secret:"true"`
+}
+
+// Redis configures the shared quota store.
+type Redis struct {
+	URL              string   `toml:"url" secret:"true"`
+	SentinelMaster   string   `toml:"sentinel_master"`
+	SentinelAddrs    []string `toml:"sentinel_addrs"`
+	SentinelPassword string   `toml:"sentinel_password" secret:"true"`
+	ClusterAddrs     []string `toml:"cluster_addrs"`
+	Username         string   `toml:"username"`
+	Password         string   `toml:"password" secret:"true"`
+	TLS              bool     `toml:"tls"`
+	KeyPrefix        string   `toml:"key_prefix"`
+	Timeout          Duration `toml:"timeout"`
+	PoolSize         int      `toml:"pool_size"`
+}
+
+// Smoothing is the local per-key rate (0 = derived from the quota).
+type Smoothing struct {
+	Rate           float64 `toml:"rate"`
+	Burst          int     `toml:"burst"`
+	AnonymousRate  float64 `toml:"anonymous_rate"`
+	AnonymousBurst int     `toml:"anonymous_burst"`
+}
+
+// Queue bounds waiting for quota.
+type Queue struct {
+	MaxWait   Duration `toml:"max_wait"`
+	MaxDepth  int      `toml:"max_depth"`
+	MaxQueued int      `toml:"max_queued"`
+}
+
+// Retry tunes the retry transport.
+type Retry struct {
+	MaxAttempts       int      `toml:"max_attempts"`
+	BaseDelay         Duration `toml:"base_delay"`
+	MaxDelay          Duration `toml:"max_delay"`
+	BudgetRatio       float64  `toml:"budget_ratio"`
+	MaxBodyBytes      int64    `toml:"max_body_bytes"`
+	MaxBufferBytes    int64    `toml:"max_buffer_bytes"`
+	IdempotentWrites  bool     `toml:"idempotent_writes"`
+	SerializeCooldown Duration `toml:"serialize_cooldown"`
+}
+
+// Log configures zap.
+type Log struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// Route overrides or extends one entry of the built-in route table.
+type Route struct {
+	Method   string `toml:"method"`
+	Template string `toml:"template"`
+	Charged  bool   `toml:"charged"`
+	Kind     string `toml:"kind"`
+}
+
+// Default returns the configuration used for every key a file leaves out.
+func Default() Config {
+	return Config{
+		Server: Server{
+			Listen:            ":8080",
+			AdminListen:       "127.0.0.1:9090",
+			ShutdownTimeout:   Duration{25 * time.Second},
+			ReadHeaderTimeout: Duration{10 * time.Second},
+			IdleTimeout:       Duration{120 * time.Second},
+			MaxBodyBytes:      26 << 20,
+			MaxHeaderBytes:    64 << 10,
+		},
+		Upstream: Upstream{
+			URL:                 "https://api.fusioo.com",
+			Timeout:             Duration{60 * time.Second},
+			DialTimeout:         Duration{5 * time.Second},
+			MaxIdleConnsPerHost: 256,
+		},
+		Quota: Quota{
+			Limit:          1000,
+			Window:         Duration{time.Hour},
+			Margin:         Duration{5 * time.Second},
+			Buckets:        60,
+			Store:          "memory",
+			FallbackShare:  0.5,
+			OnStoreFailure: "local",
+			PolicyName:     "hourly",
+		},
+		Redis: Redis{
+			KeyPrefix: "fgw",
+			Timeout:   Duration{50 * time.Millisecond},
+			PoolSize:  0,
+		},
+		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},
+		Queue:     Queue{MaxWait: Duration{30 * time.Second}, MaxDepth: 1000, MaxQueued: 10000},
+		Retry: Retry{
+			MaxAttempts:       5,
+			BaseDelay:         Duration{100 * time.Millisecond},
+			MaxDelay:          Duration{5 * time.Second},
+			BudgetRatio:       0.2,
+			MaxBodyBytes:      1 << 20,
+			MaxBufferBytes:    64 << 20,
+			IdempotentWrites:  true,
+			SerializeCooldown: Duration{10 * time.Second},
+		},
+		Log: Log{Level: "info", Format: "json"},
+	}
+}
+
+// Errors is every problem found in one load, one per key.
+type Errors []error
+
+func (e Errors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Unwrap lets errors.Is and errors.As see each problem.
+func (e Errors) Unwrap() []error { return e }
+
+// Load reads path (TOML), applies environment overrides from env (a list of
+// KEY=VALUE, as os.Environ returns) and validates the result. The error,
+// when not nil, is an Errors naming every bad key.
+func Load(path string, env []string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, env)
+}
+
+// Parse is Load on the file's contents.
+func Parse(data []byte, env []string) (Config, error) {
+	cfg := Default()
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		return Config{}, Errors{fmt.Errorf("config is not valid TOML: %w", err)}
+	}
+	var errs Errors
+	decodeStruct(reflect.ValueOf(&cfg).Elem(), raw, "", &errs)
+	applyEnv(reflect.ValueOf(&cfg).Elem(), "", env, &errs)
+	errs = append(errs, cfg.validate()...)
+	if len(errs) > 0 {
+		return Config{}, errs
+	}
+	return cfg, nil
+}
+
+var durationType = reflect.TypeOf(Duration{})
+
+// decodeStruct copies raw into v field by field, recording an error for
+// every unknown key and every value of the wrong type instead of stopping
+// at the first.
+func decodeStruct(v reflect.Value, raw map[string]any, prefix string, errs *Errors) {
+	known := map[string]bool{}
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		name := t.Field(i).Tag.Get("toml")
+		known[name] = true
+		val, ok := raw[name]
+		if !ok {
+			continue
+		}
+		decodeValue(v.Field(i), val, prefix+name, errs)
+	}
+	var unknown []string
+	for k := range raw {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	for _, k := range unknown {
+		*errs = append(*errs, fmt.Errorf("%s%s: unknown key", prefix, k))
+	}
+}
+
+func decodeValue(f reflect.Value, val any, key string, errs *Errors) {
+	bad := func(want string) {
+		*errs = append(*errs, fmt.Errorf("%s: want %s, got %T %v", key, want, val, val))
+	}
+	switch {
+	case f.Type() == durationType:
+		s, ok := val.(string)
+		if !ok {
+			bad("a duration string such as \"30s\"")
+			return
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			*errs = append(*errs, fmt.Errorf("%s: %w", key, err))
+			return
+		}
+		f.Set(reflect.ValueOf(Duration{d}))
+	case f.Kind() == reflect.Struct:
+		m, ok := val.(map[string]any)
+		if !ok {
+			bad("a table")
+			return
+		}
+		decodeStruct(f, m, key+".", errs)
+	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
+		items, ok := val.([]map[string]any)
+		if !ok {
+			bad("an array of tables")
+			return
+		}
+		s := reflect.MakeSlice(f.Type(), len(items), len(items))
+		for i, m := range items {
+			decodeStruct(s.Index(i), m, fmt.Sprintf("%s[%d].", key, i), errs)
+		}
+		f.Set(s)
+	case f.Kind() == reflect.Slice:
+		items, ok := val.([]any)
+		if !ok {
+			bad("an array of strings")
+			return
+		}
+		out := make([]string, 0, len(items))
+		for _, it := range items {
+			s, ok := it.(string)
+			if !ok {
+				bad("an array of strings")
+				return
+			}
+			out = append(out, s)
+		}
+		f.Set(reflect.ValueOf(out))
+	case f.Kind() == reflect.String:
+		s, ok := val.(string)
+		if !ok {
+			bad("a string")
+			return
+		}
+		f.SetString(s)
+	case f.Kind() == reflect.Bool:
+		b, ok := val.(bool)
+		if !ok {
+			bad("true or false")
+			return
+		}
+		f.SetBool(b)
+	case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
+		n, ok := val.(int64)
+		if !ok {
+			bad("an integer")
+			return
+		}
+		f.SetInt(n)
+	case f.Kind() == reflect.Float64:
+		switch n := val.(type) {
+		case float64:
+			f.SetFloat(n)
+		case int64:
+			f.SetFloat(float64(n))
+		default:
+			bad("a number")
+		}
+	}
+}
+
+// applyEnv overrides scalar keys from FUSIOO_GATEWAY_SECTION_KEY variables;
+// lists take comma-separated values.
+func applyEnv(v reflect.Value, prefix string, env []string, errs *Errors) {
+	vars := map[string]string{}
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
+			vars[k] = val
+		}
+	}
+	seen := map[string]bool{}
+	walkLeaves(v, "", func(key string, f reflect.Value) {
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		s, ok := vars[name]
+		if !ok {
+			return
+		}
+		seen[name] = true
+		var val any = s
+		switch {
+		case f.Type() == durationType || f.Kind() == reflect.String:
+		case f.Kind() == reflect.Slice:
+			var items []any
+			for _, p := range strings.Split(s, ",") {
+				if p = strings.TrimSpace(p); p != "" {
+					items = append(items, p)
+				}
+			}
+			val = items
+		case f.Kind() == reflect.Bool:
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				*errs = append(*errs, fmt.Errorf("%s (from %s): want true or false, got %q", key, name, s))
+				return
+			}
+			val = b
+		case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				*errs = append(*errs, fmt.Errorf("%s (from %s): want an integer, got %q", key, name, s))
+				return
+			}
+			val = n
+		case f.Kind() == reflect.Float64:
+			n, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				*errs = append(*errs, fmt.Errorf("%s (from %s): want a number, got %q", key, name, s))
+				return
+			}
+			val = n
+		}
+		decodeValue(f, val, key+" (from "+name+")", errs)
+	})
+	var unknown []string
+	for k := range vars {
+		if !seen[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	for _, k := range unknown {
+		*errs = append(*errs, fmt.Errorf("%s: unknown environment override (no such key)", k))
+	}
+}
+
+// walkLeaves calls fn for every scalar or list key of the sections (not the
+// route list, which has no environment form).
+func walkLeaves(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f, name := v.Field(i), t.Field(i).Tag.Get("toml")
+		switch {
+		case f.Type() == durationType:
+			fn(prefix+name, f)
+		case f.Kind() == reflect.Struct:
+			walkLeaves(f, prefix+name+".", fn)
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
+		default:
+			fn(prefix+name, f)
+		}
+	}
+}
+
+// validate checks values, not types: every problem, not the first.
+func (c *Config) validate() Errors {
+	var errs Errors
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(key, addr string) {
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			add(key, "want host:port, got %q (%v)", addr, err)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			add(key, "bad port in %q", addr)
+		}
+	}
+	positive := func(key string, d Duration) {
+		if d.Duration <= 0 {
+			add(key, "must be positive, got %s", d)
+		}
+	}
+	checkAddr("server.listen", c.Server.Listen)
+	checkAddr("server.admin_listen", c.Server.AdminListen)
+	if c.Server.Listen == c.Server.AdminListen {
+		add("server.admin_listen", "must differ from server.listen: metrics and admin listen on their own address")
+	}
+	positive("server.shutdown_timeout", c.Server.ShutdownTimeout)
+	positive("server.read_header_timeout", c.Server.ReadHeaderTimeout)
+	positive("server.idle_timeout", c.Server.IdleTimeout)
+	if c.Server.MaxBodyBytes <= 0 {
+		add("server.max_body_bytes", "must be positive, got %d", c.Server.MaxBodyBytes)
+	}
+	if c.Server.MaxHeaderBytes < 4096 {
+		add("server.max_header_bytes", "must be at least 4096 (Fusioo tokens alone are about 1 KB), got %d", c.Server.MaxHeaderBytes)
+	}
+
+	if u, err := url.Parse(c.Upstream.URL); err != nil {
+		add("upstream.url", "%v", err)
+	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		add("upstream.url", "want an absolute http or https URL, got %q", c.Upstream.URL)
+	} else if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		add("upstream.url", "must not carry credentials, a query or a fragment")
+	}
+	positive("upstream.timeout", c.Upstream.Timeout)
+	positive("upstream.dial_timeout", c.Upstream.DialTimeout)
+	if c.Upstream.MaxIdleConnsPerHost <= 0 {
+		add("upstream.max_idle_conns_per_host", "must be positive, got %d", c.Upstream.MaxIdleConnsPerHost)
+	}
+
+	if c.Quota.Limit <= 0 {
+		add("quota.limit", "must be positive, got %d", c.Quota.Limit)
+	}
+	positive("quota.window", c.Quota.Window)
+	if c.Quota.Margin.Duration < 0 {
+		add("quota.margin", "must not be negative, got %s", c.Quota.Margin)
+	} else if c.Quota.Window.Duration > 0 && c.Quota.Margin.Duration >= c.Quota.Window.Duration {
+		add("quota.margin", "must be shorter than quota.window (%s), got %s", c.Quota.Window, c.Quota.Margin)
+	}
+	if c.Quota.Buckets < 1 || c.Quota.Buckets > 3600 {
+		add("quota.buckets", "must be between 1 and 3600, got %d", c.Quota.Buckets)
+	}
+	switch c.Quota.Store {
+	case "memory":
+	case "redis":
+		if c.Redis.URL == "" && len(c.Redis.SentinelAddrs) == 0 && len(c.Redis.ClusterAddrs) == 0 {
+			add("redis.url", "quota.store is \"redis\": set redis.url, redis.sentinel_addrs or redis.cluster_addrs")
+		}
+	default:
+		add("quota.store", "want \"memory\" or \"redis\", got %q", c.Quota.Store)
+	}
+	if c.Quota.FallbackShare <= 0 || c.Quota.FallbackShare > 1 || math.IsNaN(c.Quota.FallbackShare) {
+		add("quota.fallback_share", "must be in (0, 1], got %v", c.Quota.FallbackShare)
+	}
+	if c.Quota.OnStoreFailure != "local" && c.Quota.OnStoreFailure != "reject" {
+		add("quota.on_store_failure", "want \"local\" or \"reject\", got %q", c.Quota.OnStoreFailure)
+	}
+	if c.Quota.PolicyName == "" || strings.ContainsAny(c.Quota.PolicyName, "\"\\;,= ") {
+		add("quota.policy_name", "must be a non-empty token without quotes, spaces or ;,=, got %q", c.Quota.PolicyName)
+	}
+
+	if c.Redis.URL != "" {
+		if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+			add("redis.url", "want redis://, rediss:// or unix:// URL")
+		}
+	}
+	if len(c.Redis.SentinelAddrs) > 0 && c.Redis.SentinelMaster == "" {
+		add("redis.sentinel_master", "required with redis.sentinel_addrs")
+	}
+	if len(c.Redis.SentinelAddrs) > 0 && len(c.Redis.ClusterAddrs) > 0 {
+		add("redis.cluster_addrs", "cannot be combined with redis.sentinel_addrs")
+	}
+	for i, a := range append(append([]string{}, c.Redis.SentinelAddrs...), c.Redis.ClusterAddrs...) {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add("redis", "address %d %q: want host:port", i, a)
+		}
+	}
+	if c.Redis.KeyPrefix == "" || strings.ContainsAny(c.Redis.KeyPrefix, "{} ") {
+		add("redis.key_prefix", "must be non-empty without braces or spaces, got %q", c.Redis.KeyPrefix)
+	}
+	positive("redis.timeout", c.Redis.Timeout)
+	if c.Redis.PoolSize < 0 {
+		add("redis.pool_size", "must not be negative (0 = go-redis default), got %d", c.Redis.PoolSize)
+	}
+
+	if c.Smoothing.Rate < 0 || math.IsNaN(c.Smoothing.Rate) {
+		add("smoothing.rate", "must not be negative (0 = derived from the quota), got %v", c.Smoothing.Rate)
+	}
+	if c.Smoothing.Burst < 0 {
+		add("smoothing.burst", "must not be negative (0 = derived), got %d", c.Smoothing.Burst)
+	}
+	if c.Smoothing.Rate > 0 && c.Quota.Window.Duration > 0 && c.Smoothing.Rate < float64(c.Quota.Limit)/c.Quota.Window.Seconds() {
+		add("smoothing.rate", "%v/s is slower than the quota (%d per %s): the gateway would never use its quota", c.Smoothing.Rate, c.Quota.Limit, c.Quota.Window)
+	}
+	if c.Smoothing.AnonymousRate < 0 || c.Smoothing.AnonymousBurst < 0 {
+		add("smoothing.anonymous_rate", "rate and burst must not be negative")
+	}
+
+	if c.Queue.MaxWait.Duration < 0 {
+		add("queue.max_wait", "must not be negative, got %s", c.Queue.MaxWait)
+	}
+	if c.Queue.MaxDepth < 0 {
+		add("queue.max_depth", "must not be negative, got %d", c.Queue.MaxDepth)
+	}
+	if c.Queue.MaxQueued < 0 {
+		add("queue.max_queued", "must not be negative, got %d", c.Queue.MaxQueued)
+	}
+
+	if c.Retry.MaxAttempts < 1 || c.Retry.MaxAttempts > 20 {
+		add("retry.max_attempts", "must be between 1 (no retry) and 20, got %d", c.Retry.MaxAttempts)
+	}
+	positive("retry.base_delay", c.Retry.BaseDelay)
+	if c.Retry.MaxDelay.Duration < c.Retry.BaseDelay.Duration {
+		add("retry.max_delay", "must be at least retry.base_delay (%s), got %s", c.Retry.BaseDelay, c.Retry.MaxDelay)
+	}
+	if c.Retry.BudgetRatio < 0 || c.Retry.BudgetRatio > 1 || math.IsNaN(c.Retry.BudgetRatio) {
+		add("retry.budget_ratio", "must be in [0, 1], got %v", c.Retry.BudgetRatio)
+	}
+	if c.Retry.MaxBodyBytes < 0 {
+		add("retry.max_body_bytes", "must not be negative, got %d", c.Retry.MaxBodyBytes)
+	}
+	if c.Retry.MaxBufferBytes < c.Retry.MaxBodyBytes {
+		add("retry.max_buffer_bytes", "must be at least retry.max_body_bytes (%d), got %d", c.Retry.MaxBodyBytes, c.Retry.MaxBufferBytes)
+	}
+	if c.Retry.SerializeCooldown.Duration < 0 {
+		add("retry.serialize_cooldown", "must not be negative, got %s", c.Retry.SerializeCooldown)
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "want debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		add("log.format", "want \"json\" or \"console\", got %q", c.Log.Format)
+	}
+
+	for i, r := range c.Routes {
+		key := fmt.Sprintf("routes[%d]", i)
+		if r.Method == "" {
+			add(key+".method", "required")
+		}
+		if !strings.HasPrefix(r.Template, "/") {
+			add(key+".template", "must start with /, got %q", r.Template)
+		}
+		switch r.Kind {
+		case "read", "write", "create", "upload":
+		default:
+			add(key+".kind", "want read, write, create or upload, got %q", r.Kind)
+		}
+	}
+	return errs
+}
+
+// SmoothingRate returns the local per-key rate (per second) and burst:
+// configured, or derived so smoothing is never slower than the quota: twice
+// the quota's average rate, at least 10/s, with a burst of at least 20.
+func (c *Config) SmoothingRate() (float64, int) {
+	r, b := c.Smoothing.Rate, c.Smoothing.Burst
+	if r == 0 {
+		r = max(10, 2*float64(c.Quota.Limit)/c.Quota.Window.Seconds())
+	}
+	if b == 0 {
+		b = max(20, int(math.Ceil(r)))
+	}
+	return r, b
+}
+
+// Redacted returns a copy safe to log: every secret replaced.
+func (c Config) Redacted() Config {
+	v := reflect.ValueOf(&c).Elem()
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		sec := v.Field(i)
+		if sec.Kind() != reflect.Struct || sec.Type() == durationType {
+			continue
+		}
+		st := sec.Type()
+		for j := 0; j < st.NumField(); j++ {
+			if st.Field(j).Tag.Get("secret") == "true" && sec.Field(j).String() != "" {
+				sec.Field(j).SetString(redact(st.Field(j).Tag.Get("toml"), sec.Field(j).String()))
+			}
+		}
+	}
+	c.Routes = append([]Route(nil), c.Routes...)
+	return c
+}
+
+func redact(key, v string) string {
+	if key == "url" {
+		if u, err := url.Parse(v); err == nil {
+			if u.User != nil {
+				u.User = url.UserPassword("REDACTED", "REDACTED")
+			}
+			return u.String()
+		}
+	}
+	return "REDACTED"
+}
+
+// String renders a duration the way the file writes it.
+func (d Duration) String() string { return d.Duration.String() }
+
+// MarshalText lets a redacted config be logged or printed as TOML.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// ErrNoConfig is returned by callers that require -config.
+var ErrNoConfig = errors.New("no config file given")

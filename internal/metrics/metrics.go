@@ -1,0 +1,202 @@
+// Package metrics holds the gateway's Prometheus collectors (prefix
+// fusioo_gateway_) on a registry the caller passes in, and implements the
+// small observer interfaces the proxy, limiter, retry transport and quota
+// store declare. Every label has a bounded set of values, pre-initialised at
+// zero so dashboards and alerts see series before the first event.
+package metrics
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "fusioo_gateway"
+
+// Metrics is the collector set. Its methods are safe for concurrent use.
+type Metrics struct {
+	requests          *prometheus.CounterVec
+	routeRequests     *prometheus.CounterVec
+	upstream          *prometheus.CounterVec
+	upstreamDuration  *prometheus.HistogramVec
+	retries           *prometheus.CounterVec
+	budgetExhausted   prometheus.Counter
+	quotaRejections   *prometheus.CounterVec
+	upstreamExhausted prometheus.Counter
+	queueDepth        prometheus.Gauge
+	queueWait         prometheus.Histogram
+	storeErrors       *prometheus.CounterVec
+	fallbackActive    prometheus.Gauge
+}
+
+// Options lists the label values to pre-initialise.
+type Options struct {
+	Routes          []string // route names (method + template) from the route table
+	RetryReasons    []string
+	RejectReasons   []string
+	StoreOps        []string
+	ClientStatuses  []int // statuses the gateway answers clients with
+	UpstreamStatues []int
+}
+
+// New registers the collectors on reg and returns them.
+func New(reg prometheus.Registerer, o Options) *Metrics {
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "requests_total",
+			Help: "Requests answered to clients, by method and HTTP status (499: the client left first).",
+		}, []string{"method", "status"}),
+		routeRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "route_requests_total",
+			Help: "Requests answered to clients, by route template from the route table.",
+		}, []string{"route"}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "upstream_responses_total",
+			Help: "Upstream attempts by HTTP status (0: no answer) and Fusioo code (none: no code, other: not in Fusioo's table).",
+		}, []string{"status", "code"}),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "upstream_duration_seconds",
+			Help:    "Time from sending an upstream attempt to its answer headers, by status class.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"class"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "retries_total",
+			Help: "Upstream attempts sent again, by reason.",
+		}, []string{"reason"}),
+		budgetExhausted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "retry_budget_exhausted_total",
+			Help: "Retries not sent because the retry budget was spent.",
+		}),
+		quotaRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "quota_rejections_total",
+			Help: "Requests refused by the gateway's own quota (429/20005), by reason.",
+		}, []string{"reason"}),
+		upstreamExhausted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "quota_upstream_exhausted_total",
+			Help: "Upstream 20005 answers: Fusioo refused a key the gateway thought had quota.",
+		}),
+		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "queue_depth",
+			Help: "Requests waiting for quota, all keys together.",
+		}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "queue_wait_seconds",
+			Help:    "Time requests spent queued for quota, admitted or not.",
+			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "store_errors_total",
+			Help: "Failed quota store operations, by operation.",
+		}, []string{"op"}),
+		fallbackActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "store_fallback_active",
+			Help: "1 while the shared quota store is unavailable and this replica counts locally.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.routeRequests, m.upstream, m.upstreamDuration, m.retries,
+		m.budgetExhausted, m.quotaRejections, m.upstreamExhausted, m.queueDepth, m.queueWait, m.storeErrors, m.fallbackActive} {
+		f(c)
+	}
+	for _, r := range o.Routes {
+		m.routeRequests.WithLabelValues(r)
+	}
+	for _, r := range o.RetryReasons {
+		m.retries.WithLabelValues(r)
+	}
+	for _, r := range o.RejectReasons {
+		m.quotaRejections.WithLabelValues(r)
+	}
+	for _, op := range o.StoreOps {
+		m.storeErrors.WithLabelValues(op)
+	}
+	for _, st := range o.UpstreamStatues {
+		for _, c := range fusioo.Codes() {
+			m.upstream.WithLabelValues(strconv.Itoa(st), c.Label())
+		}
+		m.upstream.WithLabelValues(strconv.Itoa(st), "none")
+		m.upstream.WithLabelValues(strconv.Itoa(st), "other")
+	}
+	for _, cl := range []string{"2xx", "3xx", "4xx", "5xx", "error"} {
+		m.upstreamDuration.WithLabelValues(cl)
+	}
+	for _, st := range o.ClientStatuses {
+		for _, meth := range []string{"GET", "POST", "PUT", "DELETE"} {
+			m.requests.WithLabelValues(meth, strconv.Itoa(st))
+		}
+	}
+	return m
+}
+
+// statusLabel keeps the status label bounded: real statuses are three
+// digits; anything else is "other".
+func statusLabel(s int) string {
+	if s == 0 {
+		return "0"
+	}
+	if s < 100 || s > 599 {
+		return "other"
+	}
+	return strconv.Itoa(s)
+}
+
+func methodLabel(m string) string {
+	switch m {
+	case "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE":
+		return m
+	}
+	return "OTHER"
+}
+
+func classLabel(s int) string {
+	if s < 100 || s > 599 {
+		return "error"
+	}
+	return strconv.Itoa(s/100) + "xx"
+}
+
+// Request implements proxy.Observer.
+func (m *Metrics) Request(method, route string, status int, _ time.Duration) {
+	m.requests.WithLabelValues(methodLabel(method), statusLabel(status)).Inc()
+	m.routeRequests.WithLabelValues(route).Inc()
+}
+
+// Upstream implements proxy.Observer.
+func (m *Metrics) Upstream(_ string, status int, code fusioo.Code, d time.Duration) {
+	m.upstream.WithLabelValues(statusLabel(status), code.Label()).Inc()
+	m.upstreamDuration.WithLabelValues(classLabel(status)).Observe(d.Seconds())
+}
+
+// UpstreamExhausted implements proxy.Observer.
+func (m *Metrics) UpstreamExhausted() { m.upstreamExhausted.Inc() }
+
+// QueueDepth implements limiter.Observer.
+func (m *Metrics) QueueDepth(delta int) { m.queueDepth.Add(float64(delta)) }
+
+// QueueWait implements limiter.Observer.
+func (m *Metrics) QueueWait(d time.Duration) { m.queueWait.Observe(d.Seconds()) }
+
+// Rejected implements limiter.Observer.
+func (m *Metrics) Rejected(reason string) { m.quotaRejections.WithLabelValues(reason).Inc() }
+
+// Retry implements retry.Observer.
+func (m *Metrics) Retry(reason string) { m.retries.WithLabelValues(reason).Inc() }
+
+// BudgetExhausted implements retry.Observer.
+func (m *Metrics) BudgetExhausted() { m.budgetExhausted.Inc() }
+
+// StoreError implements the quota store's observer.
+func (m *Metrics) StoreError(op string) { m.storeErrors.WithLabelValues(op).Inc() }
+
+// FallbackActive implements the quota store's observer.
+func (m *Metrics) FallbackActive(active bool) {
+	if active {
+		m.fallbackActive.Set(1)
+	} else {
+		m.fallbackActive.Set(0)
+	}
+}

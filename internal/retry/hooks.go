@@ -1,0 +1,55 @@
+package retry
+
+import (
+	"context"
+	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
+)
+
+// Attempt describes the outcome of one upstream attempt, as passed to
+// Hooks.Answered.
+type Attempt struct {
+	N          int           // 1 for the first attempt
+	Status     int           // HTTP status; 0 when no response arrived
+	Code       fusioo.Code   // Fusioo code read from an error body (status >= 400); 0 if none
+	RetryAfter time.Duration // the upstream's Retry-After, parsed and capped; 0 if absent
+	Err        error         // the transport error, when no response arrived
+	Written    bool          // the request was written to the connection (httptrace)
+	Duration   time.Duration // from sending the attempt to its answer (headers) or error
+	Final      bool          // no further attempt follows: this answer goes to the client
+}
+
+// Hooks connect one request's attempts to the caller (the proxy), the way
+// httptrace.ClientTrace does: the transport stays ignorant of quotas,
+// tokens and metrics, and the caller decides what an attempt costs.
+type Hooks struct {
+	// Key identifies the quota the request is charged to (a hash, never a
+	// token); "" for requests without a token. Creates are serialized per
+	// (Key, App) after 30054.
+	Key string
+	// Deadline is the latest time a retry may be sent: the request's
+	// arrival plus queue.max_wait, or the client's deadline if earlier.
+	Deadline time.Time
+	// Admit charges one more attempt (a retry, never the first attempt,
+	// which the caller admitted) to the quota, waiting until it is admitted
+	// or deadline passes. It returns false when the attempt may not be sent;
+	// the client then gets the last upstream answer. Nil admits everything.
+	Admit func(ctx context.Context, deadline time.Time) (bool, error)
+	// Answered is called once per attempt, in order, when its outcome is
+	// known. Nil ignores them.
+	Answered func(Attempt)
+}
+
+type hooksKey struct{}
+
+// WithHooks returns a context carrying h for the Transport.
+func WithHooks(ctx context.Context, h *Hooks) context.Context {
+	return context.WithValue(ctx, hooksKey{}, h)
+}
+
+// HooksFrom returns the hooks ctx carries, or nil.
+func HooksFrom(ctx context.Context) *Hooks {
+	h, _ := ctx.Value(hooksKey{}).(*Hooks)
+	return h
+}
