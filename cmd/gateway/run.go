@@ -320,4 +320,3 @@ func ignoreClosed(err error) error {
 	}
 	return err
 }
-

@@ -161,6 +161,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rs.route = h.cfg.Routes.Match(r.Method, r.URL.Path)
+	if tok := BearerToken(r.Header); tok != "" {
+		rs.key = h.cfg.Identifier.Key(tok)
+	}
 	if h.cfg.MaxBodyBytes > 0 {
 		if r.ContentLength > h.cfg.MaxBodyBytes {
 			h.writeError(w, rs, http.StatusRequestEntityTooLarge, fusioo.CodeFileTooLarge,
@@ -171,10 +174,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
 		}
 	}
-	if tok := BearerToken(r.Header); tok != "" {
-		rs.key = h.cfg.Identifier.Key(tok)
-	}
-
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	stop := context.AfterFunc(h.abortCtx, func() { cancel(ErrShutdown) })

@@ -1,0 +1,174 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
+	"github.com/fusioo-gateway/gateway/internal/fusioosim"
+	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/proxy"
+)
+
+// stack is a gateway in front of an upstream, both on loopback.
+type stack struct {
+	t        *testing.T
+	upstream *httptest.Server
+	sim      *fusioosim.Sim
+	gw       *httptest.Server
+	handler  *proxy.Handler
+	lim      *limiter.Limiter
+	store    *limiter.MemoryStore
+	logs     *syncBuffer
+	client   *http.Client
+}
+
+type stackOpts struct {
+	policy    limiter.Policy
+	maxWait   time.Duration
+	maxBody   int64
+	sim       *fusioosim.Config // nil with upstream set
+	upstream  http.Handler      // a custom upstream instead of the simulator
+	clock     clockwork.Clock
+	timeout   time.Duration // upstream response header timeout
+	transport http.RoundTripper
+}
+
+func newStack(t *testing.T, o stackOpts) *stack {
+	t.Helper()
+	s := &stack{t: t, logs: &syncBuffer{}}
+	switch {
+	case o.upstream != nil:
+		s.upstream = httptest.NewServer(o.upstream)
+	default:
+		cfg := fusioosim.Config{}
+		if o.sim != nil {
+			cfg = *o.sim
+		}
+		s.sim = fusioosim.New(cfg)
+		s.upstream = httptest.NewServer(s.sim)
+	}
+	t.Cleanup(s.upstream.Close)
+	if o.policy.Limit == 0 {
+		o.policy = limiter.Policy{Limit: 1000, Window: time.Hour}
+	}
+	if o.maxWait == 0 {
+		o.maxWait = 5 * time.Second
+	}
+	if o.maxBody == 0 {
+		o.maxBody = 26 << 20
+	}
+	if o.clock == nil {
+		o.clock = clockwork.NewRealClock()
+	}
+	s.store = limiter.NewMemoryStore(o.policy, o.clock)
+	s.lim = limiter.New(limiter.Config{
+		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
+	})
+	routes, err := fusioo.NewRoutes(fusioo.DefaultRoutes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(s.upstream.URL)
+	rt := o.transport
+	if rt == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.ResponseHeaderTimeout = o.timeout
+		t.Cleanup(tr.CloseIdleConnections)
+		rt = tr
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
+	s.handler = proxy.New(proxy.Config{
+		Upstream: u, Transport: rt, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock,
+		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window,
+	})
+	s.gw = httptest.NewServer(s.handler)
+	t.Cleanup(s.gw.Close)
+	tr := &http.Transport{MaxIdleConnsPerHost: 100}
+	t.Cleanup(tr.CloseIdleConnections)
+	s.client = &http.Client{Transport: tr}
+	return s
+}
+
+// do sends a request through the gateway and returns the response with its
+// body read.
+func (s *stack) do(method, path, token string, body []byte, hdr ...string) (*http.Response, []byte) {
+	s.t.Helper()
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, s.gw.URL+path, r)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return resp, b
+}
+
+// envelope decodes a Fusioo envelope and fails the test when b is not one.
+func envelope(t *testing.T, resp *http.Response, b []byte) fusioo.Envelope {
+	t.Helper()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q, body %s", ct, b)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatalf("not JSON: %s", b)
+	}
+	for _, k := range []string{"code", "message", "data"} {
+		if _, ok := raw[k]; !ok {
+			t.Fatalf("envelope without %q: %s", k, b)
+		}
+	}
+	var env fusioo.Envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.Code != fusioo.CodeSuccess && string(env.Data) != "{}" {
+		t.Fatalf("error data %s, want {}", env.Data)
+	}
+	return env
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
