@@ -434,7 +434,7 @@ func (c *Config) validate() Errors {
 	}
 	checkAddr("server.listen", c.Server.Listen)
 	checkAddr("server.admin_listen", c.Server.AdminListen)
-	if c.Server.Listen == c.Server.AdminListen {
+	if c.Server.Listen == c.Server.AdminListen && !strings.HasSuffix(c.Server.Listen, ":0") {
 		add("server.admin_listen", "must differ from server.listen: metrics and admin listen on their own address")
 	}
 	positive("server.shutdown_timeout", c.Server.ShutdownTimeout)

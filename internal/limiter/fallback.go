@@ -1,0 +1,723 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrStoreUnavailable is wrapped by the errors a FallbackStore returns when
+// Redis cannot answer and quota.on_store_failure is "reject".
+var ErrStoreUnavailable = errors.New("limiter: quota store unavailable")
+
+// Defaults of FallbackOptions.
+const (
+	DefaultFallbackShare  = 0.5
+	DefaultFailuresToOpen = 3
+	DefaultOpenFor        = time.Second
+)
+
+// Operations a FallbackObserver's StoreError names (the op label of
+// store_errors_total).
+const (
+	StoreOpTake      = "take"      // a Take through Redis
+	StoreOpBlock     = "block"     // a Block through Redis
+	StoreOpPing      = "ping"      // the recovery probe while degraded
+	StoreOpReconcile = "reconcile" // a write-back of counts Redis does not hold
+)
+
+// StoreOps lists every op StoreError may name, to pre-initialise metrics.
+var StoreOps = []string{StoreOpTake, StoreOpBlock, StoreOpPing, StoreOpReconcile}
+
+// FallbackObserver is told when the quota store fails and when the local
+// fallback takes over or hands back. cmd/gateway logs these and exports
+// store_errors_total{op} and store_fallback_active. Calls are synchronous
+// and may come from under the circuit breaker's lock: implementations must
+// be quick and must not call back into the store.
+type FallbackObserver interface {
+	// StoreError is called for each failed Redis call with one of the
+	// StoreOp constants.
+	StoreError(op string)
+	// FallbackActive is called with true when takes start being answered
+	// locally (Redis unavailable) and with false when Redis has them again.
+	FallbackActive(active bool)
+}
+
+// FallbackOptions tunes a FallbackStore.
+type FallbackOptions struct {
+	// Share is the fraction of the limit each replica may admit on its own
+	// while Redis is away (quota.fallback_share): with n replicas, 1/n keeps
+	// the total within the limit. 0 means DefaultFallbackShare; values
+	// above 1 are treated as 1.
+	Share float64
+	// Reject makes takes fail with an error wrapping ErrStoreUnavailable
+	// instead of answering locally (quota.on_store_failure = "reject").
+	Reject bool
+	// Clock is the local clock (nil: the real clock) of the local store,
+	// the shadow accounting and Run.
+	Clock clockwork.Clock
+	// Observer is told about errors and fallback changes (nil: nobody).
+	Observer FallbackObserver
+
+	// FailuresToOpen is how many consecutive Redis failures open the
+	// circuit breaker (default 3).
+	FailuresToOpen int
+	// OpenFor is how long the breaker stays open before Run probes Redis
+	// again (default 1s). It runs on the real clock: gobreaker has no
+	// injectable one.
+	OpenFor time.Duration
+	// ProbeEvery is Run's tick: how often it looks whether a probe is due
+	// and reconciles what is pending (default OpenFor/4, at least 10ms).
+	ProbeEvery time.Duration
+}
+
+// FallbackStore is the Redis quota store made safe against Redis outages.
+//
+// Every call to Redis has the RedisStore's short timeout and goes through a
+// circuit breaker (github.com/sony/gobreaker): after FailuresToOpen
+// consecutive failures it opens, and from then on takes are answered from a
+// local MemoryStore at once, without touching Redis, so a Redis that stops
+// answering without closing its sockets holds no request. A call that fails
+// before the breaker opens is answered locally too: no request is lost.
+//
+// Local quota: each replica assumes Share of the limit
+// (floor(Share*Limit), at least 1: rounding up would let n replicas with
+// Share = 1/n exceed the limit together) and, for the span after Redis last
+// answered for a key, no more than floor(Share * the Remaining Redis gave
+// then) for that key, since the other replicas are spending the same
+// remainder.
+//
+// Recovery: while degraded, Run probes Redis (PING through the half-open
+// breaker) even without traffic; once Redis answers it reconciles, then
+// hands takes back to Redis. Reconciliation writes back, per key and in one
+// script call, what this replica admitted that Redis does not hold. For
+// that the store keeps shadow counts of its own admissions in the current
+// window, per Redis-time bucket, each tagged with the epoch of the Redis
+// key that counted it, or with "" when it was admitted locally. Every key
+// HASH carries an epoch created with it; when Redis restarted empty, was
+// flushed, failed over to a replica that never got the key, or evicted it,
+// the key is gone or has a new epoch, so the write-back script adds every
+// live count whose tag differs from the key's current epoch: the counts
+// made locally during the outage always, and those admitted through Redis
+// before the outage exactly when Redis lost them. The epoch is per key, so
+// the detection also works per node in a Redis Cluster, and a Take that
+// sees an unexpected epoch (Redis restarted between two takes, the breaker
+// never opened) schedules the same write-back. Local times are translated
+// to Redis time with the offset seen on the last successful call, measured
+// from before the call so the estimate errs late (a later bucket counts
+// longer, never shorter). The shadow holds, per key, at most the live
+// buckets of the epochs still in play and is dropped a window after the
+// key's last use.
+//
+// Run must be running for recovery, reconciliation and sweeping; the
+// constructor starts nothing.
+type FallbackStore struct {
+	primary    *RedisStore
+	local      *MemoryStore
+	policy     Policy
+	share      float64
+	reject     bool
+	clock      clockwork.Clock
+	obs        FallbackObserver
+	cb         *gobreaker.CircuitBreaker[struct{}]
+	probeEvery time.Duration
+	width      int64 // bucket width, ms
+	span       int64 // span, ms
+	capFor     time.Duration
+	maxCounts  int // shadow entries per key before an inline prune
+
+	degraded atomic.Bool
+	since    atomic.Int64 // local unix ns when the fallback became active
+	lastErr  atomic.Pointer[errBox]
+	offset   atomic.Int64 // Redis ms minus local ms, from the last success
+	// switchMu is held shared by local takes and exclusively while the
+	// last reconciliation pass hands takes back to Redis, so no local
+	// admission slips in between the write-back and the switch.
+	switchMu sync.RWMutex
+	wake     chan struct{}
+
+	dirtyMu sync.Mutex
+	dirty   map[string]struct{} // keys with counts Redis does not hold
+
+	seed   maphash.Seed
+	shards [64]fbShard
+}
+
+type errBox struct{ err error }
+
+type fbShard struct {
+	mu   sync.Mutex
+	keys map[string]*fbKey
+}
+
+// fbKey is what the fallback remembers of one key.
+type fbKey struct {
+	epoch   string // the Redis key's epoch in its latest answer
+	retired string // the epoch before: late answers carrying it were lost
+	// counts are this replica's admissions per tag (epoch or "" for
+	// local) and Redis-time bucket.
+	counts        map[countKey]int
+	lastRemaining int   // Remaining of Redis's last unblocked answer
+	lastAt        int64 // local unix ns of that answer (0: none)
+	localSince    int   // local admissions since lastAt
+	blockUntil    int64 // Redis ms: a block Redis has not seen (0: none)
+	lastUsed      int64 // local unix ns
+}
+
+type countKey struct {
+	tag    string
+	bucket int64
+}
+
+// NewFallbackStore wraps primary with a local store and a circuit breaker.
+// p must be primary's policy. It does no I/O and starts nothing: call Run.
+func NewFallbackStore(primary *RedisStore, p Policy, opts FallbackOptions) *FallbackStore {
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopFallbackObserver{}
+	}
+	if opts.Share <= 0 || math.IsNaN(opts.Share) {
+		opts.Share = DefaultFallbackShare
+	}
+	opts.Share = min(opts.Share, 1)
+	if opts.FailuresToOpen <= 0 {
+		opts.FailuresToOpen = DefaultFailuresToOpen
+	}
+	if opts.OpenFor <= 0 {
+		opts.OpenFor = DefaultOpenFor
+	}
+	if opts.ProbeEvery <= 0 {
+		opts.ProbeEvery = max(opts.OpenFor/4, 10*time.Millisecond)
+	}
+	lp := p
+	lp.Limit = max(int(math.Floor(opts.Share*float64(p.Limit))), 1)
+	f := &FallbackStore{
+		primary:    primary,
+		local:      NewMemoryStore(lp, opts.Clock),
+		policy:     p,
+		share:      opts.Share,
+		reject:     opts.Reject,
+		clock:      opts.Clock,
+		obs:        opts.Observer,
+		probeEvery: opts.ProbeEvery,
+		width:      p.BucketWidth().Milliseconds(),
+		span:       ceilMillis(p.Span()),
+		capFor:     p.Span() + p.BucketWidth(),
+		maxCounts:  4 * (int((p.Span()+p.BucketWidth()-1)/p.BucketWidth()) + 2),
+		wake:       make(chan struct{}, 1),
+		dirty:      map[string]struct{}{},
+		seed:       maphash.MakeSeed(),
+	}
+	for i := range f.shards {
+		f.shards[i].keys = map[string]*fbKey{}
+	}
+	failures := uint32(opts.FailuresToOpen)
+	f.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "redis-quota",
+		MaxRequests: 1,
+		Timeout:     opts.OpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		IsExcluded:  func(err error) bool { return errors.As(err, new(callerGone)) },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				f.enterDegraded()
+			}
+		},
+	})
+	return f
+}
+
+// callerGone marks an error caused by the caller's context, not by Redis:
+// the breaker ignores it.
+type callerGone struct{ err error }
+
+func (e callerGone) Error() string { return e.err.Error() }
+func (e callerGone) Unwrap() error { return e.err }
+
+// Local returns the local store used while Redis is away.
+func (f *FallbackStore) Local() *MemoryStore { return f.local }
+
+// Degraded reports whether takes are answered without Redis (locally, or
+// refused in reject mode): /readyz detail and the store_fallback_active
+// gauge.
+func (f *FallbackStore) Degraded() bool { return f.degraded.Load() }
+
+// Status describes the store for /readyz: "redis", or "local (redis
+// unavailable since …)", or "reject (redis unavailable since …)".
+func (f *FallbackStore) Status() string {
+	if !f.degraded.Load() {
+		return "redis"
+	}
+	mode := "local"
+	if f.reject {
+		mode = "reject"
+	}
+	return mode + " (redis unavailable since " + time.Unix(0, f.since.Load()).UTC().Format(time.RFC3339) + ")"
+}
+
+// Take implements Store: through Redis while it answers, locally (or with
+// an error in reject mode) otherwise. A caller whose context ends gets its
+// context's error and nothing is counted locally.
+func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, error) {
+	if f.degraded.Load() {
+		if f.reject {
+			return Result{}, f.unavailable(gobreaker.ErrOpenState)
+		}
+		return f.takeLocal(ctx, key, t, true)
+	}
+	sent := f.clock.Now()
+	var res Result
+	var info takeInfo
+	_, err := f.cb.Execute(func() (struct{}, error) {
+		var err error
+		res, info, err = f.primary.take(ctx, key, t)
+		return struct{}{}, f.classify(ctx, err)
+	})
+	if err == nil {
+		f.recordRedis(key, res, info, sent)
+		return res, nil
+	}
+	if ctx.Err() != nil {
+		return Result{}, fmt.Errorf("quota take: %w", err)
+	}
+	f.failed(StoreOpTake, err)
+	if f.reject {
+		return Result{}, f.unavailable(err)
+	}
+	return f.takeLocal(ctx, key, t, false)
+}
+
+// Block implements Store: in Redis when it answers, and always in the
+// local store, so the block holds if Redis goes away. A block Redis did not
+// get is written back when it returns.
+func (f *FallbackStore) Block(ctx context.Context, key string, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	_ = f.local.Block(ctx, key, d) // never fails
+	if !f.degraded.Load() {
+		_, err := f.cb.Execute(func() (struct{}, error) {
+			return struct{}{}, f.classify(ctx, f.primary.Block(ctx, key, d))
+		})
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("quota block: %w", err)
+		}
+		f.failed(StoreOpBlock, err)
+		if f.reject {
+			return f.unavailable(err)
+		}
+	} else if f.reject {
+		return f.unavailable(gobreaker.ErrOpenState)
+	}
+	now := f.clock.Now()
+	until := f.redisMillis(now) + ceilMillis(d)
+	sh := f.shard(key)
+	sh.mu.Lock()
+	k := sh.get(key, now)
+	k.blockUntil = max(k.blockUntil, until)
+	sh.mu.Unlock()
+	f.markDirty(key)
+	return nil
+}
+
+// takeLocal answers from the local store. recheck: the caller saw the
+// store degraded; if Redis came back meanwhile, ask it instead.
+func (f *FallbackStore) takeLocal(ctx context.Context, key string, t Take, recheck bool) (Result, error) {
+	f.switchMu.RLock()
+	if recheck && !f.degraded.Load() {
+		f.switchMu.RUnlock()
+		return f.Take(ctx, key, t)
+	}
+	defer f.switchMu.RUnlock()
+
+	now := f.clock.Now()
+	sh := f.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	k := sh.get(key, now)
+
+	// Until everything Redis counted at its last answer has aged out, this
+	// replica's share of the Remaining it gave then caps local admissions.
+	capLeft := -1
+	if k.lastAt != 0 && now.UnixNano()-k.lastAt < int64(f.capFor) {
+		capLeft = max(int(math.Floor(f.share*float64(k.lastRemaining)))-k.localSince, 0)
+		if capLeft == 0 {
+			d := time.Duration(k.lastAt + int64(f.capFor) - now.UnixNano())
+			if lr, _ := f.local.Take(ctx, key, Take{Ahead: max(t.Ahead, 1)}); lr.Blocked {
+				return f.localResult(lr), nil
+			}
+			return Result{Limit: f.policy.Limit, RetryAfter: d, ResetAfter: d}, nil
+		}
+	}
+	res, err := f.local.Take(ctx, key, t)
+	if err != nil {
+		return Result{}, fmt.Errorf("local quota: %w", err)
+	}
+	if res.Allowed {
+		k.localSince++
+		k.counts[countKey{"", f.redisBucket(now)}]++
+		if capLeft > 0 {
+			capLeft--
+		}
+		f.markDirty(key)
+	}
+	res = f.localResult(res)
+	if capLeft >= 0 {
+		res.Remaining = min(res.Remaining, capLeft)
+	}
+	return res, nil
+}
+
+// localResult reports the global limit to clients: the local share is an
+// implementation detail of the outage.
+func (f *FallbackStore) localResult(r Result) Result {
+	r.Limit = f.policy.Limit
+	return r
+}
+
+// recordRedis updates the shadow after Redis answered a take.
+func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent time.Time) {
+	f.offset.Store(info.now - sent.UnixMilli())
+	now := f.clock.Now()
+	sh := f.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	k := sh.get(key, now)
+	if res.Blocked {
+		// Another replica (or this one) blocked the key: keep the block
+		// locally in case Redis goes away before it ends.
+		_ = f.local.Block(context.Background(), key, res.RetryAfter)
+	} else {
+		k.lastRemaining, k.lastAt, k.localSince = res.Remaining, now.UnixNano(), 0
+	}
+	tag := info.epoch
+	lost := false
+	switch {
+	case tag == k.epoch:
+	case k.retired != "" && tag == k.retired:
+		// A late answer from an incarnation of the key that is already
+		// gone: what it counted is not held by Redis any more.
+		tag, lost = "", true
+	default:
+		// The key is new, or was lost and re-created: counts tagged with
+		// the old epoch are not in Redis any more.
+		k.retired, k.epoch = k.epoch, tag
+		k.prune(floorDiv(info.now-f.span, f.width))
+		for ck := range k.counts {
+			if ck.tag != tag {
+				lost = true
+				break
+			}
+		}
+	}
+	if res.Allowed {
+		k.counts[countKey{tag, info.bucket}]++
+		if len(k.counts) > f.maxCounts {
+			// Sweep does this too; here the shadow stays bounded even
+			// without Run.
+			k.prune(floorDiv(info.now-f.span, f.width))
+		}
+	}
+	if lost {
+		f.markDirty(key)
+	}
+}
+
+// Run probes Redis while degraded (so recovery happens without traffic),
+// reconciles, hands takes back to Redis, and sweeps idle keys, until ctx is
+// done.
+func (f *FallbackStore) Run(ctx context.Context) error {
+	tick := f.clock.NewTicker(f.probeEvery)
+	defer tick.Stop()
+	sweepEvery := max(f.policy.BucketWidth(), time.Second)
+	lastSweep := f.clock.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.Chan():
+		case <-f.wake:
+		}
+		if f.degraded.Load() {
+			f.recover(ctx)
+		} else {
+			f.reconcile(ctx)
+		}
+		if now := f.clock.Now(); now.Sub(lastSweep) >= sweepEvery {
+			f.Sweep()
+			lastSweep = now
+		}
+	}
+}
+
+// recover probes Redis when the breaker allows it, reconciles, and ends the
+// fallback. It reports whether takes go to Redis again.
+func (f *FallbackStore) recover(ctx context.Context) bool {
+	switch f.cb.State() {
+	case gobreaker.StateOpen:
+		return false // not yet time to probe: Redis is not touched
+	case gobreaker.StateHalfOpen:
+		_, err := f.cb.Execute(func() (struct{}, error) {
+			return struct{}{}, f.classify(ctx, f.primary.Ping(ctx))
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				f.failed(StoreOpPing, err)
+			}
+			return false
+		}
+	}
+	// Two passes: the first writes back the outage while takes still go
+	// to the local store; the second, holding local takes off, writes back
+	// what they admitted meanwhile, then takes go to Redis.
+	if !f.reconcile(ctx) {
+		return false
+	}
+	f.switchMu.Lock()
+	defer f.switchMu.Unlock()
+	if !f.reconcile(ctx) || f.cb.State() != gobreaker.StateClosed {
+		return false
+	}
+	if f.degraded.CompareAndSwap(true, false) {
+		f.since.Store(0)
+		f.obs.FallbackActive(false)
+	}
+	return true
+}
+
+// Reconcile writes back, now, every count Redis does not hold (Run does it
+// on its own; cmd/gateway may call it at shutdown). It reports whether
+// everything pending was written.
+func (f *FallbackStore) Reconcile(ctx context.Context) bool { return f.reconcile(ctx) }
+
+func (f *FallbackStore) reconcile(ctx context.Context) bool {
+	f.dirtyMu.Lock()
+	keys := make([]string, 0, len(f.dirty))
+	for k := range f.dirty {
+		keys = append(keys, k)
+	}
+	clear(f.dirty)
+	f.dirtyMu.Unlock()
+	for i, key := range keys {
+		if !f.writeBack(ctx, key) {
+			for _, k := range keys[i:] {
+				f.markDirty(k)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// writeBack sends key's live shadow counts to Redis, which adds those it
+// does not hold (see redis_writeback.lua), and retags them with the key's
+// epoch. It reports success.
+func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
+	now := f.clock.Now()
+	rnow := f.redisMillis(now)
+	sh := f.shard(key)
+	sh.mu.Lock()
+	k := sh.keys[key]
+	if k == nil {
+		sh.mu.Unlock()
+		return true
+	}
+	// One bucket of slack: the Redis-time estimate errs late.
+	k.prune(floorDiv(rnow-f.span, f.width) - 1)
+	snap := make([]shadowCount, 0, len(k.counts))
+	for ck, c := range k.counts {
+		snap = append(snap, shadowCount{tag: ck.tag, bucket: ck.bucket, count: c})
+	}
+	block := k.blockUntil
+	if block <= rnow {
+		block, k.blockUntil = 0, 0
+	}
+	sh.mu.Unlock()
+	if len(snap) == 0 && block == 0 {
+		return true
+	}
+
+	var epoch string
+	_, err := f.cb.Execute(func() (struct{}, error) {
+		var err error
+		epoch, _, err = f.primary.writeBack(ctx, key, snap, block)
+		return struct{}{}, f.classify(ctx, err)
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			f.failed(StoreOpReconcile, err)
+		}
+		return false
+	}
+
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for _, c := range snap {
+		if c.tag == epoch {
+			continue // Redis held it already
+		}
+		ck := countKey{c.tag, c.bucket}
+		if k.counts[ck] -= c.count; k.counts[ck] <= 0 {
+			delete(k.counts, ck)
+		}
+		if epoch != "" {
+			k.counts[countKey{epoch, c.bucket}] += c.count
+		}
+	}
+	if epoch != k.epoch {
+		k.retired, k.epoch = k.epoch, epoch
+	}
+	if k.blockUntil == block {
+		k.blockUntil = 0
+	}
+	if k.blockUntil != 0 || k.pending() {
+		f.markDirty(key) // admitted or blocked meanwhile
+	}
+	return true
+}
+
+// Sweep drops dead buckets from the shadow and keys nobody used for a span
+// (whose last Redis answer no longer caps anything), in the shadow and in
+// the local store. It returns how many keys the shadow still tracks.
+func (f *FallbackStore) Sweep() int {
+	now := f.clock.Now()
+	rnow := f.redisMillis(now)
+	first := floorDiv(rnow-f.span, f.width) - 1
+	idle := now.Add(-f.capFor).UnixNano()
+	f.dirtyMu.Lock()
+	dirty := make(map[string]struct{}, len(f.dirty))
+	for k := range f.dirty {
+		dirty[k] = struct{}{}
+	}
+	f.dirtyMu.Unlock()
+	left := 0
+	for i := range f.shards {
+		sh := &f.shards[i]
+		sh.mu.Lock()
+		for key, k := range sh.keys {
+			k.prune(first)
+			if k.blockUntil != 0 && k.blockUntil <= rnow {
+				k.blockUntil = 0
+			}
+			_, isDirty := dirty[key]
+			if len(k.counts) == 0 && k.blockUntil == 0 && !isDirty && k.lastUsed < idle {
+				delete(sh.keys, key)
+			}
+		}
+		left += len(sh.keys)
+		sh.mu.Unlock()
+	}
+	f.local.Sweep()
+	return left
+}
+
+// classify marks errors caused by the caller's context so the breaker does
+// not count them against Redis.
+func (f *FallbackStore) classify(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return callerGone{err}
+	}
+	return err
+}
+
+// failed records a Redis failure (not a refusal by the open breaker).
+func (f *FallbackStore) failed(op string, err error) {
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		// The breaker refused without asking Redis; make sure the store
+		// knows it is degraded even if it raced with a recovery.
+		f.enterDegraded()
+		return
+	}
+	f.lastErr.Store(&errBox{err})
+	f.obs.StoreError(op)
+}
+
+func (f *FallbackStore) enterDegraded() {
+	if f.degraded.CompareAndSwap(false, true) {
+		f.since.Store(f.clock.Now().UnixNano())
+		f.obs.FallbackActive(true)
+	}
+}
+
+// unavailable is reject mode's error: ErrStoreUnavailable, the cause, and
+// the last Redis error when the cause is the open breaker.
+func (f *FallbackStore) unavailable(cause error) error {
+	if errors.Is(cause, gobreaker.ErrOpenState) {
+		if last := f.lastErr.Load(); last != nil {
+			return fmt.Errorf("%w: %w (last error: %w)", ErrStoreUnavailable, cause, last.err)
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrStoreUnavailable, cause)
+}
+
+func (f *FallbackStore) markDirty(key string) {
+	f.dirtyMu.Lock()
+	f.dirty[key] = struct{}{}
+	f.dirtyMu.Unlock()
+	if f.degraded.Load() {
+		return // Run reconciles once Redis is back, not per local admission
+	}
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// redisMillis estimates Redis TIME (ms) at local time now.
+func (f *FallbackStore) redisMillis(now time.Time) int64 { return now.UnixMilli() + f.offset.Load() }
+
+func (f *FallbackStore) redisBucket(now time.Time) int64 {
+	return floorDiv(f.redisMillis(now), f.width)
+}
+
+func (f *FallbackStore) shard(key string) *fbShard {
+	return &f.shards[maphash.String(f.seed, key)%uint64(len(f.shards))]
+}
+
+// get returns key's entry, creating it; sh is locked.
+func (sh *fbShard) get(key string, now time.Time) *fbKey {
+	k := sh.keys[key]
+	if k == nil {
+		k = &fbKey{counts: map[countKey]int{}}
+		sh.keys[key] = k
+	}
+	k.lastUsed = now.UnixNano()
+	return k
+}
+
+// prune drops counts in buckets before first.
+func (k *fbKey) prune(first int64) {
+	for ck := range k.counts {
+		if ck.bucket < first {
+			delete(k.counts, ck)
+		}
+	}
+}
+
+// pending reports whether some count is not known to be held by Redis.
+func (k *fbKey) pending() bool {
+	for ck := range k.counts {
+		if ck.tag != k.epoch {
+			return true
+		}
+	}
+	return false
+}
+
+type nopFallbackObserver struct{}
+
+func (nopFallbackObserver) StoreError(string)   {}
+func (nopFallbackObserver) FallbackActive(bool) {}

@@ -1,0 +1,384 @@
+package limiter
+
+import (
+	"context"
+	"crypto/tls"
+	_ "embed" // the Lua scripts
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// Defaults of RedisOptions.
+const (
+	DefaultRedisKeyPrefix = "fgw"
+	DefaultRedisTimeout   = 50 * time.Millisecond
+)
+
+var (
+	//go:embed redis_take.lua
+	takeLua string
+	//go:embed redis_block.lua
+	blockLua string
+	//go:embed redis_writeback.lua
+	writeBackLua string
+
+	// The scripts are shared by every RedisStore: go-redis's Script runs
+	// EVALSHA and falls back to EVAL (which caches the script) on NOSCRIPT,
+	// so a Redis that restarted empty costs one extra round trip, once.
+	takeScript      = redis.NewScript(takeLua)
+	blockScript     = redis.NewScript(blockLua)
+	writeBackScript = redis.NewScript(writeBackLua)
+)
+
+var (
+	_ Store = (*RedisStore)(nil)
+	_ Store = (*FallbackStore)(nil)
+)
+
+// RedisOptions tunes a RedisStore.
+type RedisOptions struct {
+	// KeyPrefix starts every key name (redis.key_prefix), so several
+	// gateways or environments can share one Redis. Default "fgw".
+	KeyPrefix string
+	// Timeout bounds every call to Redis (redis.timeout), so a Redis that
+	// stops answering cannot hold a request longer. Default 50ms.
+	Timeout time.Duration
+}
+
+// RedisStore is the quota store shared by every gateway replica: each Take
+// is one Lua script, run atomically by Redis, that applies exactly
+// MemoryStore's algorithm (sub-buckets of Policy.BucketWidth, the oldest
+// live bucket counted whole, Ahead, Block) to a HASH per key. Any number of
+// replicas therefore never admit more than Policy.Limit in any rolling
+// Policy.Window between them.
+//
+// Time source: the scripts read Redis TIME, never the gateway's clock. Every
+// replica's admission is stamped by the one clock that also decides what
+// still counts, so skew between the replicas' clocks cannot over-admit (a
+// replica whose clock ran ahead would otherwise age other replicas'
+// attempts out early). Counts are kept in milliseconds: the bucket width is
+// a whole number of milliseconds and the span is rounded up to one.
+//
+// Keys: one HASH per key, PREFIX:{KEY}:q. The braces make KEY the Redis
+// Cluster hash tag, so every script touches one slot; KEY is the hash of a
+// token (the proxy never passes a token). Fields are the live buckets'
+// counts plus one field "m" holding the key's epoch and the end of a block,
+// so a key holds at most Buckets+2 fields. The scripts remove dead buckets
+// and set the key's TTL to the moment its last bucket (or block) stops
+// counting: an idle token costs nothing.
+//
+// RedisStore does no I/O until used and starts no goroutine. Wrap it in a
+// FallbackStore to survive Redis outages.
+type RedisStore struct {
+	client  redis.UniversalClient
+	policy  Policy
+	prefix  string
+	timeout time.Duration
+	width   int64 // bucket width, ms
+	span    int64 // Policy.Span rounded up, ms
+
+	// now, when set (tests only), replaces Redis TIME in the scripts so
+	// they can be compared step by step with MemoryStore on a fake clock.
+	now func() int64
+}
+
+// NewRedisStore returns a store enforcing p in Redis through client. It
+// does no I/O and starts nothing.
+func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *RedisStore {
+	if opts.KeyPrefix == "" {
+		opts.KeyPrefix = DefaultRedisKeyPrefix
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultRedisTimeout
+	}
+	return &RedisStore{
+		client:  client,
+		policy:  p,
+		prefix:  opts.KeyPrefix,
+		timeout: opts.Timeout,
+		width:   p.BucketWidth().Milliseconds(),
+		span:    ceilMillis(p.Span()),
+	}
+}
+
+// Policy returns the policy the store enforces.
+func (s *RedisStore) Policy() Policy { return s.policy }
+
+// Client returns the client the store talks through.
+func (s *RedisStore) Client() redis.UniversalClient { return s.client }
+
+// Key returns the name of the HASH that holds key's window. Neither the
+// prefix nor key may contain braces, or the hash tag would not be key.
+func (s *RedisStore) Key(key string) string { return s.prefix + ":{" + key + "}:q" }
+
+// takeInfo is what a Take learned beyond its Result, for the fallback's
+// shadow accounting.
+type takeInfo struct {
+	bucket int64  // the bucket the attempt was counted in, Redis time
+	now    int64  // Redis time of the script, ms
+	epoch  string // the key's epoch ("" when the key does not exist)
+}
+
+// Take implements Store with one script call (one round trip).
+func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, error) {
+	res, _, err := s.take(ctx, key, t)
+	return res, err
+}
+
+func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	vals, err := takeScript.Run(ctx, s.client, []string{s.Key(key)},
+		s.policy.Limit, s.width, s.span, t.Ahead, s.testNow()).Slice()
+	if err != nil {
+		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
+	}
+	if len(vals) != 8 {
+		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want 8", len(vals))
+	}
+	var n [7]int64
+	for i := range n {
+		v, ok := vals[i].(int64)
+		if !ok {
+			return Result{}, takeInfo{}, fmt.Errorf("redis take: value %d is %T, want an integer", i, vals[i])
+		}
+		n[i] = v
+	}
+	epoch, _ := vals[7].(string)
+	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
+	res := Result{
+		Allowed:    n[0] == 1,
+		Limit:      s.policy.Limit,
+		Remaining:  int(n[1]),
+		RetryAfter: ms(n[2]),
+		ResetAfter: ms(n[3]),
+		Blocked:    n[4] == 1,
+	}
+	return res, takeInfo{bucket: n[5], now: n[6], epoch: epoch}, nil
+}
+
+// Block implements Store: every Take for key, from any replica, is refused
+// until Redis TIME + d (a longer block already set is kept).
+func (s *RedisStore) Block(ctx context.Context, key string, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := blockScript.Run(ctx, s.client, []string{s.Key(key)}, ceilMillis(d), s.testNow()).Err(); err != nil {
+		return fmt.Errorf("redis block: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that Redis answers within the store's timeout: /readyz and
+// the fallback's recovery probe use it.
+func (s *RedisStore) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis ping: %w", err)
+	}
+	return nil
+}
+
+// shadowCount is one replica's count in one bucket, tagged with the epoch
+// of the key it was admitted through ("" when admitted locally).
+type shadowCount struct {
+	tag    string
+	bucket int64
+	count  int
+}
+
+// writeBack adds to key's HASH the counts Redis does not hold: every count
+// whose tag is not the key's current epoch (see redis_writeback.lua), and a
+// block until blockedUntil (Redis ms, 0: none). It returns the key's epoch
+// after the call ("" when nothing was live to write and the key is gone).
+func (s *RedisStore) writeBack(ctx context.Context, key string, counts []shadowCount, blockedUntil int64) (string, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	args := make([]any, 0, 4+3*len(counts))
+	args = append(args, s.width, s.span, blockedUntil, s.testNow())
+	for _, c := range counts {
+		args = append(args, c.tag, c.bucket, c.count)
+	}
+	vals, err := writeBackScript.Run(ctx, s.client, []string{s.Key(key)}, args...).Slice()
+	if err != nil {
+		return "", 0, fmt.Errorf("redis write-back: %w", err)
+	}
+	if len(vals) != 2 {
+		return "", 0, fmt.Errorf("redis write-back: script returned %d values, want 2", len(vals))
+	}
+	epoch, _ := vals[0].(string)
+	written, _ := vals[1].(int64)
+	return epoch, written, nil
+}
+
+func (s *RedisStore) testNow() string {
+	if s.now == nil {
+		return ""
+	}
+	return strconv.FormatInt(s.now(), 10)
+}
+
+// ceilMillis rounds d up to whole milliseconds: a slot held a fraction of a
+// millisecond longer than needed never over-admits; a shorter one could.
+func ceilMillis(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// RedisClientOptions describes how to reach Redis (the redis.* settings).
+// Exactly one of URL, SentinelMaster or ClusterAddrs selects the topology.
+type RedisClientOptions struct {
+	// URL is a standalone server: redis://[user:password@]host:port[/db],
+	// rediss:// for TLS, or unix:///path/to/redis.sock?db=N.
+	URL string
+
+	// SentinelMaster and SentinelAddrs select a Sentinel-managed primary.
+	// SentinelPassword authenticates to the sentinels themselves.
+	SentinelMaster   string
+	SentinelAddrs    []string
+	SentinelPassword string
+
+	// ClusterAddrs is a seed list of Redis Cluster nodes.
+	ClusterAddrs []string
+
+	// Username and Password authenticate to the data nodes (AUTH/ACL).
+	// With URL they may be given here or in the URL, not both.
+	Username string
+	Password string
+	// DB selects a database (standalone and Sentinel only; with URL it may
+	// be given in the URL path instead).
+	DB int
+	// TLS connects with TLS (implied by rediss://).
+	TLS bool
+
+	// PoolSize is the number of connections per node (0: go-redis default,
+	// 10 per GOMAXPROCS).
+	PoolSize int
+	// Timeout is the store's per-call timeout (default 50ms); socket read
+	// and write deadlines follow it and dials get a few multiples of it.
+	Timeout time.Duration
+}
+
+// NewRedisClient builds a go-redis client from o without any I/O (go-redis
+// connects lazily). The client is tuned for a quota store behind a circuit
+// breaker: no command retries (a retry would double the time a dead Redis
+// holds a request; the breaker and the fallback decide instead), one dial
+// attempt, context deadlines honoured, and maintenance notifications off
+// (they would relax the timeouts during a failover).
+func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
+	modes := 0
+	for _, set := range []bool{o.URL != "", o.SentinelMaster != "" || len(o.SentinelAddrs) > 0, len(o.ClusterAddrs) > 0} {
+		if set {
+			modes++
+		}
+	}
+	switch {
+	case modes == 0:
+		return nil, errors.New("redis: set one of redis.url, redis.sentinel_master (with redis.sentinel_addrs) or redis.cluster_addrs")
+	case modes > 1:
+		return nil, errors.New("redis: redis.url, redis.sentinel_* and redis.cluster_addrs are exclusive: set only one")
+	case o.SentinelMaster != "" && len(o.SentinelAddrs) == 0:
+		return nil, errors.New("redis: redis.sentinel_master needs redis.sentinel_addrs")
+	case len(o.SentinelAddrs) > 0 && o.SentinelMaster == "":
+		return nil, errors.New("redis: redis.sentinel_addrs needs redis.sentinel_master")
+	case o.SentinelPassword != "" && o.SentinelMaster == "":
+		return nil, errors.New("redis: redis.sentinel_password only applies with redis.sentinel_master")
+	case len(o.ClusterAddrs) > 0 && o.DB != 0:
+		return nil, errors.New("redis: Redis Cluster has only database 0")
+	case o.DB < 0:
+		return nil, fmt.Errorf("redis: database must not be negative, got %d", o.DB)
+	case o.PoolSize < 0:
+		return nil, fmt.Errorf("redis: pool size must not be negative, got %d", o.PoolSize)
+	case o.Timeout < 0:
+		return nil, fmt.Errorf("redis: timeout must not be negative, got %s", o.Timeout)
+	}
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = DefaultRedisTimeout
+	}
+	// A dial runs in the background of the call that needs it, so it may
+	// take longer than one call (TLS handshakes do) without holding it.
+	dial := min(max(10*timeout, 100*time.Millisecond), 5*time.Second)
+	off := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+
+	for _, a := range append(append([]string{}, o.SentinelAddrs...), o.ClusterAddrs...) {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("redis: address %q: %w", a, err)
+		}
+	}
+
+	if o.URL != "" {
+		u, err := url.Parse(o.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis: redis.url: %w", err)
+		}
+		if u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix" {
+			return nil, fmt.Errorf("redis: redis.url scheme must be redis://, rediss:// or unix://, got %q", u.Scheme)
+		}
+		opt, err := redis.ParseURL(o.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis: redis.url: %w", err)
+		}
+		if o.Username != "" || o.Password != "" {
+			if opt.Username != "" || opt.Password != "" {
+				return nil, errors.New("redis: credentials given both in redis.url and in redis.username/redis.password: use one")
+			}
+			opt.Username, opt.Password = o.Username, o.Password
+		}
+		if o.DB != 0 {
+			if opt.DB != 0 {
+				return nil, errors.New("redis: database given both in redis.url and in redis.db: use one")
+			}
+			opt.DB = o.DB
+		}
+		if o.TLS && opt.TLSConfig == nil && opt.Network != "unix" {
+			opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
+		}
+		opt.PoolSize = o.PoolSize
+		opt.MaxRetries = -1 // -1, not 0: 0 means go-redis's default of 3
+		opt.DialerRetries = 1
+		opt.DialTimeout = dial
+		opt.ReadTimeout = timeout
+		opt.WriteTimeout = timeout
+		opt.PoolTimeout = timeout
+		opt.ContextTimeoutEnabled = true
+		opt.MaintNotificationsConfig = off
+		return redis.NewClient(opt), nil
+	}
+
+	uo := &redis.UniversalOptions{
+		Username:              o.Username,
+		Password:              o.Password,
+		DB:                    o.DB,
+		PoolSize:              o.PoolSize,
+		MaxRetries:            -1,
+		DialerRetries:         1,
+		DialTimeout:           dial,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
+		PoolTimeout:           timeout,
+		ContextTimeoutEnabled: true,
+	}
+	if o.TLS {
+		uo.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if o.SentinelMaster != "" {
+		uo.MasterName = o.SentinelMaster
+		uo.Addrs = o.SentinelAddrs
+		uo.SentinelPassword = o.SentinelPassword
+		return redis.NewFailoverClient(uo.Failover()), nil
+	}
+	uo.Addrs = o.ClusterAddrs
+	uo.IsClusterMode = true
+	uo.MaintNotificationsConfig = off
+	return redis.NewClusterClient(uo.Cluster()), nil
+}

@@ -1,0 +1,123 @@
+package limiter
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
+)
+
+// benchKeys are the keys the benchmarks spread their takes over, like the
+// hashed tokens of many clients.
+var benchKeys = func() []string {
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = "bench" + strconv.Itoa(i)
+	}
+	return keys
+}()
+
+// benchPolicy admits every take, so each take is one admission.
+var benchPolicy = Policy{Limit: 1 << 30, Window: time.Hour}
+
+// benchTake runs b.N takes on store (from one goroutine or, with parallel,
+// from GOMAXPROCS goroutines), checks they were all admitted, and reports
+// admissions per second and, when rt is set, Redis round trips per
+// admission.
+func benchTake(b *testing.B, store Store, rt *commandCounter, parallel bool) {
+	ctx := context.Background()
+	var next, admitted atomic.Int64
+	take := func() {
+		k := benchKeys[int(next.Add(1))%len(benchKeys)]
+		res, err := store.Take(ctx, k, Take{})
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		if res.Allowed {
+			admitted.Add(1)
+		}
+	}
+	var trips0 int64
+	if rt != nil {
+		trips0 = rt.n.Load()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	if parallel {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				take()
+			}
+		})
+	} else {
+		for range b.N {
+			take()
+		}
+	}
+	b.StopTimer()
+	n := admitted.Load()
+	if n != int64(b.N) {
+		b.Fatalf("%d of %d takes admitted", n, b.N)
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "admissions/s")
+	if rt != nil {
+		b.ReportMetric(float64(rt.n.Load()-trips0)/float64(n), "roundtrips/admission")
+	}
+}
+
+// redisBenchStore starts a redis-server and returns a store on it whose
+// round trips are counted, with the script loaded and connections made.
+func redisBenchStore(b *testing.B) (*RedisStore, *commandCounter) {
+	b.Helper()
+	srv := redistest.Start(b)
+	client := newRedisTestClient(b, srv, time.Second)
+	rt := &commandCounter{}
+	client.AddHook(rt)
+	s := NewRedisStore(client, benchPolicy, RedisOptions{Timeout: time.Second})
+	if _, err := s.Take(context.Background(), "warmup", Take{}); err != nil {
+		b.Fatal(err)
+	}
+	return s, rt
+}
+
+func BenchmarkTakeMemory(b *testing.B) {
+	benchTake(b, NewMemoryStore(benchPolicy, nil), nil, false)
+}
+
+func BenchmarkTakeMemoryParallel(b *testing.B) {
+	benchTake(b, NewMemoryStore(benchPolicy, nil), nil, true)
+}
+
+func BenchmarkTakeRedis(b *testing.B) {
+	s, rt := redisBenchStore(b)
+	benchTake(b, s, rt, false)
+}
+
+func BenchmarkTakeRedisParallel(b *testing.B) {
+	s, rt := redisBenchStore(b)
+	benchTake(b, s, rt, true)
+}
+
+// BenchmarkTakeFallbackParallel measures the Redis store behind the
+// circuit breaker and the shadow accounting, as the gateway runs it.
+func BenchmarkTakeFallbackParallel(b *testing.B) {
+	s, rt := redisBenchStore(b)
+	benchTake(b, NewFallbackStore(s, benchPolicy, FallbackOptions{}), rt, true)
+}
+
+// BenchmarkRedisPing is the floor a take through Redis cannot beat: one
+// PING round trip on the same client settings.
+func BenchmarkRedisPing(b *testing.B) {
+	s, _ := redisBenchStore(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		if err := s.Ping(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
