@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
@@ -110,15 +111,17 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 
 // gateway is everything serve wires together.
 type gateway struct {
-	cfg     config.Config
-	log     *zap.Logger
-	reg     *prometheus.Registry
-	handler *proxy.Handler
-	lim     *limiter.Limiter
-	store   limiter.Store
-	mem     *limiter.MemoryStore
-	ready   atomic.Bool
-	health  func() (ok bool, detail string)
+	cfg      config.Config
+	log      *zap.Logger
+	reg      *prometheus.Registry
+	handler  *proxy.Handler
+	lim      *limiter.Limiter
+	store    limiter.Store
+	mem      *limiter.MemoryStore
+	fallback *limiter.FallbackStore
+	closers  []func() error
+	ready    atomic.Bool
+	health   func() (ok bool, detail string)
 }
 
 // build wires the concrete types. It does no I/O.
@@ -154,7 +157,7 @@ func build(cfg config.Config, log *zap.Logger) (*gateway, error) {
 	m := metrics.New(g.reg, metrics.Options{
 		Routes:          routeNames,
 		RejectReasons:   []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
-		StoreOps:        []string{"take", "block", "reconcile"},
+		StoreOps:        limiter.StoreOps,
 		ClientStatuses:  []int{200, 400, 404, 413, 429, 499, 503, 504},
 		UpstreamStatues: []int{200, 400, 401, 404, 429, 500, 503, 504},
 	})
@@ -170,8 +173,43 @@ func build(cfg config.Config, log *zap.Logger) (*gateway, error) {
 		g.mem = limiter.NewMemoryStore(policy, nil)
 		g.store = g.mem
 		g.health = func() (bool, string) { return true, "quota store: memory" }
-	default:
-		return nil, fmt.Errorf("quota.store %q is not available in this build", cfg.Quota.Store)
+	case "redis":
+		client, err := limiter.NewRedisClient(limiter.RedisClientOptions{
+			URL:              cfg.Redis.URL,
+			SentinelMaster:   cfg.Redis.SentinelMaster,
+			SentinelAddrs:    cfg.Redis.SentinelAddrs,
+			SentinelPassword: cfg.Redis.SentinelPassword,
+			ClusterAddrs:     cfg.Redis.ClusterAddrs,
+			Username:         cfg.Redis.Username,
+			Password:         cfg.Redis.Password,
+			TLS:              cfg.Redis.TLS,
+			PoolSize:         cfg.Redis.PoolSize,
+			Timeout:          cfg.Redis.Timeout.Duration,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		g.closers = append(g.closers, client.Close)
+		primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
+			KeyPrefix: cfg.Redis.KeyPrefix,
+			Timeout:   cfg.Redis.Timeout.Duration,
+		})
+		reject := cfg.Quota.OnStoreFailure == "reject"
+		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
+			Share:    cfg.Quota.FallbackShare,
+			Reject:   reject,
+			Observer: storeObserver{m: m, log: log.Named("quota")},
+		})
+		g.store, g.fallback = fb, fb
+		g.health = func() (bool, string) {
+			status := "quota store: " + fb.Status()
+			if fb.Degraded() {
+				// Degraded but serving from the local count is ready (and
+				// says so); rejecting every request is not.
+				return !reject, "degraded, " + status
+			}
+			return true, status
+		}
 	}
 
 	r, burst := cfg.SmoothingRate()
@@ -249,6 +287,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, ready chan<-
 		return err
 	}
 	log.Info("starting", zap.String("version", buildVersion()), zap.Any("config", cfg.Redacted()))
+	redis.SetLogger(redisLogger{log.Named("redis")})
 
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
@@ -273,6 +312,9 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, ready chan<-
 	wg.Go(func() { _ = g.lim.Run(bg, time.Minute) })
 	if g.mem != nil {
 		wg.Go(func() { _ = g.mem.Run(bg, time.Minute) })
+	}
+	if g.fallback != nil {
+		wg.Go(func() { _ = g.fallback.Run(bg) })
 	}
 	errc := make(chan error, 2)
 	wg.Go(func() { errc <- ignoreClosed(srv.Serve(ln)) })
@@ -310,6 +352,9 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, ready chan<-
 	acancel()
 	cancelBG()
 	wg.Wait()
+	for _, c := range g.closers {
+		_ = c()
+	}
 	log.Info("stopped")
 	return runErr
 }
@@ -319,4 +364,29 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
+}
+
+// storeObserver exports the quota store's failures as metrics and logs the
+// switches to and from the local fallback (once each, not per request).
+type storeObserver struct {
+	m   *metrics.Metrics
+	log *zap.Logger
+}
+
+func (o storeObserver) StoreError(op string) { o.m.StoreError(op) }
+
+func (o storeObserver) FallbackActive(active bool) {
+	o.m.FallbackActive(active)
+	if active {
+		o.log.Warn("quota store unavailable: counting locally with a share of the limit until it answers again")
+	} else {
+		o.log.Info("quota store available again: local counts written back")
+	}
+}
+
+// redisLogger sends go-redis's own log lines (dial failures) to zap.
+type redisLogger struct{ log *zap.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
 }

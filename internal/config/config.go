@@ -499,8 +499,14 @@ func (c *Config) validate() Errors {
 	if len(c.Redis.SentinelAddrs) > 0 && c.Redis.SentinelMaster == "" {
 		add("redis.sentinel_master", "required with redis.sentinel_addrs")
 	}
-	if len(c.Redis.SentinelAddrs) > 0 && len(c.Redis.ClusterAddrs) > 0 {
-		add("redis.cluster_addrs", "cannot be combined with redis.sentinel_addrs")
+	topologies := 0
+	for _, set := range []bool{c.Redis.URL != "", len(c.Redis.SentinelAddrs) > 0, len(c.Redis.ClusterAddrs) > 0} {
+		if set {
+			topologies++
+		}
+	}
+	if topologies > 1 {
+		add("redis", "set only one of redis.url, redis.sentinel_addrs and redis.cluster_addrs")
 	}
 	for i, a := range append(append([]string{}, c.Redis.SentinelAddrs...), c.Redis.ClusterAddrs...) {
 		if _, _, err := net.SplitHostPort(a); err != nil {

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fusioo-gateway/gateway/internal/fusioosim"
+	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
+)
+
+// gatewayProc is one gateway replica run in process by run().
+type gatewayProc struct {
+	addrs started
+	stop  func()
+}
+
+func startGateway(t *testing.T, config string, env ...string) *gatewayProc {
+	t.Helper()
+	p := writeConfig(t, config)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan started, 1)
+	done := make(chan int, 1)
+	logs := &syncWriter{w: &strings.Builder{}}
+	go func() { done <- run(ctx, []string{"-config", p}, env, io.Discard, logs, ready) }()
+	g := &gatewayProc{}
+	select {
+	case g.addrs = <-ready:
+	case code := <-done:
+		cancel()
+		t.Fatalf("gateway exited with %d: %v", code, logs.w)
+	}
+	var once sync.Once
+	g.stop = func() {
+		once.Do(func() {
+			cancel()
+			if code := <-done; code != 0 {
+				t.Errorf("gateway exit %d", code)
+			}
+		})
+	}
+	t.Cleanup(g.stop)
+	return g
+}
+
+func redisConfig(url string, limit int, window, maxWait string) string {
+	return fmt.Sprintf(`
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_timeout = "2s"
+[quota]
+limit = %d
+window = %q
+margin = "20ms"
+buckets = 100
+store = "redis"
+fallback_share = 0.3
+[redis]
+url = %q
+timeout = "100ms"
+[smoothing]
+rate = 10000.0
+burst = 10000
+[queue]
+max_wait = %q
+[log]
+level = "error"
+`, limit, window, url, maxWait)
+}
+
+type client struct {
+	c *http.Client
+}
+
+func newClient(t *testing.T) *client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &client{&http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+func (c *client) get(url, token string) (int, http.Header, string, error) {
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.c.Do(req)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b), nil
+}
+
+// TestReplicasShareQuotaInRedis runs three gateways on one Redis in front
+// of a simulator that enforces the same rolling quota, with clients asking
+// three times the quota through all three: the simulator sees nothing over
+// the limit, and the quota is used.
+func TestReplicasShareQuotaInRedis(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for ~6 s of load")
+	}
+	const limit, window = 100, 2 * time.Second
+	rs := redistest.Start(t)
+	sim := fusioosim.New(fusioosim.Config{Limit: limit, Window: window})
+	up := httptest.NewServer(sim)
+	defer up.Close()
+	var gws []*gatewayProc
+	for range 3 {
+		gws = append(gws, startGateway(t, redisConfig(rs.URL(), limit, window.String(), "300ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL))
+	}
+	c := newClient(t)
+	tokens := []string{"tok-one", "tok-two"}
+	var mu sync.Mutex
+	admitted := map[string][]time.Time{}
+	var limited, failed atomic.Int64
+	start := time.Now()
+	end := start.Add(3 * window)
+	var wg sync.WaitGroup
+	for i := range 12 { // 6 clients per token, 2 per gateway: always more demand than quota
+		wg.Go(func() {
+			tok, gw := tokens[i%2], gws[i%3]
+			for time.Now().Before(end) {
+				st, _, body, err := c.get("http://"+gw.addrs.Addr+"/v3/records/apps/app1", tok)
+				switch {
+				case err != nil:
+					failed.Add(1)
+					t.Errorf("request: %v", err)
+					return
+				case st == 200:
+					mu.Lock()
+					admitted[tok] = append(admitted[tok], time.Now())
+					mu.Unlock()
+				case st == 429 && strings.Contains(body, `"code":20005`):
+					limited.Add(1)
+					time.Sleep(20 * time.Millisecond) // the client backs off before asking again
+				default:
+					failed.Add(1)
+					t.Errorf("status %d: %s", st, body)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	l := sim.Ledger()
+	if l.OverQuota != 0 || l.MaxInWindow > limit {
+		t.Fatalf("simulator saw %d requests over the quota, %d in one window (limit %d)", l.OverQuota, l.MaxInWindow, limit)
+	}
+	if limited.Load() == 0 {
+		t.Fatalf("demand never exceeded the quota")
+	}
+	// Quota use: the mean over every rolling window that lies inside the
+	// run (after the first) of the admissions it holds, per token.
+	for _, tok := range tokens {
+		ts := admitted[tok]
+		sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
+		var sum, n float64
+		for from := start.Add(window / 2); !from.Add(window).After(end); from = from.Add(10 * time.Millisecond) {
+			cnt := sort.Search(len(ts), func(i int) bool { return !ts[i].Before(from.Add(window)) }) -
+				sort.Search(len(ts), func(i int) bool { return !ts[i].Before(from) })
+			sum += float64(cnt)
+			n++
+		}
+		used := sum / n / limit
+		t.Logf("%s: %d admitted, mean quota use per rolling window %.1f%%", tok, len(ts), 100*used)
+		if used < 0.95 {
+			t.Errorf("%s used %.1f%% of its quota per window, want >= 95%%", tok, 100*used)
+		}
+	}
+}
+
+// TestRedisOutage kills Redis under traffic: the gateway keeps answering
+// from its local share (no request lost, /readyz degraded, the gauge set),
+// and when Redis comes back empty it recovers and writes back its counts.
+func TestRedisOutage(t *testing.T) {
+	rs := redistest.Start(t)
+	sim := fusioosim.New(fusioosim.Config{})
+	up := httptest.NewServer(sim)
+	defer up.Close()
+	gw := startGateway(t, redisConfig(rs.URL(), 100, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	c := newClient(t)
+	url := "http://" + gw.addrs.Addr + "/v3/apps"
+	admin := "http://" + gw.addrs.AdminAddr
+	send := func(n int) (ok, limited int) {
+		for range n {
+			st, _, body, err := c.get(url, "tok-outage")
+			switch {
+			case err != nil:
+				t.Fatalf("request lost: %v", err)
+			case st == 200:
+				ok++
+			case st == 429:
+				limited++
+			default:
+				t.Fatalf("status %d: %s", st, body)
+			}
+		}
+		return ok, limited
+	}
+	if ok, _ := send(10); ok != 10 {
+		t.Fatalf("before the outage: %d of 10", ok)
+	}
+	rs.Kill()
+	// Local share: 30% of the 90 Redis said were left.
+	ok, limited := send(40)
+	if ok != 27 || limited != 13 {
+		t.Fatalf("during the outage: %d admitted, %d limited; want 27 and 13", ok, limited)
+	}
+	if st, _, body, _ := c.get(admin+"/readyz", ""); st != 200 || !strings.Contains(body, "degraded") {
+		t.Fatalf("readyz during the outage: %d %s", st, body)
+	}
+	if _, _, body, _ := c.get(admin+"/metrics", ""); !strings.Contains(body, "fusioo_gateway_store_fallback_active 1") ||
+		!strings.Contains(body, `fusioo_gateway_store_errors_total{op="take"}`) {
+		t.Fatalf("metrics during the outage:\n%s", grepLines(body, "store_"))
+	}
+	rs.Restart() // empty
+	waitFor(t, func() bool {
+		_, _, body, _ := c.get(admin+"/readyz", "")
+		return strings.Contains(body, "ready: quota store: redis")
+	})
+	if _, _, body, _ := c.get(admin+"/metrics", ""); !strings.Contains(body, "fusioo_gateway_store_fallback_active 0") {
+		t.Fatalf("metrics after recovery:\n%s", grepLines(body, "store_"))
+	}
+	// Redis came back empty: the replica wrote back everything it admitted
+	// in the window, before and during the outage.
+	rc := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rc.Close()
+	keys, err := rc.Keys(context.Background(), "fgw:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("keys %v %v", keys, err)
+	}
+	if strings.Contains(keys[0], "tok-outage") {
+		t.Fatalf("token in a Redis key: %s", keys[0])
+	}
+	fields, _ := rc.HGetAll(context.Background(), keys[0]).Result()
+	total := 0
+	for f, v := range fields {
+		if f != "m" {
+			var n int
+			fmt.Sscan(v, &n)
+			total += n
+		}
+	}
+	if total != 37 {
+		t.Fatalf("Redis holds %d after recovery, want 37 (10 before + 27 during): %v", total, fields)
+	}
+	if sim.Ledger().Requests != 37 {
+		t.Fatalf("simulator saw %d", sim.Ledger().Requests)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
