@@ -1,0 +1,114 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleIsDefault(t *testing.T) {
+	b, err := os.ReadFile("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Default()
+	// The example documents every default: loading it changes nothing.
+	if cfg.Server != def.Server || cfg.Upstream != def.Upstream || cfg.Quota != def.Quota || cfg.Smoothing != def.Smoothing ||
+		cfg.Queue != def.Queue || cfg.Retry != def.Retry || cfg.Log != def.Log {
+		t.Fatalf("example differs from defaults:\n%+v\n%+v", cfg, def)
+	}
+}
+
+func TestMinimalFile(t *testing.T) {
+	cfg, err := Parse([]byte(`
+[server]
+listen = "127.0.0.1:8000"
+[upstream]
+url = "http://127.0.0.1:9"
+[quota]
+limit = 300
+window = "10s"
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, b := cfg.SmoothingRate()
+	if r < 30 || b < 20 {
+		t.Fatalf("smoothing %v/%d slower than the quota", r, b)
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	cfg, err := Parse([]byte(`[quota]
+limit = 5`), []string{
+		"FUSIOO_GATEWAY_REDIS_URL=redis://:pw@localhost:6379/0", "FUSIOO_GATEWAY_QUOTA_STORE=redis",
+		"FUSIOO_GATEWAY_QUOTA_LIMIT=7", "FUSIOO_GATEWAY_QUEUE_MAX_WAIT=2s", "FUSIOO_GATEWAY_RETRY_IDEMPOTENT_WRITES=false",
+		"FUSIOO_GATEWAY_REDIS_CLUSTER_ADDRS=", "PATH=/bin",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Quota.Limit != 7 || cfg.Quota.Store != "redis" || cfg.Queue.MaxWait.Duration != 2*time.Second || cfg.Retry.IdempotentWrites {
+		t.Fatalf("%+v", cfg)
+	}
+	red := cfg.Redacted()
+	if strings.Contains(red.Redis.URL, "pw") || !strings.Contains(cfg.Redis.URL, "pw") {
+		t.Fatalf("redaction: %q / original %q", red.Redis.URL, cfg.Redis.URL)
+	}
+}
+
+func TestEveryBadKeyReported(t *testing.T) {
+	_, err := Parse([]byte(`
+[server]
+listen = "x"
+admin_listen = 3
+nope = true
+[upstream]
+url = "ftp://a"
+[quota]
+margin = "2h"
+on_store_failure = "panic"
+[redis]
+url = "redis://a:1"
+cluster_addrs = ["b:2"]
+[retry]
+budget_ratio = 2.0
+max_delay = "1ms"
+[log]
+format = "xml"
+[[routes]]
+method = ""
+template = "/x"
+kind = "read"
+bogus = 1
+[typo]
+`), nil)
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("%v", err)
+	}
+	want := []string{"server.listen", "server.admin_listen", "server.nope", "upstream.url", "quota.margin", "quota.on_store_failure",
+		"redis: set only one", "retry.budget_ratio", "retry.max_delay", "log.format", "routes[0].method", "routes[0].bogus", "typo: unknown key"}
+	msg := err.Error()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("missing %q in:\n%s", w, msg)
+		}
+	}
+	if len(errs) != len(want) {
+		t.Errorf("%d errors, want %d:\n%s", len(errs), len(want), msg)
+	}
+}
+
+func TestSyntaxError(t *testing.T) {
+	_, err := Parse([]byte("[server\nlisten="), nil)
+	if err == nil || !strings.Contains(err.Error(), "not valid TOML") {
+		t.Fatalf("%v", err)
+	}
+}

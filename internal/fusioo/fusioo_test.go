@@ -1,0 +1,80 @@
+package fusioo
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestRoutesMatch(t *testing.T) {
+	rs, err := NewRoutes(append(DefaultRoutes(), Route{Method: "get", Template: "/v3/records/apps/{app}/count", Charged: false, Kind: KindRead}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		method, path, name string
+		charged            bool
+		kind               Kind
+	}{
+		{"GET", "/v3/ping", "GET /ping", false, KindRead},
+		{"GET", "/v1/ping", "GET /ping", false, KindRead},
+		{"HEAD", "/v3/ping", "GET /ping", false, KindRead},
+		{"POST", "/v3/records/apps/ia4f42", "POST /records/apps/{app}", true, KindCreate},
+		{"POST", "/v3/records/apps/ia4f42/filter", "POST /records/apps/{app}/filter", true, KindRead},
+		{"POST", "/v3/records/apps/ia4f42/count/filter", "POST /records/apps/{app}/count/filter", true, KindRead},
+		{"GET", "/v3/records/apps/ia4f42/count", "GET /records/apps/{app}/count", false, KindRead}, // overridden
+		{"GET", "/v3/records/apps/ia4f42", "GET /records/apps/{app}", true, KindRead},
+		{"PUT", "/v3/records/r1", "PUT /records/{record}", true, KindWrite},
+		{"POST", "/v3/files/apps/a/fields/f", "POST /files/apps/{app}/fields/{field}", true, KindUpload},
+		{"POST", "/v3/whatever", "POST {unknown}", true, KindCreate},
+		{"GET", "/v3/whatever/else", "GET {unknown}", true, KindRead},
+		{"DELETE", "/nope", "DELETE {unknown}", true, KindWrite},
+		{"BREW", "/v3/ping", "OTHER {unknown}", true, KindCreate},
+		{"GET", "/v3/records/a/b/c/d/e", "GET {unknown}", true, KindRead},
+	}
+	for _, tc := range cases {
+		r := rs.Match(tc.method, tc.path)
+		if r.Name() != tc.name || r.Charged != tc.charged || r.Kind != tc.kind {
+			t.Errorf("%s %s: got %s charged=%v kind=%s", tc.method, tc.path, r.Name(), r.Charged, r.Kind)
+		}
+	}
+	if _, err := NewRoutes([]Route{{Method: "GET", Template: "x"}}); err == nil {
+		t.Error("template without / accepted")
+	}
+}
+
+func TestWriteErrorShape(t *testing.T) {
+	w := httptest.NewRecorder()
+	WriteError(w, 429, CodeRateLimited, "")
+	if w.Code != 429 || w.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("%d %v", w.Code, w.Header())
+	}
+	var m map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["code"] != float64(20005) || !strings.Contains(m["message"].(string), "rate limit") || len(m["data"].(map[string]any)) != 0 {
+		t.Fatalf("%v", m)
+	}
+}
+
+func TestCodes(t *testing.T) {
+	if n := len(Codes()); n != 39 {
+		t.Fatalf("%d codes", n)
+	}
+	for _, c := range []struct {
+		c    Code
+		want string
+	}{{0, "none"}, {20005, "20005"}, {12345, "other"}} {
+		if got := c.c.Label(); got != c.want {
+			t.Errorf("%d: %s", c.c, got)
+		}
+	}
+	if !RateLimited(400, 20005) || !RateLimited(429, 0) || RateLimited(400, 30054) {
+		t.Error("RateLimited")
+	}
+	if !Unavailable(200, 10004) || !Unavailable(503, 0) || Unavailable(500, 10001) {
+		t.Error("Unavailable")
+	}
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of the parsers that see untrusted input: each target runs
+# for $1 (default 10s). CI keeps it short; run longer by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t=${1:-10s}
+targets=(
+  "./internal/fusioo FuzzPeekCode"
+  "./internal/fusioo FuzzRoutesMatch"
+  "./internal/proxy FuzzBearerToken"
+  "./internal/config FuzzParse"
+)
+if grep -q "func FuzzParseRetryAfter" internal/retry/*_test.go 2>/dev/null; then
+  targets+=("./internal/retry FuzzParseRetryAfter")
+fi
+for tg in "${targets[@]}"; do
+  set -- $tg
+  echo "fuzz $2 ($1) for $t"
+  go test -run '^$' -fuzz "^$2\$" -fuzztime "$t" "$1" 2>&1 | tail -n 2
+done
