@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -27,6 +28,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/metrics"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
 // started reports the addresses the gateway listens on; tests use it.
@@ -156,6 +158,7 @@ func build(cfg config.Config, log *zap.Logger) (*gateway, error) {
 	}, func() float64 { return 1 }))
 	m := metrics.New(g.reg, metrics.Options{
 		Routes:          routeNames,
+		RetryReasons:    retry.Reasons(),
 		RejectReasons:   []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
 		StoreOps:        limiter.StoreOps,
 		ClientStatuses:  []int{200, 400, 404, 413, 429, 499, 503, 504},
@@ -226,17 +229,29 @@ func build(cfg config.Config, log *zap.Logger) (*gateway, error) {
 		Observer:       m,
 	})
 
-	transport := &http.Transport{
-		Proxy:                 nil, // never through an environment proxy: the upstream is the only destination
-		DialContext:           (&net.Dialer{Timeout: cfg.Upstream.DialTimeout.Duration, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          cfg.Upstream.MaxIdleConnsPerHost,
-		MaxIdleConnsPerHost:   cfg.Upstream.MaxIdleConnsPerHost,
-		IdleConnTimeout:       90 * time.Second,
+	base := retry.NewBaseTransport(retry.BaseOptions{
+		DialTimeout:           cfg.Upstream.DialTimeout.Duration,
 		TLSHandshakeTimeout:   cfg.Upstream.DialTimeout.Duration,
 		ResponseHeaderTimeout: cfg.Upstream.Timeout.Duration,
-		ExpectContinueTimeout: time.Second,
-	}
+		MaxIdleConnsPerHost:   cfg.Upstream.MaxIdleConnsPerHost,
+	})
+	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
+	transport := retry.New(retry.Config{
+		Base:        base,
+		Routes:      routes,
+		MaxAttempts: cfg.Retry.MaxAttempts,
+		BaseDelay:   cfg.Retry.BaseDelay.Duration,
+		MaxDelay:    cfg.Retry.MaxDelay.Duration,
+		// retry.Config reads zero as "default": the file's explicit zeros
+		// mean "none" and are passed as the transport's "off" values.
+		BudgetRatio:       offIfZero(cfg.Retry.BudgetRatio, math.SmallestNonzeroFloat64),
+		MaxBodyBytes:      offIfZero(cfg.Retry.MaxBodyBytes, -1),
+		MaxBufferBytes:    max(cfg.Retry.MaxBufferBytes, 1),
+		IdempotentWrites:  cfg.Retry.IdempotentWrites,
+		SerializeCooldown: offIfZero(cfg.Retry.SerializeCooldown.Duration, -1),
+		MaxRetryAfter:     cfg.Quota.Window.Duration,
+		Observer:          m,
+	})
 
 	g.handler = proxy.New(proxy.Config{
 		Upstream:     upstream,
@@ -357,6 +372,15 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, ready chan<-
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// offIfZero maps a configured zero to the value that means "none" where
+// the zero value of a config struct means "default".
+func offIfZero[T int64 | float64 | time.Duration](v, off T) T {
+	if v == 0 {
+		return off
+	}
+	return v
 }
 
 func ignoreClosed(err error) error {

@@ -19,6 +19,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
 // stack is a gateway in front of an upstream, both on loopback.
@@ -43,6 +44,7 @@ type stackOpts struct {
 	clock     clockwork.Clock
 	timeout   time.Duration // upstream response header timeout
 	transport http.RoundTripper
+	attempts  int // retry.max_attempts (default 1: no retries)
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -83,10 +85,9 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	u, _ := url.Parse(s.upstream.URL)
 	rt := o.transport
 	if rt == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.ResponseHeaderTimeout = o.timeout
-		t.Cleanup(tr.CloseIdleConnections)
-		rt = tr
+		base := retry.NewBaseTransport(retry.BaseOptions{ResponseHeaderTimeout: o.timeout})
+		t.Cleanup(base.CloseIdleConnections)
+		rt = retry.New(retry.Config{Base: base, Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond})
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
 	s.handler = proxy.New(proxy.Config{

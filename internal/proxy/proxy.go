@@ -283,10 +283,9 @@ func (h *Handler) answered(ctx context.Context, rs *reqState, a retry.Attempt) {
 		block = a.RetryAfter
 	}
 	rs.mu.Lock()
-	rs.attempts = a.N
-	if a.Final {
-		rs.code = a.Code
-	}
+	// The last attempt reported is the one whose answer the client gets
+	// (Final may be unset when the transport gave up after reporting it).
+	rs.attempts, rs.code = a.N, a.Code
 	if block > 0 {
 		rs.blockedFor = block
 	}

@@ -17,7 +17,7 @@ type Attempt struct {
 	Err        error         // the transport error, when no response arrived
 	Written    bool          // the request was written to the connection (httptrace)
 	Duration   time.Duration // from sending the attempt to its answer (headers) or error
-	Final      bool          // no further attempt follows: this answer goes to the client
+	Final      bool          // the transport decided not to retry: this answer goes to the client (see Hooks.Answered)
 }
 
 // Hooks connect one request's attempts to the caller (the proxy), the way
@@ -37,7 +37,12 @@ type Hooks struct {
 	// the client then gets the last upstream answer. Nil admits everything.
 	Admit func(ctx context.Context, deadline time.Time) (bool, error)
 	// Answered is called once per attempt, in order, when its outcome is
-	// known. Nil ignores them.
+	// known, before the transport waits or calls Admit for a retry. Nil
+	// ignores them. An attempt reported with Final false is followed by
+	// another unless the retry is abandoned after the call (Admit refuses,
+	// the client leaves during the backoff, or a serialized create's turn
+	// does not come before the deadline): the client then gets that
+	// attempt's answer, and no Final attempt is reported.
 	Answered func(Attempt)
 }
 

@@ -1,0 +1,76 @@
+package retry
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// BaseOptions tune the http.Transport that NewBaseTransport builds. A zero
+// field takes the default given with it.
+type BaseOptions struct {
+	// DialTimeout bounds connecting (default 5s); KeepAlive is the TCP
+	// keep-alive period (default 30s).
+	DialTimeout time.Duration
+	KeepAlive   time.Duration
+	// TLSHandshakeTimeout bounds the TLS handshake (default 5s).
+	TLSHandshakeTimeout time.Duration
+	// ResponseHeaderTimeout is upstream.timeout: how long an attempt waits
+	// for the answer's headers once the request is written (default 30s;
+	// negative: no limit). An attempt that exceeds it ends as a "timeout"
+	// error, which the Transport retries on replay-safe routes only.
+	ResponseHeaderTimeout time.Duration
+	// IdleConnTimeout closes idle connections (default 90s).
+	IdleConnTimeout time.Duration
+	// MaxIdleConnsPerHost is how many idle connections to Fusioo are kept
+	// (default 256): a proxy sends all its traffic to one host, and the
+	// http.Transport default of 2 would reconnect constantly.
+	MaxIdleConnsPerHost int
+	// MaxConnsPerHost bounds connections to Fusioo (default 0: no bound).
+	MaxConnsPerHost int
+	// TLSClientConfig is the TLS configuration; nil means the defaults.
+	TLSClientConfig *tls.Config
+	// Proxy selects an outbound HTTP proxy; nil connects directly (the
+	// environment's HTTP_PROXY is not consulted unless the caller passes
+	// http.ProxyFromEnvironment).
+	Proxy func(*http.Request) (*url.URL, error)
+	// DisableHTTP2 keeps to HTTP/1.1 over TLS.
+	DisableHTTP2 bool
+}
+
+// NewBaseTransport returns an *http.Transport tuned to sit under the retry
+// Transport in a reverse proxy: bounded dial, handshake and header waits,
+// many idle connections to the one upstream host, HTTP/2 when offered, and
+// no transparent compression (the client's Accept-Encoding is passed
+// through untouched; the retry Transport reads gzip error bodies itself).
+func NewBaseTransport(o BaseOptions) *http.Transport {
+	d := &net.Dialer{
+		Timeout:   orDefault(o.DialTimeout, 5*time.Second),
+		KeepAlive: orDefault(o.KeepAlive, 30*time.Second),
+	}
+	rht := orDefault(o.ResponseHeaderTimeout, 30*time.Second)
+	if rht < 0 {
+		rht = 0
+	}
+	t := &http.Transport{
+		Proxy:                 o.Proxy,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       o.TLSClientConfig,
+		TLSHandshakeTimeout:   orDefault(o.TLSHandshakeTimeout, 5*time.Second),
+		ResponseHeaderTimeout: rht,
+		IdleConnTimeout:       orDefault(o.IdleConnTimeout, 90*time.Second),
+		MaxIdleConns:          0, // bounded per host instead
+		MaxIdleConnsPerHost:   orDefault(o.MaxIdleConnsPerHost, 256),
+		MaxConnsPerHost:       o.MaxConnsPerHost,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     !o.DisableHTTP2,
+	}
+	if o.DisableHTTP2 {
+		// A non-nil empty map turns HTTP/2 off.
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	return t
+}

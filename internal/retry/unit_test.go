@@ -1,0 +1,308 @@
+package retry
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
+)
+
+var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func TestParseRetryAfter(t *testing.T) {
+	const max = time.Hour
+	for _, c := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"", 0, false},
+		{"   ", 0, false},
+		{"0", 0, true},
+		{"1", time.Second, true},
+		{" 120 ", 2 * time.Minute, true},
+		{"3600", time.Hour, true},
+		{"3601", max, true},
+		{"86400", max, true},
+		{"9223372036", max, true},
+		{"9223372037", max, true},
+		{"99999999999999999999999999999999", max, true},
+		{"-1", 0, false},
+		{"+5", 0, false},
+		{"1.5", 0, false},
+		{"1e3", 0, false},
+		{"5s", 0, false},
+		{"garbage", 0, false},
+		{"0x10", 0, false},
+		{"Sun, 01 Mar 2026 12:00:30 GMT", 30 * time.Second, true},
+		{"Sunday, 01-Mar-26 12:01:00 GMT", time.Minute, true},
+		{"Sun Mar  1 12:00:10 2026", 10 * time.Second, true},
+		{"Sun, 01 Mar 2026 11:00:00 GMT", 0, true},   // in the past
+		{"Sun, 06 Nov 1994 08:49:37 GMT", 0, true},   // long past
+		{"Fri, 31 Dec 9999 23:59:59 GMT", max, true}, // far future
+		{"Sun, 01 Mar 2026 25:00:00 GMT", 0, false},  // no such hour
+	} {
+		got, ok := ParseRetryAfter(c.in, now, max)
+		if got != c.want || ok != c.ok {
+			t.Errorf("ParseRetryAfter(%q) = %v, %v; want %v, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+	// No cap: the largest values saturate instead of overflowing.
+	if d, ok := ParseRetryAfter("99999999999999999999", now, 0); !ok || d != 1<<63-1 {
+		t.Errorf("uncapped huge value: %v %v", d, ok)
+	}
+	if d, ok := ParseRetryAfter("Fri, 31 Dec 9999 23:59:59 GMT", now, 0); !ok || d <= 0 {
+		t.Errorf("uncapped far date: %v %v", d, ok)
+	}
+}
+
+func FuzzParseRetryAfter(f *testing.F) {
+	for _, s := range []string{"0", "120", "-1", "1.5", "99999999999999999999", "Sun, 06 Nov 1994 08:49:37 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "garbage"} {
+		f.Add(s, int64(time.Hour))
+	}
+	f.Fuzz(func(t *testing.T, v string, max int64) {
+		d, ok := ParseRetryAfter(v, now, time.Duration(max))
+		if d < 0 {
+			t.Fatalf("negative %v", d)
+		}
+		if max > 0 && d > time.Duration(max) {
+			t.Fatalf("%v over the cap %v", d, time.Duration(max))
+		}
+		if !ok && d != 0 {
+			t.Fatalf("invalid value gave %v", d)
+		}
+	})
+}
+
+// TestClassifyAnswer is the safety table on answers, without a network.
+func TestClassifyAnswer(t *testing.T) {
+	for _, c := range []struct {
+		status int
+		code   fusioo.Code
+		safe   bool
+		want   string
+	}{
+		{200, 0, true, ""},
+		{200, fusioo.CodeRateLimited, true, ""}, // not an error status
+		{429, 0, false, ReasonRateLimited},
+		{400, fusioo.CodeRateLimited, false, ReasonRateLimited},
+		{429, fusioo.CodeUnavailable, false, ReasonRateLimited},
+		{400, fusioo.CodeConcurrentRequests, false, ReasonConcurrent},
+		{500, fusioo.CodeConcurrentRequests, false, ReasonConcurrent},
+		{409, fusioo.CodeConcurrentRequests, false, ReasonConcurrent},
+		{503, 0, false, ReasonUnavailable},
+		{500, fusioo.CodeUnavailable, false, ReasonUnavailable},
+		{503, fusioo.CodeUnauthorized, true, ""},
+		{429, fusioo.CodeInvalidUser, true, ""},
+		{504, fusioo.CodeInternal, true, ReasonGatewayTimeout},
+		{504, 0, false, ""},
+		{500, fusioo.CodeInternal, true, ""},
+		{502, 0, true, ""},
+		{401, fusioo.CodeUnauthorized, true, ""},
+		{400, fusioo.CodeInvalidUser, true, ""},
+		{400, fusioo.CodeValidation, true, ""},
+		{404, fusioo.CodeNotFound, true, ""},
+	} {
+		if got := classifyAnswer(c.status, c.code, c.safe); got != c.want {
+			t.Errorf("classifyAnswer(%d, %d, safe %v) = %q, want %q", c.status, c.code, c.safe, got, c.want)
+		}
+	}
+}
+
+func TestClassifyError(t *testing.T) {
+	timeout := &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}
+	reset := &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}
+	for _, c := range []struct {
+		err           error
+		written, safe bool
+		want          string
+	}{
+		{reset, false, false, ReasonDial},
+		{timeout, false, false, ReasonDial},
+		{reset, true, true, ReasonReset},
+		{io.EOF, true, true, ReasonReset},
+		{timeout, true, true, ReasonTimeout},
+		{fmt.Errorf("wrapped: %w", timeout), true, true, ReasonTimeout},
+		{reset, true, false, ""},
+		{timeout, true, false, ""},
+	} {
+		if got := classifyError(c.err, c.written, c.safe); got != c.want {
+			t.Errorf("classifyError(%v, written %v, safe %v) = %q, want %q", c.err, c.written, c.safe, got, c.want)
+		}
+	}
+}
+
+// FuzzPeekCode feeds arbitrary error bodies: reading the code never panics
+// and the client always gets the same bytes back.
+func FuzzPeekCode(f *testing.F) {
+	f.Add(503, fusioo.ErrorBody(fusioo.CodeUnavailable, ""), "")
+	f.Add(400, fusioo.ErrorBody(fusioo.CodeConcurrentRequests, ""), "gzip")
+	f.Add(400, []byte(`{"code":"30054"}`), "")
+	f.Add(429, []byte(`{"code":1e400}`), "")
+	f.Add(400, bytes.Repeat([]byte("{"), 5000), "")
+	f.Add(200, []byte("ok"), "")
+	f.Fuzz(func(t *testing.T, status int, body []byte, enc string) {
+		resp := &http.Response{StatusCode: status, Header: http.Header{"Content-Encoding": {enc}}, Body: io.NopCloser(bytes.NewReader(body))}
+		code := peekCode(resp)
+		got, err := io.ReadAll(resp.Body)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("body changed: %q -> %q (%v)", body, got, err)
+		}
+		if code != 0 && status < 400 {
+			t.Fatalf("code %d read from a %d answer", code, status)
+		}
+		_ = classifyAnswer(status, code, true)
+	})
+}
+
+// TestBackoff checks full jitter: a uniform draw below the capped
+// exponential, never the cap itself.
+func TestBackoff(t *testing.T) {
+	var r float64
+	tr := New(Config{Routes: testRoutes(t), Base: http.DefaultTransport, BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second, Rand: func() float64 { return r }})
+	for _, c := range []struct {
+		r    float64
+		n    int
+		want time.Duration
+	}{
+		{0, 0, 0},
+		{0.5, 0, 50 * time.Millisecond},
+		{0.5, 1, 100 * time.Millisecond},
+		{0.5, 3, 400 * time.Millisecond},
+		{0.5, 4, 500 * time.Millisecond}, // capped at 1s
+		{0.5, 200, 500 * time.Millisecond},
+		{1, 2, 0}, // out of range draws are treated as 0
+	} {
+		r = c.r
+		if got := tr.backoff(tr.baseDelay, c.n); got != c.want {
+			t.Errorf("backoff(r=%v, n=%d) = %v, want %v", c.r, c.n, got, c.want)
+		}
+	}
+	r = 0.9999999
+	if got := tr.backoff(tr.baseDelay, 50); got >= time.Second {
+		t.Errorf("backoff reached the cap: %v", got)
+	}
+}
+
+// TestSerializerBounded checks that idle (key, App) pairs are dropped once
+// their cooling period is over.
+func TestSerializerBounded(t *testing.T) {
+	fc := clockwork.NewFakeClock()
+	s := newSerializer(time.Second, fc)
+	for i := 0; i < 100; i++ {
+		s.mark("k", fmt.Sprint("app", i))
+	}
+	if len(s.lanes) != 100 {
+		t.Fatalf("%d lanes", len(s.lanes))
+	}
+	rel, held, ok := s.acquire(context.Background(), "k", "app0", time.Time{})
+	if !held || !ok {
+		t.Fatal("no turn while cooling")
+	}
+	fc.Advance(time.Second)
+	s.mark("k", "new")
+	if len(s.lanes) != 2 { // app0 is held; "new" was just marked
+		t.Fatalf("%d lanes after the cooldown, want 2", len(s.lanes))
+	}
+	rel()
+	if len(s.lanes) != 1 {
+		t.Fatalf("%d lanes after the last user left, want 1", len(s.lanes))
+	}
+	if _, held, _ := s.acquire(context.Background(), "k", "other", time.Time{}); held {
+		t.Fatal("a pair that never saw 30054 is serialized")
+	}
+	for i := 0; i < 2*maxLanes; i++ {
+		s.mark(fmt.Sprint("k", i), "a")
+	}
+	if len(s.lanes) > maxLanes {
+		t.Fatalf("%d lanes, over the bound %d", len(s.lanes), maxLanes)
+	}
+}
+
+// BenchmarkRoundTrip measures one attempt that needs no retry against a
+// local upstream, through the base transport alone and through the
+// Transport, for a GET and for a create with a small body.
+func BenchmarkRoundTrip(b *testing.B) {
+	ok := fusioo.ErrorBody(fusioo.CodeSuccess, "")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(ok)
+	}))
+	defer srv.Close()
+	body := createBody(1)
+	// "overhead" is the Transport over a base that answers at once, with
+	// no network: the cost of the layer itself.
+	stub := stubBase(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	})
+	for _, layer := range []string{"base", "retry", "overhead"} {
+		for _, m := range []string{"GET", "POST"} {
+			b.Run(layer+"/"+m, func(b *testing.B) {
+				base := NewBaseTransport(BaseOptions{})
+				defer base.CloseIdleConnections()
+				var rt http.RoundTripper = base
+				switch layer {
+				case "retry":
+					rt = New(Config{Routes: testRoutes(b), Base: base})
+				case "overhead":
+					rt = New(Config{Routes: testRoutes(b), Base: stub})
+				}
+				hooks := &Hooks{Key: "k"}
+				ctx := WithHooks(context.Background(), hooks)
+				b.ReportAllocs()
+				for b.Loop() {
+					var rd io.Reader
+					if m == "POST" {
+						rd = bytes.NewReader(body)
+					}
+					req, _ := http.NewRequestWithContext(ctx, m, srv.URL+"/v3/records/apps/app1", rd)
+					req.GetBody = nil // as a proxied request
+					resp, err := rt.RoundTrip(req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkClassify measures reading the code of an error answer and
+// classifying it, and classifying a success (no body read).
+func BenchmarkClassify(b *testing.B) {
+	body := fusioo.ErrorBody(fusioo.CodeConcurrentRequests, "")
+	b.Run("30054", func(b *testing.B) {
+		b.ReportAllocs()
+		rd := bytes.NewReader(body)
+		for b.Loop() {
+			rd.Reset(body)
+			resp := &http.Response{StatusCode: 400, Header: http.Header{}, Body: io.NopCloser(rd)}
+			if classifyAnswer(resp.StatusCode, peekCode(resp), false) != ReasonConcurrent {
+				b.Fatal("misclassified")
+			}
+		}
+	})
+	b.Run("200", func(b *testing.B) {
+		b.ReportAllocs()
+		resp := &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody}
+		for b.Loop() {
+			if classifyAnswer(resp.StatusCode, peekCode(resp), true) != "" {
+				b.Fatal("misclassified")
+			}
+		}
+	})
+}
