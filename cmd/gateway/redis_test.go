@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,4 +269,35 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestQuotaHeadersConsistentAcrossReplicas: with the Redis store, two
+// replicas report one count: Remaining falls by one per request whichever
+// replica answers.
+func TestQuotaHeadersConsistentAcrossReplicas(t *testing.T) {
+	rs := redistest.Start(t)
+	up := httptest.NewServer(fusioosim.New(fusioosim.Config{}))
+	defer up.Close()
+	a := startGateway(t, redisConfig(rs.URL(), 50, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	b := startGateway(t, redisConfig(rs.URL(), 50, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	c := newClient(t)
+	for i := range 10 {
+		gw := []*gatewayProc{a, b}[i%2]
+		st, h, body, err := c.get("http://"+gw.addrs.Addr+"/v3/apps", "tok-headers")
+		if err != nil || st != 200 {
+			t.Fatalf("%d %v %s", st, err, body)
+		}
+		want := strconv.Itoa(49 - i)
+		if h.Get("RateLimit-Remaining") != want || !strings.HasPrefix(h.Get("RateLimit"), `"hourly";r=`+want+";t=") ||
+			h.Get("RateLimit-Limit") != "50" || h.Get("RateLimit-Policy") != `"hourly";q=50;w=3600` {
+			t.Fatalf("request %d via replica %d: %v", i, i%2, h)
+		}
+		for k, v := range h {
+			for _, s := range v {
+				if strings.Contains(s, "tok-headers") {
+					t.Fatalf("token in header %s", k)
+				}
+			}
+		}
+	}
 }

@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/metrics"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
 	"github.com/fusioo-gateway/gateway/internal/retry"
 )
@@ -28,10 +30,13 @@ type stack struct {
 	upstream *httptest.Server
 	sim      *fusioosim.Sim
 	gw       *httptest.Server
+	cfg      proxy.Config
+	mu       sync.Mutex
 	handler  *proxy.Handler
 	lim      *limiter.Limiter
 	store    *limiter.MemoryStore
 	logs     *syncBuffer
+	reg      *prometheus.Registry
 	client   *http.Client
 }
 
@@ -74,14 +79,21 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	if o.clock == nil {
 		o.clock = clockwork.NewRealClock()
 	}
-	s.store = limiter.NewMemoryStore(o.policy, o.clock)
-	s.lim = limiter.New(limiter.Config{
-		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
-	})
 	routes, err := fusioo.NewRoutes(fusioo.DefaultRoutes())
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.reg = prometheus.NewRegistry()
+	names := []string{}
+	for _, r := range routes.All() {
+		names = append(names, r.Name())
+	}
+	m := metrics.New(s.reg, metrics.Options{Routes: names, UpstreamStatues: []int{200, 429}})
+	s.store = limiter.NewMemoryStore(o.policy, o.clock)
+	s.lim = limiter.New(limiter.Config{
+		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
+		Observer: m,
+	})
 	u, _ := url.Parse(s.upstream.URL)
 	rt := o.transport
 	if rt == nil {
@@ -90,11 +102,17 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		rt = retry.New(retry.Config{Base: base, Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond})
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
-	s.handler = proxy.New(proxy.Config{
-		Upstream: u, Transport: rt, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock,
+	s.cfg = proxy.Config{
+		Upstream: u, Transport: rt, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,
 		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window,
-	})
-	s.gw = httptest.NewServer(s.handler)
+	}
+	s.handler = proxy.New(s.cfg)
+	s.gw = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		h := s.handler
+		s.mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
 	t.Cleanup(s.gw.Close)
 	tr := &http.Transport{MaxIdleConnsPerHost: 100}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -172,4 +190,54 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// metric returns the sum of a metric family's samples whose labels include
+// every pair in match, and the number of distinct series in the family.
+func (s *stack) metric(name string, match ...string) (float64, int) {
+	s.t.Helper()
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		var sum float64
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(match); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == match[i] && lp.GetValue() == match[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+		return sum, len(mf.GetMetric())
+	}
+	return 0, 0
+}
+
+// retarget points the gateway at another upstream URL.
+func (s *stack) retarget(rawURL string) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.Upstream = u
+	s.handler = proxy.New(s.cfg)
 }
