@@ -157,12 +157,12 @@ func build(cfg config.Config, log *zap.Logger) (*gateway, error) {
 		ConstLabels: prometheus.Labels{"version": buildVersion()},
 	}, func() float64 { return 1 }))
 	m := metrics.New(g.reg, metrics.Options{
-		Routes:          routeNames,
-		RetryReasons:    retry.Reasons(),
-		RejectReasons:   []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
-		StoreOps:        limiter.StoreOps,
-		ClientStatuses:  []int{200, 400, 404, 413, 429, 499, 503, 504},
-		UpstreamStatues: []int{200, 400, 401, 404, 429, 500, 503, 504},
+		Routes:           routeNames,
+		RetryReasons:     retry.Reasons(),
+		RejectReasons:    []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
+		StoreOps:         limiter.StoreOps,
+		ClientStatuses:   []int{200, 400, 404, 413, 429, 499, 503, 504},
+		UpstreamStatuses: []int{200, 400, 401, 404, 429, 500, 503, 504},
 	})
 
 	policy := limiter.Policy{

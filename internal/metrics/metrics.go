@@ -35,12 +35,12 @@ type Metrics struct {
 
 // Options lists the label values to pre-initialise.
 type Options struct {
-	Routes          []string // route names (method + template) from the route table
-	RetryReasons    []string
-	RejectReasons   []string
-	StoreOps        []string
-	ClientStatuses  []int // statuses the gateway answers clients with
-	UpstreamStatues []int
+	Routes           []string // route names (method + template) from the route table
+	RetryReasons     []string
+	RejectReasons    []string
+	StoreOps         []string
+	ClientStatuses   []int // statuses the gateway answers clients with
+	UpstreamStatuses []int
 }
 
 // New registers the collectors on reg and returns them.
@@ -114,7 +114,7 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 	for _, op := range o.StoreOps {
 		m.storeErrors.WithLabelValues(op)
 	}
-	for _, st := range o.UpstreamStatues {
+	for _, st := range o.UpstreamStatuses {
 		for _, c := range fusioo.Codes() {
 			m.upstream.WithLabelValues(strconv.Itoa(st), c.Label())
 		}

@@ -88,7 +88,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	for _, r := range routes.All() {
 		names = append(names, r.Name())
 	}
-	m := metrics.New(s.reg, metrics.Options{Routes: names, UpstreamStatues: []int{200, 429}})
+	m := metrics.New(s.reg, metrics.Options{Routes: names, UpstreamStatuses: []int{200, 429}})
 	s.store = limiter.NewMemoryStore(o.policy, o.clock)
 	s.lim = limiter.New(limiter.Config{
 		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
