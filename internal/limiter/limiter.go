@@ -377,16 +377,8 @@ func (l *Limiter) Sweep() int {
 
 // Run sweeps idle keys every interval until ctx is done.
 func (l *Limiter) Run(ctx context.Context, interval time.Duration) error {
-	t := l.clock.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.Chan():
-			l.Sweep()
-		}
-	}
+	every(ctx, l.clock, interval, func() { l.Sweep() })
+	return nil
 }
 
 type nopObserver struct{}

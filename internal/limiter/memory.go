@@ -211,16 +211,8 @@ func (s *MemoryStore) live(w *memWindow, first, cur int64) bool {
 
 // Run sweeps idle keys every interval until ctx is done.
 func (s *MemoryStore) Run(ctx context.Context, interval time.Duration) error {
-	t := s.clock.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.Chan():
-			s.Sweep()
-		}
-	}
+	every(ctx, s.clock, interval, func() { s.Sweep() })
+	return nil
 }
 
 // Counted returns, per key, the attempts counted in the current window

@@ -11,6 +11,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // Policy is the quota every key gets: never more than Limit attempts in any
@@ -100,4 +102,19 @@ type Store interface {
 	// (or asked to pause with Retry-After) although the count said there was
 	// room.
 	Block(ctx context.Context, key string, d time.Duration) error
+}
+
+// every calls fn every interval on clock until ctx is done: the one loop
+// behind the sweepers' Run methods.
+func every(ctx context.Context, clock clockwork.Clock, interval time.Duration, fn func()) {
+	t := clock.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.Chan():
+			fn()
+		}
+	}
 }
