@@ -160,16 +160,11 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 		// Fast path: nobody is waiting for this key, so asking the store
 		// directly keeps FIFO order.
 		ks.mu.Unlock()
-		var err error
-		if res, err = l.take(ctx, key, 0); err != nil {
-			return Decision{}, err
+		d, r, done, err := l.ask(ctx, key, start, deadline)
+		if done || err != nil {
+			return d, err
 		}
-		if res.Allowed {
-			return Decision{Allowed: true, Result: res, Waited: l.clock.Since(start)}, nil
-		}
-		if !fits(l.clock.Now(), res.RetryAfter, deadline) {
-			return l.refuse(res, reasonFor(res), start), nil
-		}
+		res = r
 		ks.mu.Lock()
 	}
 	ahead := ks.queue.Len()
@@ -228,22 +223,33 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 				return Decision{}, ErrClosed
 			}
 		}
-		var err error
-		if res, err = l.take(ctx, key, 0); err != nil {
-			return Decision{}, err
+		d, r, done, err := l.ask(ctx, key, start, deadline)
+		if done || err != nil {
+			return d, err
 		}
-		if res.Allowed {
-			return Decision{Allowed: true, Result: res, Waited: l.clock.Since(start)}, nil
-		}
-		if !fits(l.clock.Now(), res.RetryAfter, deadline) {
-			return l.refuse(res, reasonFor(res), start), nil
-		}
+		res = r
 		// The head sleeps until its slot frees, then asks once more: no
 		// polling, one store call per expected free slot.
 		if err := l.sleep(ctx, max(res.RetryAfter, time.Millisecond)); err != nil {
 			return Decision{}, err
 		}
 	}
+}
+
+// ask asks the store for one slot for key. done is true when the answer is
+// final: admitted, or refused because the slot frees after deadline.
+// Otherwise res.RetryAfter says how long until it frees.
+func (l *Limiter) ask(ctx context.Context, key string, start, deadline time.Time) (d Decision, res Result, done bool, err error) {
+	if res, err = l.take(ctx, key, 0); err != nil {
+		return Decision{}, res, true, err
+	}
+	if res.Allowed {
+		return Decision{Allowed: true, Result: res, Waited: l.clock.Since(start)}, res, true, nil
+	}
+	if !fits(l.clock.Now(), res.RetryAfter, deadline) {
+		return l.refuse(res, reasonFor(res), start), res, true, nil
+	}
+	return Decision{}, res, false, nil
 }
 
 // smooth applies the key's local rate. ok is false when the request was
