@@ -468,3 +468,39 @@ func TestAbortAnswers503(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+// TestClientDisconnectCancelsUpstream: a client that goes away while its
+// request is upstream cancels the upstream call.
+func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	arrived, cancelled := make(chan struct{}), make(chan struct{})
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-r.Context().Done()
+		close(cancelled)
+	})
+	s := newStack(t, stackOpts{upstream: up})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", s.gw.URL+"/v3/apps", nil)
+		req.Header.Set("Authorization", "Bearer tok-gone")
+		resp, err := s.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream call outlived its client")
+	}
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("client: %v", err)
+	}
+	if strings.Contains(s.logs.String(), `"status":502`) {
+		t.Fatalf("a gone client was answered 502: %s", s.logs.String())
+	}
+}
