@@ -80,6 +80,18 @@ func TestFlags(t *testing.T) {
 	if code := run(context.Background(), []string{"-config", "/does/not/exist"}, nil, &out, &errb, nil); code != exitConfig {
 		t.Fatalf("missing file: %d", code)
 	}
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			w.WriteHeader(503)
+		}
+	}))
+	defer ok.Close()
+	if code := run(context.Background(), []string{"-probe", ok.URL + "/healthz"}, nil, &out, &errb, nil); code != exitOK {
+		t.Fatalf("-probe healthy: %d", code)
+	}
+	if code := run(context.Background(), []string{"-probe", ok.URL + "/readyz"}, nil, &out, &errb, nil); code != exitFailed {
+		t.Fatalf("-probe unhealthy: %d", code)
+	}
 }
 
 // TestServeAndDrain runs the whole binary's code in process against the

@@ -55,6 +55,13 @@ func startGateway(t *testing.T, config string, env ...string) *gatewayProc {
 }
 
 func redisConfig(url string, limit int, window, maxWait string) string {
+	return redisConfigMargin(url, limit, window, maxWait, "20ms")
+}
+
+// redisConfigMargin sets quota.margin too: it must cover the time from
+// admission to the upstream's receipt, which under -race on a loaded
+// 2-core machine reaches a good part of a second.
+func redisConfigMargin(url string, limit int, window, maxWait, margin string) string {
 	return fmt.Sprintf(`
 [server]
 listen = "127.0.0.1:0"
@@ -63,8 +70,8 @@ shutdown_timeout = "2s"
 [quota]
 limit = %d
 window = %q
-margin = "20ms"
-buckets = 100
+margin = %q
+buckets = 120
 store = "redis"
 fallback_share = 0.3
 [redis]
@@ -77,7 +84,7 @@ burst = 10000
 max_wait = %q
 [log]
 level = "error"
-`, limit, window, url, maxWait)
+`, limit, window, margin, url, maxWait)
 }
 
 type client struct {
@@ -110,16 +117,16 @@ func (c *client) get(url, token string) (int, http.Header, string, error) {
 // the limit, and the quota is used.
 func TestReplicasShareQuotaInRedis(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs for ~6 s of load")
+		t.Skip("runs for ~15 s of load")
 	}
-	const limit, window = 100, 2 * time.Second
+	const limit, window, margin = 100, 6 * time.Second, 200 * time.Millisecond
 	rs := redistest.Start(t)
 	sim := fusioosim.New(fusioosim.Config{Limit: limit, Window: window})
 	up := httptest.NewServer(sim)
 	defer up.Close()
 	var gws []*gatewayProc
 	for range 3 {
-		gws = append(gws, startGateway(t, redisConfig(rs.URL(), limit, window.String(), "300ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL))
+		gws = append(gws, startGateway(t, redisConfigMargin(rs.URL(), limit, window.String(), "300ms", margin.String()), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL))
 	}
 	c := newClient(t)
 	tokens := []string{"tok-one", "tok-two"}
@@ -127,7 +134,7 @@ func TestReplicasShareQuotaInRedis(t *testing.T) {
 	admitted := map[string][]time.Time{}
 	var limited, failed atomic.Int64
 	start := time.Now()
-	end := start.Add(3 * window)
+	end := start.Add(5 * window / 2)
 	var wg sync.WaitGroup
 	for i := range 12 { // 6 clients per token, 2 per gateway: always more demand than quota
 		wg.Go(func() {

@@ -44,8 +44,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 	cfgPath := fs.String("config", "", "path to the TOML configuration file (see config.example.toml)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	checkOnly := fs.Bool("check", false, "validate the configuration and exit")
+	probe := fs.String("probe", "", "GET this URL (e.g. http://127.0.0.1:9090/healthz) and exit 0 if it answers 200: a HEALTHCHECK for images without a shell")
 	if err := fs.Parse(args); err != nil {
 		return exitConfig
+	}
+	if *probe != "" {
+		return probeURL(*probe, stderr)
 	}
 	if *showVersion {
 		printf(stdout, "fusioo-gateway %s\n", buildVersion())
@@ -80,6 +84,22 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 	defer func() { _ = log.Sync() }()
 	if err := serve(ctx, cfg, log, ready); err != nil {
 		log.Error("gateway stopped", zap.Error(err))
+		return exitFailed
+	}
+	return exitOK
+}
+
+// probeURL is the container health check: one GET with a short timeout.
+func probeURL(u string, stderr io.Writer) int {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(u)
+	if err != nil {
+		printf(stderr, "probe %s: %v\n", u, err)
+		return exitFailed
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		printf(stderr, "probe %s: %s\n", u, resp.Status)
 		return exitFailed
 	}
 	return exitOK

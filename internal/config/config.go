@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -386,7 +387,7 @@ func applyEnv(v reflect.Value, prefix string, env []string, errs *Errors) {
 	})
 	var unknown []string
 	for k := range vars {
-		if !seen[k] {
+		if !seen[k] && !serviceLink.MatchString(k) {
 			unknown = append(unknown, k)
 		}
 	}
@@ -395,6 +396,11 @@ func applyEnv(v reflect.Value, prefix string, env []string, errs *Errors) {
 		*errs = append(*errs, fmt.Errorf("%s: unknown environment override (no such key)", k))
 	}
 }
+
+// serviceLink matches the variables Kubernetes injects for a Service named
+// fusioo-gateway (FUSIOO_GATEWAY_SERVICE_HOST, FUSIOO_GATEWAY_PORT_8080_TCP…):
+// they are not overrides, and must not stop the gateway from starting.
+var serviceLink = regexp.MustCompile(`^FUSIOO_GATEWAY_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)$`)
 
 // walkLeaves calls fn for every scalar or list key of the sections (not the
 // route list, which has no environment form).

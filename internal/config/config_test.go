@@ -112,3 +112,17 @@ func TestSyntaxError(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 }
+
+func TestKubernetesServiceLinksIgnored(t *testing.T) {
+	_, err := Parse(nil, []string{
+		"FUSIOO_GATEWAY_SERVICE_HOST=10.0.0.1", "FUSIOO_GATEWAY_SERVICE_PORT=8080", "FUSIOO_GATEWAY_SERVICE_PORT_ADMIN=9090",
+		"FUSIOO_GATEWAY_PORT=tcp://10.0.0.1:8080", "FUSIOO_GATEWAY_PORT_8080_TCP=tcp://10.0.0.1:8080",
+		"FUSIOO_GATEWAY_PORT_8080_TCP_PROTO=tcp", "FUSIOO_GATEWAY_PORT_8080_TCP_PORT=8080", "FUSIOO_GATEWAY_PORT_8080_TCP_ADDR=10.0.0.1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse(nil, []string{"FUSIOO_GATEWAY_QUOTA_LIMT=5"}); err == nil {
+		t.Fatal("a misspelt override was accepted")
+	}
+}
