@@ -331,6 +331,15 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 	return nil
 }
 
+// Status reports key's quota without counting anything (a store question
+// with one request ahead never counts): what the RateLimit headers of an
+// uncharged request show.
+func (l *Limiter) Status(ctx context.Context, key string) (Result, error) {
+	res, err := l.take(ctx, key, 1)
+	res.Allowed, res.RetryAfter = false, 0
+	return res, err
+}
+
 // Queued returns how many requests wait in all queues.
 func (l *Limiter) Queued() int { return int(l.queued.Load()) }
 

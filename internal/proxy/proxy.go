@@ -36,6 +36,8 @@ type Limiter interface {
 	Admit(ctx context.Context, key string, deadline time.Time) (limiter.Decision, error)
 	// Exhaust refuses key for d: the upstream said its quota is gone.
 	Exhaust(ctx context.Context, key string, d time.Duration) error
+	// Status reports key's quota without charging it.
+	Status(ctx context.Context, key string) (limiter.Result, error)
 }
 
 // Observer is told about every client answer and upstream attempt;
@@ -215,6 +217,12 @@ func (h *Handler) refuse(r *http.Request) (fusioo.Code, string) {
 // returns false when the request must not go upstream.
 func (h *Handler) admit(ctx context.Context, w http.ResponseWriter, rs *reqState) bool {
 	if !rs.route.Charged {
+		// Not charged, but the client still learns where its quota stands.
+		if rs.key != "" {
+			if q, err := h.cfg.Limiter.Status(ctx, rs.key); err == nil {
+				rs.quota, rs.hasQuota = q, true
+			}
+		}
 		return true
 	}
 	d, err := h.cfg.Limiter.Admit(ctx, rs.key, rs.deadline)

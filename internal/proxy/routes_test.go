@@ -25,6 +25,9 @@ func TestUnchargedRoutesThroughExhaustedKey(t *testing.T) {
 		t.Fatalf("key not exhausted: %d", resp.StatusCode)
 	}
 	before := s.sim.Ledger()
+	if resp, _ := s.do("GET", "/v3/ping", "tok-ping", nil); resp.Header.Get("RateLimit-Remaining") != "0" || resp.Header.Get("RateLimit-Limit") != "3" {
+		t.Fatalf("ping through an exhausted key: quota headers %v", resp.Header)
+	}
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Go(func() {
@@ -38,7 +41,7 @@ func TestUnchargedRoutesThroughExhaustedKey(t *testing.T) {
 	}
 	wg.Wait()
 	after := s.sim.Ledger()
-	if after.Charged != before.Charged || after.ByRoute["GET /ping"] != 1000 {
+	if after.Charged != before.Charged || after.ByRoute["GET /ping"] != 1001 {
 		t.Fatalf("charged %d -> %d, pings seen %d", before.Charged, after.Charged, after.ByRoute["GET /ping"])
 	}
 }
