@@ -54,11 +54,17 @@ type Route struct {
 	Charged  bool
 	Kind     Kind
 	segs     []string
+	name     string // Method + " " + Template, set by NewRoutes
 }
 
 // Name is the bounded label used for metrics and logs: method and template,
 // never the raw path.
-func (r *Route) Name() string { return r.Method + " " + r.Template }
+func (r *Route) Name() string {
+	if r.name != "" {
+		return r.name
+	}
+	return r.Method + " " + r.Template
+}
 
 // DefaultRoutes is Fusioo's v3 API as its guide documents it. GET /ping is
 // the one route documented as not rate limited; everything else is charged.
@@ -115,6 +121,7 @@ func NewRoutes(table []Route) (*Routes, error) {
 		}
 		r.Template = stripVersion(r.Template)
 		r.segs = split(r.Template)
+		r.name = r.Method + " " + r.Template
 		for _, s := range r.segs {
 			if strings.HasPrefix(s, "{") != strings.HasSuffix(s, "}") {
 				return nil, fmt.Errorf("route %s %q: bad segment %q", r.Method, r.Template, s)
@@ -144,7 +151,7 @@ func unknownRoute(method string) *Route {
 	case "PUT", "DELETE":
 		k = KindWrite
 	}
-	return &Route{Method: method, Template: "{unknown}", Charged: true, Kind: k}
+	return &Route{Method: method, Template: "{unknown}", Charged: true, Kind: k, name: method + " {unknown}"}
 }
 
 // Match returns the route for method and path. The first matching entry
@@ -153,7 +160,8 @@ func unknownRoute(method string) *Route {
 // Unknown paths get a charged fallback named "{unknown}". HEAD matches a GET
 // route when no HEAD route exists.
 func (rs *Routes) Match(method, path string) *Route {
-	segs := split(stripVersion(path))
+	var buf [16]string
+	segs := splitInto(buf[:0], stripVersion(path))
 	if r := rs.match(method, segs); r != nil {
 		return r
 	}
@@ -221,6 +229,22 @@ func stripVersion(p string) string {
 		return p[3:]
 	}
 	return p
+}
+
+// splitInto is split appending to dst, so a caller can pass a stack array.
+func splitInto(dst []string, p string) []string {
+	p = strings.Trim(p, "/")
+	if p == "" {
+		return dst
+	}
+	for {
+		i := strings.IndexByte(p, '/')
+		if i < 0 {
+			return append(dst, p)
+		}
+		dst = append(dst, p[:i])
+		p = p[i+1:]
+	}
 }
 
 func split(p string) []string {

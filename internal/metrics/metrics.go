@@ -141,8 +141,17 @@ func statusLabel(s int) string {
 	if s < 100 || s > 599 {
 		return "other"
 	}
-	return strconv.Itoa(s)
+	return statusLabels[s-100]
 }
+
+// statusLabels are "100" … "599", formatted once.
+var statusLabels = func() []string {
+	out := make([]string, 500)
+	for i := range out {
+		out[i] = strconv.Itoa(100 + i)
+	}
+	return out
+}()
 
 func methodLabel(m string) string {
 	switch m {

@@ -4,7 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"hash"
+	"io"
 	"net/http"
 	"strings"
 )
@@ -24,15 +24,17 @@ func NewIdentifier(secret []byte) *Identifier {
 
 // Key returns the hex key for token.
 func (id *Identifier) Key(token string) string {
-	var h hash.Hash
-	if len(id.secret) > 0 {
-		h = hmac.New(sha256.New, id.secret)
-	} else {
-		h = sha256.New()
-	}
-	h.Write([]byte(token))
 	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0]))
+	if len(id.secret) == 0 {
+		sum = sha256.Sum256([]byte(token))
+	} else {
+		h := hmac.New(sha256.New, id.secret)
+		_, _ = io.WriteString(h, token)
+		h.Sum(sum[:0])
+	}
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 // Fingerprint is what logs show of a key: its first 8 hex characters,

@@ -76,12 +76,14 @@ type Config struct {
 
 // Handler is the gateway's http.Handler.
 type Handler struct {
-	cfg    Config
-	rp     *httputil.ReverseProxy
-	clock  clockwork.Clock
-	log    *zap.Logger
-	obs    Observer
-	policy string // RateLimit-Policy value, computed once
+	cfg      Config
+	rp       *httputil.ReverseProxy
+	clock    clockwork.Clock
+	log      *zap.Logger
+	obs      Observer
+	policy   string // RateLimit-Policy value, computed once
+	rlPrefix string // `"NAME";r=` of the RateLimit value
+	limitStr string // cfg.Limit formatted
 
 	abortCtx context.Context
 	abort    context.CancelFunc
@@ -106,6 +108,8 @@ func New(cfg Config) *Handler {
 	}
 	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer}
 	h.policy = fmt.Sprintf("%q;q=%d;w=%d", cfg.PolicyName, cfg.Limit, ceilSeconds(cfg.Window))
+	h.rlPrefix = strconv.Quote(cfg.PolicyName) + ";r="
+	h.limitStr = strconv.Itoa(cfg.Limit)
 	h.abortCtx, h.abort = context.WithCancel(context.Background())
 	target := cfg.Upstream
 	h.rp = &httputil.ReverseProxy{
@@ -374,18 +378,22 @@ func (h *Handler) writeError(w http.ResponseWriter, rs *reqState, status int, co
 // and the older RateLimit-Limit/-Remaining/-Reset most clients read today.
 // Reset is the seconds until Remaining next grows.
 func (h *Handler) setQuotaHeaders(hd http.Header, q limiter.Result) {
-	limit := q.Limit
-	if limit == 0 {
-		limit = h.cfg.Limit
+	limit := h.limitStr
+	if q.Limit != 0 && q.Limit != h.cfg.Limit {
+		limit = strconv.Itoa(q.Limit)
 	}
-	reset := ceilSeconds(q.ResetAfter)
 	rem := strconv.Itoa(q.Remaining)
-	rst := strconv.FormatInt(reset, 10)
-	hd.Set("RateLimit-Policy", h.policy)
-	hd.Set("RateLimit", strconv.Quote(h.cfg.PolicyName)+";r="+rem+";t="+rst)
-	hd.Set("RateLimit-Limit", strconv.Itoa(limit))
-	hd.Set("RateLimit-Remaining", rem)
-	hd.Set("RateLimit-Reset", rst)
+	rst := strconv.FormatInt(ceilSeconds(q.ResetAfter), 10)
+	// The names are spelled canonically (as Header.Set would store them,
+	// and as they go on the wire), so no canonicalisation allocates, and
+	// the five values share one backing array.
+	v := make([]string, 5)
+	v[0], v[1], v[2], v[3], v[4] = h.policy, h.rlPrefix+rem+";t="+rst, limit, rem, rst
+	hd["Ratelimit-Policy"] = v[0:1:1]
+	hd["Ratelimit"] = v[1:2:2]
+	hd["Ratelimit-Limit"] = v[2:3:3]
+	hd["Ratelimit-Remaining"] = v[3:4:4]
+	hd["Ratelimit-Reset"] = v[4:5:5]
 }
 
 // statusClientClosed is what logs and metrics record for a client that

@@ -1,0 +1,307 @@
+// Package app assembles the gateway: it is the one place where the
+// concrete limiter, quota store, retry transport, metrics and proxy are
+// wired together. cmd/gateway runs it behind its listeners and signals;
+// the benchmarks in bench/ run the very same assembly in process.
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/time/rate"
+
+	"github.com/fusioo-gateway/gateway/internal/config"
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
+	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/metrics"
+	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/retry"
+)
+
+// NewLogger returns the zap logger log.level and log.format describe,
+// writing to w.
+func NewLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if c.Format == "console" {
+		enc = zapcore.NewConsoleEncoder(ec)
+	} else {
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
+}
+
+// Gateway is the assembled gateway: the proxy handler, the admin handler
+// and what runs behind them.
+type Gateway struct {
+	Config   config.Config
+	Registry *prometheus.Registry
+	Handler  *proxy.Handler
+	Limiter  *limiter.Limiter
+
+	log      *zap.Logger
+	store    limiter.Store
+	mem      *limiter.MemoryStore
+	fallback *limiter.FallbackStore
+	closers  []func() error
+	ready    atomic.Bool
+	health   func() (ok bool, detail string)
+}
+
+// New wires the concrete types for cfg. It does no I/O and starts nothing:
+// Run does the background work. version labels fusioo_gateway_build_info.
+func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
+	g := &Gateway{Config: cfg, log: log, Registry: prometheus.NewRegistry()}
+	upstream, err := url.Parse(cfg.Upstream.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream.url: %w", err)
+	}
+	table := fusioo.DefaultRoutes()
+	for _, r := range cfg.Routes {
+		k, err := fusioo.ParseKind(r.Kind)
+		if err != nil {
+			return nil, fmt.Errorf("routes: %w", err)
+		}
+		table = append(table, fusioo.Route{Method: r.Method, Template: r.Template, Charged: r.Charged, Kind: k})
+	}
+	routes, err := fusioo.NewRoutes(table)
+	if err != nil {
+		return nil, fmt.Errorf("routes: %w", err)
+	}
+	routeNames := make([]string, 0)
+	for _, r := range routes.All() {
+		routeNames = append(routeNames, r.Name())
+	}
+
+	g.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: metrics.Namespace, Name: "build_info",
+		Help:        "Always 1; the labels say which build runs.",
+		ConstLabels: prometheus.Labels{"version": version},
+	}, func() float64 { return 1 }))
+	m := metrics.New(g.Registry, metrics.Options{
+		Routes:           routeNames,
+		RetryReasons:     retry.Reasons(),
+		RejectReasons:    []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
+		StoreOps:         limiter.StoreOps,
+		ClientStatuses:   []int{200, 400, 404, 413, 429, 499, 503, 504},
+		UpstreamStatuses: []int{200, 400, 401, 404, 429, 500, 503, 504},
+	})
+
+	policy := limiter.Policy{
+		Limit:   cfg.Quota.Limit,
+		Window:  cfg.Quota.Window.Duration,
+		Margin:  cfg.Quota.Margin.Duration,
+		Buckets: cfg.Quota.Buckets,
+	}
+	switch cfg.Quota.Store {
+	case "memory":
+		g.mem = limiter.NewMemoryStore(policy, nil)
+		g.store = g.mem
+		g.health = func() (bool, string) { return true, "quota store: memory" }
+	case "redis":
+		client, err := limiter.NewRedisClient(limiter.RedisClientOptions{
+			URL:              cfg.Redis.URL,
+			SentinelMaster:   cfg.Redis.SentinelMaster,
+			SentinelAddrs:    cfg.Redis.SentinelAddrs,
+			SentinelPassword: cfg.Redis.SentinelPassword,
+			ClusterAddrs:     cfg.Redis.ClusterAddrs,
+			Username:         cfg.Redis.Username,
+			Password:         cfg.Redis.Password,
+			TLS:              cfg.Redis.TLS,
+			PoolSize:         cfg.Redis.PoolSize,
+			Timeout:          cfg.Redis.Timeout.Duration,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		g.closers = append(g.closers, client.Close)
+		primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
+			KeyPrefix: cfg.Redis.KeyPrefix,
+			Timeout:   cfg.Redis.Timeout.Duration,
+		})
+		reject := cfg.Quota.OnStoreFailure == "reject"
+		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
+			Share:    cfg.Quota.FallbackShare,
+			Reject:   reject,
+			Observer: storeObserver{m: m, log: log.Named("quota")},
+		})
+		g.store, g.fallback = fb, fb
+		g.health = func() (bool, string) {
+			status := "quota store: " + fb.Status()
+			if fb.Degraded() {
+				// Degraded but serving from the local count is ready (and
+				// says so); rejecting every request is not.
+				return !reject, "degraded, " + status
+			}
+			return true, status
+		}
+	}
+
+	r, burst := cfg.SmoothingRate()
+	g.Limiter = limiter.New(limiter.Config{
+		Store:          g.store,
+		Rate:           rate.Limit(r),
+		Burst:          burst,
+		AnonymousRate:  rate.Limit(cfg.Smoothing.AnonymousRate),
+		AnonymousBurst: cfg.Smoothing.AnonymousBurst,
+		MaxWait:        cfg.Queue.MaxWait.Duration,
+		MaxDepth:       cfg.Queue.MaxDepth,
+		MaxQueued:      cfg.Queue.MaxQueued,
+		IdleAfter:      max(10*time.Minute, time.Duration(float64(burst)/r*float64(time.Second))),
+		Observer:       m,
+	})
+
+	base := retry.NewBaseTransport(retry.BaseOptions{
+		DialTimeout:           cfg.Upstream.DialTimeout.Duration,
+		TLSHandshakeTimeout:   cfg.Upstream.DialTimeout.Duration,
+		ResponseHeaderTimeout: cfg.Upstream.Timeout.Duration,
+		MaxIdleConnsPerHost:   cfg.Upstream.MaxIdleConnsPerHost,
+	})
+	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
+	transport := retry.New(retry.Config{
+		Base:        base,
+		Routes:      routes,
+		MaxAttempts: cfg.Retry.MaxAttempts,
+		BaseDelay:   cfg.Retry.BaseDelay.Duration,
+		MaxDelay:    cfg.Retry.MaxDelay.Duration,
+		// retry.Config reads zero as "default": the file's explicit zeros
+		// mean "none" and are passed as the transport's "off" values.
+		BudgetRatio:       offIfZero(cfg.Retry.BudgetRatio, math.SmallestNonzeroFloat64),
+		MaxBodyBytes:      offIfZero(cfg.Retry.MaxBodyBytes, -1),
+		MaxBufferBytes:    max(cfg.Retry.MaxBufferBytes, 1),
+		IdempotentWrites:  cfg.Retry.IdempotentWrites,
+		SerializeCooldown: offIfZero(cfg.Retry.SerializeCooldown.Duration, -1),
+		MaxRetryAfter:     cfg.Quota.Window.Duration,
+		Observer:          m,
+	})
+
+	g.Handler = proxy.New(proxy.Config{
+		Upstream:     upstream,
+		Transport:    transport,
+		Limiter:      g.Limiter,
+		Routes:       routes,
+		Identifier:   proxy.NewIdentifier([]byte(cfg.Quota.KeySecret)),
+		Logger:       log.Named("access"),
+		Observer:     m,
+		MaxBodyBytes: cfg.Server.MaxBodyBytes,
+		MaxWait:      cfg.Queue.MaxWait.Duration,
+		Limit:        cfg.Quota.Limit,
+		Window:       cfg.Quota.Window.Duration,
+		PolicyName:   cfg.Quota.PolicyName,
+	})
+	return g, nil
+}
+
+// Admin returns the admin listener's handler: /metrics, /healthz, /readyz.
+func (g *Gateway) Admin() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.Registry, promhttp.HandlerOpts{Registry: g.Registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, detail := g.health()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		switch {
+		case !g.ready.Load():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: shutting down or starting\n")
+		case !ok:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: "+detail+"\n")
+		default:
+			_, _ = io.WriteString(w, "ready: "+detail+"\n")
+		}
+	})
+	return mux
+}
+
+// Run does the gateway's background work (idle-key sweeps, the Redis
+// fallback's probes and write-backs) until ctx is done.
+func (g *Gateway) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = g.Limiter.Run(ctx, time.Minute) })
+	if g.mem != nil {
+		wg.Go(func() { _ = g.mem.Run(ctx, time.Minute) })
+	}
+	if g.fallback != nil {
+		wg.Go(func() { _ = g.fallback.Run(ctx) })
+	}
+	wg.Wait()
+}
+
+// SetReady sets what /readyz answers: false while starting and draining.
+func (g *Gateway) SetReady(ready bool) { g.ready.Store(ready) }
+
+// Abort ends a shutdown's grace period: every request still queued or in
+// flight is answered 503/10004.
+func (g *Gateway) Abort() {
+	g.Handler.Abort()
+	g.Limiter.Close()
+}
+
+// Close releases connections (Redis, idle upstream connections). Call it
+// after Run has returned.
+func (g *Gateway) Close() {
+	for _, c := range g.closers {
+		_ = c()
+	}
+}
+
+// SetRedisLogger sends go-redis's own log lines (dial failures) to log at
+// debug level. go-redis has one global logger, so this is process-wide.
+func SetRedisLogger(log *zap.Logger) { redis.SetLogger(redisLogger{log}) }
+
+// offIfZero maps a configured zero to the value that means "none" where
+// the zero value of a config struct means "default".
+func offIfZero[T int64 | float64 | time.Duration](v, off T) T {
+	if v == 0 {
+		return off
+	}
+	return v
+}
+
+// storeObserver exports the quota store's failures as metrics and logs the
+// switches to and from the local fallback (once each, not per request).
+type storeObserver struct {
+	m   *metrics.Metrics
+	log *zap.Logger
+}
+
+func (o storeObserver) StoreError(op string) { o.m.StoreError(op) }
+
+func (o storeObserver) FallbackActive(active bool) {
+	o.m.FallbackActive(active)
+	if active {
+		o.log.Warn("quota store unavailable: counting locally with a share of the limit until it answers again")
+	} else {
+		o.log.Info("quota store available again: local counts written back")
+	}
+}
+
+// redisLogger sends go-redis's own log lines (dial failures) to zap.
+type redisLogger struct{ log *zap.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
+}
