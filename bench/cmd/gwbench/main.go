@@ -1,0 +1,121 @@
+// Command gwbench is the load driver behind scripts/bench.sh and
+// scripts/faults.sh. It runs the built binaries (gateway, fusioo-sim,
+// bareproxy from -bin) and redis-server as child processes on loopback
+// ports it picks, drives them, and prints tables of ratios and pass/fail
+// lines. It exits 1 when a pass/fail criterion failed, 2 on a usage or
+// set-up error.
+//
+//	gwbench -bin DIR bench        throughput and latency vs a bare ReverseProxy
+//	gwbench -bin DIR quota        3 replicas on one Redis, strict rolling quota, 3x demand
+//	gwbench -bin DIR redis-kill   Redis SIGKILLed for 10 s under load, then restarted empty
+//	gwbench -bin DIR redis-delay  Redis answering 200 ms late under load
+//	gwbench -bin DIR upstream-errors  5% 503 + 5% 30054 + 1% 504 upstream
+//	gwbench -bin DIR upstream-hang    an upstream that never answers
+//	gwbench -bin DIR disconnect   10k queued clients that go away
+//	gwbench -bin DIR faults       every fault run above, in turn
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fusioo-gateway/gateway/bench/harness"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("gwbench", flag.ContinueOnError)
+	bin := fs.String("bin", "", "directory holding the built gateway, fusioo-sim and bareproxy binaries (required)")
+	logs := fs.String("logs", "", "directory for logs and generated configs (default: a new temporary directory)")
+	// bench
+	rounds := fs.Int("rounds", 3, "bench: alternating rounds")
+	closedFor := fs.Duration("closed", 5*time.Second, "bench: closed-loop run per target per round")
+	conc := fs.Int("concurrency", 32, "bench: closed-loop workers")
+	openFor := fs.Duration("open", 10*time.Second, "bench: constant-rate run per target per round")
+	rate := fs.Float64("rate", 0, "bench: constant rate in req/s (0: -rate-fraction of the bare proxy's max)")
+	frac := fs.Float64("rate-fraction", 0.6, "bench: constant rate as a fraction of the bare proxy's closed-loop max")
+	warmup := fs.Duration("warmup", 2*time.Second, "bench: closed-loop warm-up per target")
+	targets := fs.String("targets", "bare,memory,redis", "bench: targets, bare first")
+	simLatency := fs.Duration("sim-latency", 0, "bench: latency the simulator adds to every answer")
+	logLevel := fs.String("log-level", "info", "bench: the gateways' log.level")
+	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (>= 0.9x throughput, <= 1.2x p99)")
+	// quota
+	qDuration := fs.Duration("quota-duration", 60*time.Second, "quota: how long clients demand")
+	qDemand := fs.Float64("quota-demand", 3, "quota: demand as a multiple of the quota")
+	// faults
+	short := fs.Bool("short", false, "faults: shorter phases (a quick check, not the documented run)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|quota|redis-kill|redis-delay|upstream-errors|upstream-hang|disconnect|faults")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if *bin == "" || fs.NArg() != 1 {
+		fs.Usage()
+		return 2
+	}
+	if *logs == "" {
+		d, err := os.MkdirTemp("", "gwbench-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		*logs = d
+	} else if err := os.MkdirAll(*logs, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Printf("logs and configs: %s\n", *logs)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	l := &harness.ProcLauncher{BinDir: *bin, Logs: *logs}
+	out := os.Stdout
+
+	fo := harness.FaultOptions{Short: *short, Out: out}
+	var v harness.Verdicts
+	var err error
+	switch cmd := fs.Arg(0); cmd {
+	case "bench":
+		var r *harness.BenchResult
+		r, err = harness.RunBench(ctx, l, harness.BenchOptions{
+			Targets: strings.Split(*targets, ","), Rounds: *rounds, ClosedFor: *closedFor, Concurrency: *conc,
+			OpenFor: *openFor, Rate: *rate, RateFraction: *frac, Warmup: *warmup, SimLatency: *simLatency,
+			LogLevel: *logLevel, Enforce: *enforce, Out: out,
+		})
+		if r != nil {
+			v = r.Verdicts
+		}
+	case "quota":
+		v, err = harness.RunQuota(ctx, l, harness.QuotaOptions{Duration: *qDuration, Demand: *qDemand, Out: out})
+	case "faults":
+		for _, name := range harness.FaultNames {
+			fmt.Fprintf(out, "\n===== %s\n", name)
+			fv, ferr := harness.RunFault(ctx, l, name, fo)
+			if ferr != nil {
+				fmt.Fprintf(out, "FAIL %s: %v\n", name, ferr)
+				err = ferr
+			}
+			v = append(v, fv...)
+		}
+	default:
+		v, err = harness.RunFault(ctx, l, cmd, fo)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gwbench:", err)
+		return 2
+	}
+	if !v.Passed() {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,328 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Proc is a child process with its output in a log file.
+type Proc struct {
+	Name string
+	Log  string // path of its combined stdout and stderr
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// StartProc starts bin with args and env (added to a copy of the
+// environment without FUSIOO_GATEWAY_* variables, so the caller's shell
+// cannot change a gateway's configuration). Output goes to
+// logDir/name.log. The child is killed if the driver dies (Pdeathsig).
+func StartProc(name, bin string, args, env []string, logDir string) (*Proc, error) {
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(cleanEnv(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FUSIOO_GATEWAY_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// Pid returns the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop sends SIGTERM and waits up to grace, then kills.
+func (p *Proc) Stop(grace time.Duration) {
+	if p.Exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.Kill()
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Tail returns the last n lines of the process's log.
+func (p *Proc) Tail(n int) string {
+	b, err := os.ReadFile(p.Log)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FreeAddr is FreePort as "127.0.0.1:PORT".
+func FreeAddr() (string, error) {
+	p, err := FreePort()
+	if err != nil {
+		return "", err
+	}
+	return "127.0.0.1:" + strconv.Itoa(p), nil
+}
+
+// WaitHTTP polls url until it answers 200, the process exits or timeout
+// passes.
+func WaitHTTP(url string, p *Proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if p != nil && p.Exited() {
+			return fmt.Errorf("%s exited: %v\n%s", p.Name, p.err, p.Tail(20))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := adminClient.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				cancel()
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		cancel()
+		last = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready after %s: %v", url, timeout, last)
+}
+
+// Redis is a redis-server process on a loopback port, without
+// persistence, that can be killed and restarted (empty) on the same port.
+type Redis struct {
+	Port   int
+	bin    string
+	dir    string
+	logDir string
+	mu     sync.Mutex
+	proc   *Proc
+	runs   int
+}
+
+// StartRedis starts redis-server on a free loopback port.
+func StartRedis(logDir string) (*Redis, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found on PATH (install it: apt-get install -y redis-server): %w", err)
+	}
+	dir, err := os.MkdirTemp(logDir, "redis-")
+	if err != nil {
+		return nil, err
+	}
+	r := &Redis{bin: bin, dir: dir, logDir: logDir}
+	var last error
+	for range 5 {
+		if r.Port, err = FreePort(); err != nil {
+			return nil, err
+		}
+		if last = r.launch(); last == nil {
+			return r, nil
+		}
+	}
+	return nil, last
+}
+
+// Pid returns the running server's process id, or -1.
+func (r *Redis) Pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		return -1
+	}
+	return r.proc.Pid()
+}
+
+// Addr is "127.0.0.1:PORT".
+func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
+
+// URL is the redis:// URL of database 0.
+func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
+
+func (r *Redis) launch() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.runs++
+	p, err := StartProc(fmt.Sprintf("redis-%d", r.runs), r.bin, []string{
+		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir,
+		"--daemonize", "no", "--loglevel", "warning",
+	}, nil, r.logDir)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if p.Exited() {
+			return fmt.Errorf("redis-server exited: %s", p.Tail(10))
+		}
+		if Ping(r.Addr()) == nil {
+			r.proc = p
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.Kill()
+	return fmt.Errorf("redis-server on %d did not answer PING", r.Port)
+}
+
+// Kill sends SIGKILL: clients see resets, then refused connections.
+func (r *Redis) Kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc != nil {
+		r.proc.Kill()
+		r.proc = nil
+	}
+}
+
+// Restart starts a new, empty server on the same port.
+func (r *Redis) Restart() error {
+	r.Kill()
+	var err error
+	for range 10 {
+		if err = r.launch(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+// Stop ends the server and removes its directory.
+func (r *Redis) Stop() {
+	r.Kill()
+	_ = os.RemoveAll(r.dir)
+}
+
+// Ping sends PING to a Redis at addr and expects +PONG.
+func Ping(addr string) error {
+	_, err := Command(addr, "PING")
+	return err
+}
+
+// Command runs one Redis command (inline protocol) and returns its reply
+// line(s) as text: simple strings, integers and errors as one line, bulk
+// strings as their content, arrays as their elements joined by newlines.
+// It is for checks, not load.
+func Command(addr string, args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := io.WriteString(c, b.String()); err != nil {
+		return "", err
+	}
+	rd := bufio.NewReader(c)
+	return readReply(rd)
+}
+
+func readReply(rd *bufio.Reader) (string, error) {
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", errors.New(line[1:])
+	case '$':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return "", nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, _ := strconv.Atoi(line[1:])
+		parts := make([]string, 0, max(n, 0))
+		for range n {
+			s, err := readReply(rd)
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, s)
+		}
+		return strings.Join(parts, "\n"), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}

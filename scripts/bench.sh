@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Load benchmark (issue 6, items 1 and 3): builds the gateway, the Fusioo
+# simulator, the bare-proxy baseline and the driver once, then runs
+#   1. `gwbench bench`: the simulator (no faults, no quota), a bare
+#      httputil.ReverseProxy and the gateway (memory store, then Redis
+#      store; metrics, retries and the access log on, as deployed), each
+#      driven with the same load on loopback in alternating rounds:
+#      a closed loop (max throughput), then a constant rate at 60% of the
+#      bare proxy's max; prints throughput and p50/p90/p99 as ratios to
+#      the bare proxy, plus CPU time per request by process;
+#   2. `gwbench quota`: 3 replicas on one Redis, a strict rolling window
+#      (300 / 10 s per token), 5 tokens, 3x the quota demanded for 60 s.
+# Exits non-zero when a pass/fail criterion failed.
+#
+#   scripts/bench.sh                 # both (about 6 minutes)
+#   scripts/bench.sh bench [FLAGS]   # only the comparison; FLAGS go to gwbench,
+#                                    # e.g. -rounds 5 -concurrency 64 -enforce=false
+#   scripts/bench.sh quota [FLAGS]   # only the quota run
+# Not part of scripts/test.sh: it takes minutes and needs a quiet machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/gwbench.XXXXXX")
+echo "building into $tmp/bin"
+go build -o "$tmp/bin/" ./cmd/gateway ./cmd/fusioo-sim ./bench/cmd/bareproxy ./bench/cmd/gwbench
+
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(go version)"
+what=${1:-all}
+[ $# -gt 0 ] && shift
+status=0
+case "$what" in
+  all)
+    "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-bench" "$@" bench || status=$?
+    "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-quota" "$@" quota || status=$?
+    ;;
+  bench|quota)
+    "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-$what" "$@" "$what" || status=$?
+    ;;
+  *)
+    echo "usage: $0 [all|bench|quota] [gwbench flags]" >&2; exit 2 ;;
+esac
+echo "logs: $tmp"
+exit $status
