@@ -117,9 +117,9 @@ func (c *client) get(url, token string) (int, http.Header, string, error) {
 // the limit, and the quota is used.
 func TestReplicasShareQuotaInRedis(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs for ~15 s of load")
+		t.Skip("runs for ~25 s of load")
 	}
-	const limit, window, margin = 100, 6 * time.Second, 200 * time.Millisecond
+	const limit, window, margin = 100, 10 * time.Second, 200 * time.Millisecond
 	rs := redistest.Start(t)
 	sim := fusioosim.New(fusioosim.Config{Limit: limit, Window: window})
 	up := httptest.NewServer(sim)
