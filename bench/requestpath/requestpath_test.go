@@ -62,8 +62,8 @@ type target struct {
 	h    http.Handler
 }
 
-func gatewayConfig(tb testing.TB, store, upstreamURL, redisURL, logLevel string) *inproc.Gateway {
-	env := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upstreamURL}
+func gatewayConfig(tb testing.TB, store, upstreamURL, redisURL, logLevel string, extraEnv ...string) *inproc.Gateway {
+	env := append([]string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upstreamURL}, extraEnv...)
 	if redisURL != "" {
 		env = append(env, "FUSIOO_GATEWAY_REDIS_URL="+redisURL)
 	}
@@ -148,6 +148,7 @@ func BenchmarkRequestPath(b *testing.B) {
 		{"bare", bare},
 		{"gateway-memory", gatewayConfig(b, "memory", up.URL, "", "info").Handler},
 		{"gateway-redis", gatewayConfig(b, "redis", up.URL, rs.URL(), "info").Handler},
+		{"gateway-redis-autopipeline", gatewayConfig(b, "redis", up.URL, rs.URL(), "info", "FUSIOO_GATEWAY_REDIS_AUTO_PIPELINE=true").Handler},
 		{"gateway-memory-nolog", gatewayConfig(b, "memory", up.URL, "", "warn").Handler},
 	})
 }

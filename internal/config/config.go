@@ -86,6 +86,7 @@ type Redis struct {
 	KeyPrefix        string   `toml:"key_prefix"`
 	Timeout          Duration `toml:"timeout"`
 	PoolSize         int      `toml:"pool_size"`
+	AutoPipeline     bool     `toml:"auto_pipeline"`
 }
 
 // Smoothing is the local per-key rate (0 = derived from the quota).
@@ -158,9 +159,10 @@ func Default() Config {
 			PolicyName:     "hourly",
 		},
 		Redis: Redis{
-			KeyPrefix: "fgw",
-			Timeout:   Duration{50 * time.Millisecond},
-			PoolSize:  0,
+			AutoPipeline: true,
+			KeyPrefix:    "fgw",
+			Timeout:      Duration{50 * time.Millisecond},
+			PoolSize:     0,
 		},
 		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},
 		Queue:     Queue{MaxWait: Duration{30 * time.Second}, MaxDepth: 1000, MaxQueued: 10000},

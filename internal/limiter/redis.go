@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,6 +51,10 @@ type RedisOptions struct {
 	// Timeout bounds every call to Redis (redis.timeout), so a Redis that
 	// stops answering cannot hold a request longer. Default 50ms.
 	Timeout time.Duration
+	// AutoPipeline sends concurrent takes through go-redis's autopipeliner
+	// (redis.auto_pipeline): each take is still its own atomic script, but
+	// scripts from concurrent requests share one write and one read.
+	AutoPipeline bool
 }
 
 // RedisStore is the quota store shared by every gateway replica: each Take
@@ -84,6 +89,10 @@ type RedisStore struct {
 	width   int64 // bucket width, ms
 	span    int64 // Policy.Span rounded up, ms
 
+	autoPipe bool
+	apOnce   sync.Once
+	ap       redis.Scripter // the autopipeliner, made on first use
+
 	// now, when set (tests only), replaces Redis TIME in the scripts so
 	// they can be compared step by step with MemoryStore on a fake clock.
 	now func() int64
@@ -99,12 +108,13 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 		opts.Timeout = DefaultRedisTimeout
 	}
 	return &RedisStore{
-		client:  client,
-		policy:  p,
-		prefix:  opts.KeyPrefix,
-		timeout: opts.Timeout,
-		width:   p.BucketWidth().Milliseconds(),
-		span:    ceilMillis(p.Span()),
+		client:   client,
+		policy:   p,
+		prefix:   opts.KeyPrefix,
+		timeout:  opts.Timeout,
+		width:    p.BucketWidth().Milliseconds(),
+		span:     ceilMillis(p.Span()),
+		autoPipe: opts.AutoPipeline,
 	}
 }
 
@@ -135,7 +145,7 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	vals, err := takeScript.Run(ctx, s.client, []string{s.Key(key)},
+	vals, err := takeScript.Run(ctx, s.scripter(), []string{s.Key(key)},
 		s.policy.Limit, s.width, s.span, t.Ahead, s.testNow()).Slice()
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
@@ -162,6 +172,25 @@ func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, take
 		Blocked:    n[4] == 1,
 	}
 	return res, takeInfo{bucket: n[5], now: n[6], epoch: epoch}, nil
+}
+
+// scripter is what takes run their script on: the client, or its
+// autopipeliner when enabled. The autopipeliner starts goroutines, so it is
+// made on the first take, not in the constructor; closing the client
+// closes it.
+func (s *RedisStore) scripter() redis.Scripter {
+	if !s.autoPipe {
+		return s.client
+	}
+	s.apOnce.Do(func() {
+		if ap, err := s.client.AutoPipeline(); err == nil {
+			s.ap = ap
+		}
+	})
+	if s.ap == nil {
+		return s.client
+	}
+	return s.ap
 }
 
 // Block implements Store: every Take for key, from any replica, is refused

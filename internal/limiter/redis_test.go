@@ -227,6 +227,12 @@ func TestRedisRetryAfterIsExact(t *testing.T) {
 // Redis time of every admission, and checks the rolling bound and the
 // share of the quota used.
 func TestRedisBoundUnderConcurrency(t *testing.T) {
+	for _, ap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("auto_pipeline=%v", ap), func(t *testing.T) { testRedisBoundUnderConcurrency(t, ap) })
+	}
+}
+
+func testRedisBoundUnderConcurrency(t *testing.T, autoPipeline bool) {
 	srv := redistest.Start(t)
 	const (
 		replicas = 3
@@ -250,7 +256,7 @@ func TestRedisBoundUnderConcurrency(t *testing.T) {
 	var wg sync.WaitGroup
 	for r := range replicas {
 		client := newRedisTestClient(t, srv, time.Second)
-		store := NewRedisStore(client, p, RedisOptions{Timeout: time.Second})
+		store := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, AutoPipeline: autoPipeline})
 		if err := store.Ping(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -489,10 +495,16 @@ func TestRedisRoundTripsAndScriptReload(t *testing.T) {
 // TestRedisTimeoutWhenPaused: a Redis that accepts but never answers
 // (SIGSTOP) fails each call within the per-call timeout.
 func TestRedisTimeoutWhenPaused(t *testing.T) {
+	for _, ap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("auto_pipeline=%v", ap), func(t *testing.T) { testRedisTimeoutWhenPaused(t, ap) })
+	}
+}
+
+func testRedisTimeoutWhenPaused(t *testing.T, autoPipeline bool) {
 	srv := redistest.Start(t)
 	const timeout = 50 * time.Millisecond
 	client := newRedisTestClient(t, srv, timeout)
-	rs := NewRedisStore(client, Policy{Limit: 10, Window: time.Minute}, RedisOptions{Timeout: timeout})
+	rs := NewRedisStore(client, Policy{Limit: 10, Window: time.Minute}, RedisOptions{Timeout: timeout, AutoPipeline: autoPipeline})
 	ctx := context.Background()
 	key := redisTestKey(t, "k")
 	if _, err := rs.Take(ctx, key, Take{}); err != nil {

@@ -135,8 +135,9 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		}
 		g.closers = append(g.closers, client.Close)
 		primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
-			KeyPrefix: cfg.Redis.KeyPrefix,
-			Timeout:   cfg.Redis.Timeout.Duration,
+			KeyPrefix:    cfg.Redis.KeyPrefix,
+			Timeout:      cfg.Redis.Timeout.Duration,
+			AutoPipeline: cfg.Redis.AutoPipeline,
 		})
 		reject := cfg.Quota.OnStoreFailure == "reject"
 		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
