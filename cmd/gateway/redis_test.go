@@ -192,11 +192,17 @@ func TestReplicasShareQuotaInRedis(t *testing.T) {
 // from its local share (no request lost, /readyz degraded, the gauge set),
 // and when Redis comes back empty it recovers and writes back its counts.
 func TestRedisOutage(t *testing.T) {
+	for _, ap := range []string{"false", "true"} {
+		t.Run("auto_pipeline="+ap, func(t *testing.T) { testRedisOutage(t, "FUSIOO_GATEWAY_REDIS_AUTO_PIPELINE="+ap) })
+	}
+}
+
+func testRedisOutage(t *testing.T, env string) {
 	rs := redistest.Start(t)
 	sim := fusioosim.New(fusioosim.Config{})
 	up := httptest.NewServer(sim)
 	defer up.Close()
-	gw := startGateway(t, redisConfig(rs.URL(), 100, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	gw := startGateway(t, redisConfig(rs.URL(), 100, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL, env)
 	c := newClient(t)
 	url := "http://" + gw.addrs.Addr + "/v3/apps"
 	admin := "http://" + gw.addrs.AdminAddr

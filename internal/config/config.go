@@ -159,10 +159,9 @@ func Default() Config {
 			PolicyName:     "hourly",
 		},
 		Redis: Redis{
-			AutoPipeline: true,
-			KeyPrefix:    "fgw",
-			Timeout:      Duration{50 * time.Millisecond},
-			PoolSize:     0,
+			KeyPrefix: "fgw",
+			Timeout:   Duration{50 * time.Millisecond},
+			PoolSize:  0,
 		},
 		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},
 		Queue:     Queue{MaxWait: Duration{30 * time.Second}, MaxDepth: 1000, MaxQueued: 10000},
