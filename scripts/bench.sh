@@ -20,13 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-fi
+. scripts/lib.sh
+ensure_commands redis-server:redis-server
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gwbench.XXXXXX")
 echo "building into $tmp/bin"
