@@ -13,9 +13,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
 
 // Proc is a child process with its output in a log file.
@@ -153,110 +154,18 @@ func WaitHTTP(url string, p *Proc, timeout time.Duration) error {
 }
 
 // Redis is a redis-server process on a loopback port, without
-// persistence, that can be killed and restarted (empty) on the same port.
-type Redis struct {
-	Port   int
-	bin    string
-	dir    string
-	logDir string
-	mu     sync.Mutex
-	proc   *Proc
-	runs   int
-}
+// persistence, that can be killed and restarted (empty) on the same port:
+// the same launcher the tests use.
+type Redis = redistest.Server
 
-// StartRedis starts redis-server on a free loopback port.
+// StartRedis starts redis-server on a free loopback port, with its files
+// and log in a new directory under logDir. The caller must Stop it.
 func StartRedis(logDir string) (*Redis, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("redis-server not found on PATH (install it: apt-get install -y redis-server): %w", err)
-	}
 	dir, err := os.MkdirTemp(logDir, "redis-")
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{bin: bin, dir: dir, logDir: logDir}
-	var last error
-	for range 5 {
-		if r.Port, err = FreePort(); err != nil {
-			return nil, err
-		}
-		if last = r.launch(); last == nil {
-			return r, nil
-		}
-	}
-	return nil, last
-}
-
-// Pid returns the running server's process id, or -1.
-func (r *Redis) Pid() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc == nil {
-		return -1
-	}
-	return r.proc.Pid()
-}
-
-// Addr is "127.0.0.1:PORT".
-func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
-
-// URL is the redis:// URL of database 0.
-func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
-
-func (r *Redis) launch() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.runs++
-	p, err := StartProc(fmt.Sprintf("redis-%d", r.runs), r.bin, []string{
-		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--daemonize", "no", "--loglevel", "warning",
-	}, nil, r.logDir)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if p.Exited() {
-			return fmt.Errorf("redis-server exited: %s", p.Tail(10))
-		}
-		if Ping(r.Addr()) == nil {
-			r.proc = p
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	p.Kill()
-	return fmt.Errorf("redis-server on %d did not answer PING", r.Port)
-}
-
-// Kill sends SIGKILL: clients see resets, then refused connections.
-func (r *Redis) Kill() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.proc != nil {
-		r.proc.Kill()
-		r.proc = nil
-	}
-}
-
-// Restart starts a new, empty server on the same port.
-func (r *Redis) Restart() error {
-	r.Kill()
-	var err error
-	for range 10 {
-		if err = r.launch(); err == nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return err
-}
-
-// Stop ends the server and removes its directory.
-func (r *Redis) Stop() {
-	r.Kill()
-	_ = os.RemoveAll(r.dir)
+	return redistest.Launch(dir)
 }
 
 // Ping sends PING to a Redis at addr and expects +PONG.

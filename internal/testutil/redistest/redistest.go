@@ -28,9 +28,10 @@ import (
 // answer PING.
 const startTimeout = 15 * time.Second
 
-// Server is one redis-server process owned by a test.
+// Server is one redis-server process, owned by a test (Start) or by a
+// program such as the benchmark driver (Launch).
 type Server struct {
-	t    testing.TB
+	t    testing.TB // nil when launched outside a test
 	bin  string
 	dir  string
 	port int
@@ -46,32 +47,51 @@ type Server struct {
 // Start runs redis-server on a free loopback port (never 6379) with
 // persistence off, waits until it answers PING, and stops it in t.Cleanup.
 // extraArgs are appended to the command line (for example
-// "--requirepass", "secret"). A missing redis-server fails the test.
+// "--requirepass", "secret"). A missing redis-server fails the test, and so
+// does any later Kill, Restart, Pause or Resume that fails.
 func Start(t testing.TB, extraArgs ...string) *Server {
 	t.Helper()
+	s, err := Launch(t.TempDir(), extraArgs...)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	s.t = t
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Launch is Start outside a test: the server keeps its files and logs in
+// dir, errors are returned, and the caller must Stop it.
+func Launch(dir string, extraArgs ...string) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatalf("redistest: redis-server not found on PATH (%v); install it, e.g. `apt-get install -y redis-server` "+
+		return nil, fmt.Errorf("redis-server not found on PATH (%w); install it, e.g. `apt-get install -y redis-server` "+
 			"(Debian/Ubuntu), `apk add redis` (Alpine) or `brew install redis` (macOS): tests that need Redis never skip", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), args: extraArgs}
-	t.Cleanup(s.stop)
-
+	s := &Server{bin: bin, dir: dir, args: extraArgs}
 	// A free port can be taken by someone else between our probe and
 	// redis-server's bind: retry with another port a few times.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("redistest: find a free port: %v", err)
+			return nil, fmt.Errorf("find a free port: %w", err)
 		}
 		s.port = port
 		if lastErr = s.launch(); lastErr == nil {
-			return s
+			return s, nil
 		}
 	}
-	t.Fatalf("redistest: start redis-server: %v", lastErr)
-	return nil
+	return nil, fmt.Errorf("start redis-server: %w", lastErr)
+}
+
+// fail reports err to the owning test, if any, and returns it.
+func (s *Server) fail(err error) error {
+	if err != nil && s.t != nil {
+		s.t.Helper()
+		s.t.Fatalf("redistest: %v", err)
+	}
+	return err
 }
 
 // Addr returns host:port of the server.
@@ -83,10 +103,19 @@ func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 // Port returns the server's TCP port.
 func (s *Server) Port() int { return s.port }
 
+// Pid returns the running server's process id, or -1.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return -1
+	}
+	return s.cmd.Process.Pid
+}
+
 // Kill sends SIGKILL and waits until the process is gone: clients see their
 // connections reset and new connections refused.
 func (s *Server) Kill() {
-	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.killLocked()
@@ -94,45 +123,54 @@ func (s *Server) Kill() {
 
 // Restart kills the server if it runs and starts a new, empty one on the
 // same port, waiting until it answers PING.
-func (s *Server) Restart() {
-	s.t.Helper()
-	s.mu.Lock()
-	s.killLocked()
-	s.mu.Unlock()
+func (s *Server) Restart() error {
+	if s.t != nil {
+		s.t.Helper()
+	}
+	s.Kill()
 	var err error
 	// The port was ours a moment ago; a short retry covers a slow release.
-	for attempt := 0; attempt < 3; attempt++ {
+	for attempt := 0; attempt < 5; attempt++ {
 		if err = s.launch(); err == nil {
-			return
+			return nil
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	s.t.Fatalf("redistest: restart redis-server on port %d: %v", s.port, err)
+	return s.fail(fmt.Errorf("restart redis-server on port %d: %w", s.port, err))
 }
 
 // Pause stops the process with SIGSTOP: the kernel still accepts
 // connections and buffers requests, but nothing answers, like a Redis stuck
 // in a long command or a network black hole.
-func (s *Server) Pause() {
-	s.t.Helper()
-	s.signal(syscall.SIGSTOP, true)
+func (s *Server) Pause() error {
+	if s.t != nil {
+		s.t.Helper()
+	}
+	return s.fail(s.signal(syscall.SIGSTOP, true))
 }
 
 // Resume continues a paused server with SIGCONT.
-func (s *Server) Resume() {
-	s.t.Helper()
-	s.signal(syscall.SIGCONT, false)
+func (s *Server) Resume() error {
+	if s.t != nil {
+		s.t.Helper()
+	}
+	return s.fail(s.signal(syscall.SIGCONT, false))
 }
 
-func (s *Server) signal(sig syscall.Signal, paused bool) {
+// Stop ends the server; Start's cleanup calls it.
+func (s *Server) Stop() { s.Kill() }
+
+func (s *Server) signal(sig syscall.Signal, paused bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil {
-		s.t.Fatalf("redistest: %v: server is not running", sig)
+		return fmt.Errorf("%v: server is not running", sig)
 	}
 	if err := s.cmd.Process.Signal(sig); err != nil {
-		s.t.Fatalf("redistest: send %v: %v", sig, err)
+		return fmt.Errorf("send %v: %w", sig, err)
 	}
 	s.paused = paused
+	return nil
 }
 
 // launch starts redis-server on s.port and waits for PING. On failure the
@@ -188,12 +226,6 @@ func (s *Server) killLocked() {
 	_ = s.cmd.Process.Signal(syscall.SIGKILL) // also ends a stopped process
 	<-s.exited
 	s.cmd, s.exited, s.paused = nil, nil, false
-}
-
-func (s *Server) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.killLocked()
 }
 
 // waitPing polls addr with PING until it answers +PONG, the process exits
