@@ -4,7 +4,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -648,6 +647,3 @@ func (d Duration) String() string { return d.Duration.String() }
 
 // MarshalText lets a redacted config be logged or printed as TOML.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
-
-// ErrNoConfig is returned by callers that require -config.
-var ErrNoConfig = errors.New("no config file given")

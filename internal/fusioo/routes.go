@@ -247,10 +247,4 @@ func splitInto(dst []string, p string) []string {
 	}
 }
 
-func split(p string) []string {
-	p = strings.Trim(p, "/")
-	if p == "" {
-		return nil
-	}
-	return strings.Split(p, "/")
-}
+func split(p string) []string { return splitInto(nil, p) }

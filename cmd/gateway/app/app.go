@@ -58,7 +58,6 @@ type Gateway struct {
 	Limiter  *limiter.Limiter
 
 	log      *zap.Logger
-	store    limiter.Store
 	mem      *limiter.MemoryStore
 	fallback *limiter.FallbackStore
 	closers  []func() error
@@ -112,10 +111,11 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		Margin:  cfg.Quota.Margin.Duration,
 		Buckets: cfg.Quota.Buckets,
 	}
+	var store limiter.Store
 	switch cfg.Quota.Store {
 	case "memory":
 		g.mem = limiter.NewMemoryStore(policy, nil)
-		g.store = g.mem
+		store = g.mem
 		g.health = func() (bool, string) { return true, "quota store: memory" }
 	case "redis":
 		client, err := limiter.NewRedisClient(limiter.RedisClientOptions{
@@ -145,7 +145,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 			Reject:   reject,
 			Observer: storeObserver{m: m, log: log.Named("quota")},
 		})
-		g.store, g.fallback = fb, fb
+		store, g.fallback = fb, fb
 		g.health = func() (bool, string) {
 			status := "quota store: " + fb.Status()
 			if fb.Degraded() {
@@ -159,7 +159,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 
 	r, burst := cfg.SmoothingRate()
 	g.Limiter = limiter.New(limiter.Config{
-		Store:          g.store,
+		Store:          store,
 		Rate:           rate.Limit(r),
 		Burst:          burst,
 		AnonymousRate:  rate.Limit(cfg.Smoothing.AnonymousRate),
