@@ -31,7 +31,34 @@ type Metrics struct {
 	queueWait         prometheus.Histogram
 	storeErrors       *prometheus.CounterVec
 	fallbackActive    prometheus.Gauge
+
+	// The children of the pre-initialised label values, resolved once so
+	// the request path neither hashes label values nor takes the vectors'
+	// locks. Read-only after New; values outside them take WithLabelValues.
+	requestsBy  map[requestKey]prometheus.Counter
+	routesBy    map[string]prometheus.Counter
+	upstreamBy  map[upstreamKey]prometheus.Counter
+	durationBy  [len(classLabels)]prometheus.Observer // by classIndex; nil: not pre-initialised
+	retriesBy   map[string]prometheus.Counter
+	rejectedBy  map[string]prometheus.Counter
+	storeErrsBy map[string]prometheus.Counter
 }
+
+// requestKey is a requests_total child: method label and raw status.
+type requestKey struct {
+	method string
+	status int
+}
+
+// upstreamKey is an upstream_responses_total child: raw status and the
+// code, codeOther standing for every code outside Fusioo's table.
+type upstreamKey struct {
+	status int
+	code   fusioo.Code
+}
+
+// codeOther is the upstreamKey code of the "other" label.
+const codeOther fusioo.Code = -1
 
 // Options lists the label values to pre-initialise.
 type Options struct {
@@ -102,34 +129,55 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 		m.budgetExhausted, m.quotaRejections, m.upstreamExhausted, m.queueDepth, m.queueWait, m.storeErrors, m.fallbackActive} {
 		f(c)
 	}
-	for _, r := range o.Routes {
-		m.routeRequests.WithLabelValues(r)
-	}
-	for _, r := range o.RetryReasons {
-		m.retries.WithLabelValues(r)
-	}
-	for _, r := range o.RejectReasons {
-		m.quotaRejections.WithLabelValues(r)
-	}
-	for _, op := range o.StoreOps {
-		m.storeErrors.WithLabelValues(op)
-	}
+	m.routesBy = resolve(m.routeRequests, o.Routes)
+	m.retriesBy = resolve(m.retries, o.RetryReasons)
+	m.rejectedBy = resolve(m.quotaRejections, o.RejectReasons)
+	m.storeErrsBy = resolve(m.storeErrors, o.StoreOps)
+	m.upstreamBy = make(map[upstreamKey]prometheus.Counter)
 	for _, st := range o.UpstreamStatuses {
-		for _, c := range fusioo.Codes() {
-			m.upstream.WithLabelValues(strconv.Itoa(st), c.Label())
+		if statusLabel(st) != strconv.Itoa(st) {
+			// Pre-initialised under its number, counted as "other":
+			// left to WithLabelValues.
+			for _, c := range fusioo.Codes() {
+				m.upstream.WithLabelValues(strconv.Itoa(st), c.Label())
+			}
+			m.upstream.WithLabelValues(strconv.Itoa(st), "none")
+			m.upstream.WithLabelValues(strconv.Itoa(st), "other")
+			continue
 		}
-		m.upstream.WithLabelValues(strconv.Itoa(st), "none")
-		m.upstream.WithLabelValues(strconv.Itoa(st), "other")
+		for _, c := range fusioo.Codes() {
+			m.upstreamBy[upstreamKey{st, c}] = m.upstream.WithLabelValues(strconv.Itoa(st), c.Label())
+		}
+		m.upstreamBy[upstreamKey{st, 0}] = m.upstream.WithLabelValues(strconv.Itoa(st), "none")
+		m.upstreamBy[upstreamKey{st, codeOther}] = m.upstream.WithLabelValues(strconv.Itoa(st), "other")
 	}
 	for _, cl := range []string{"2xx", "3xx", "4xx", "5xx", "error"} {
-		m.upstreamDuration.WithLabelValues(cl)
+		for i, l := range classLabels {
+			if l == cl {
+				m.durationBy[i] = m.upstreamDuration.WithLabelValues(cl)
+			}
+		}
 	}
+	m.requestsBy = make(map[requestKey]prometheus.Counter)
 	for _, st := range o.ClientStatuses {
 		for _, meth := range []string{"GET", "POST", "PUT", "DELETE"} {
-			m.requests.WithLabelValues(meth, strconv.Itoa(st))
+			c := m.requests.WithLabelValues(meth, strconv.Itoa(st))
+			if statusLabel(st) == strconv.Itoa(st) {
+				m.requestsBy[requestKey{meth, st}] = c
+			}
 		}
 	}
 	return m
+}
+
+// resolve creates the children of the one-label vector v for values, and
+// returns them by value.
+func resolve(v *prometheus.CounterVec, values []string) map[string]prometheus.Counter {
+	out := make(map[string]prometheus.Counter, len(values))
+	for _, l := range values {
+		out[l] = v.WithLabelValues(l)
+	}
+	return out
 }
 
 // statusLabel keeps the status label bounded: real statuses are three
@@ -161,23 +209,56 @@ func methodLabel(m string) string {
 	return "OTHER"
 }
 
-func classLabel(s int) string {
+// classLabels are the status class labels, by classIndex.
+var classLabels = [...]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// classIndex is the index in classLabels of status's class.
+func classIndex(s int) int {
 	if s < 100 || s > 599 {
-		return "error"
+		return 0
 	}
-	return strconv.Itoa(s/100) + "xx"
+	return s / 100
 }
+
+func classLabel(s int) string { return classLabels[classIndex(s)] }
 
 // Request implements proxy.Observer.
 func (m *Metrics) Request(method, route string, status int, _ time.Duration) {
-	m.requests.WithLabelValues(methodLabel(method), statusLabel(status)).Inc()
-	m.routeRequests.WithLabelValues(route).Inc()
+	method = methodLabel(method)
+	if c, ok := m.requestsBy[requestKey{method, status}]; ok {
+		c.Inc()
+	} else {
+		m.requests.WithLabelValues(method, statusLabel(status)).Inc()
+	}
+	inc(m.routeRequests, m.routesBy, route)
 }
 
 // Upstream implements proxy.Observer.
 func (m *Metrics) Upstream(_ string, status int, code fusioo.Code, d time.Duration) {
-	m.upstream.WithLabelValues(statusLabel(status), code.Label()).Inc()
-	m.upstreamDuration.WithLabelValues(classLabel(status)).Observe(d.Seconds())
+	k := upstreamKey{status, code}
+	if code != 0 && !code.Known() {
+		k.code = codeOther
+	}
+	if c, ok := m.upstreamBy[k]; ok {
+		c.Inc()
+	} else {
+		m.upstream.WithLabelValues(statusLabel(status), code.Label()).Inc()
+	}
+	if o := m.durationBy[classIndex(status)]; o != nil {
+		o.Observe(d.Seconds())
+	} else {
+		m.upstreamDuration.WithLabelValues(classLabel(status)).Observe(d.Seconds())
+	}
+}
+
+// inc adds one to the child of the one-label vector v for label, found in
+// by when it was pre-initialised.
+func inc(v *prometheus.CounterVec, by map[string]prometheus.Counter, label string) {
+	if c, ok := by[label]; ok {
+		c.Inc()
+		return
+	}
+	v.WithLabelValues(label).Inc()
 }
 
 // UpstreamExhausted implements proxy.Observer.
@@ -190,16 +271,16 @@ func (m *Metrics) QueueDepth(delta int) { m.queueDepth.Add(float64(delta)) }
 func (m *Metrics) QueueWait(d time.Duration) { m.queueWait.Observe(d.Seconds()) }
 
 // Rejected implements limiter.Observer.
-func (m *Metrics) Rejected(reason string) { m.quotaRejections.WithLabelValues(reason).Inc() }
+func (m *Metrics) Rejected(reason string) { inc(m.quotaRejections, m.rejectedBy, reason) }
 
 // Retry implements retry.Observer.
-func (m *Metrics) Retry(reason string) { m.retries.WithLabelValues(reason).Inc() }
+func (m *Metrics) Retry(reason string) { inc(m.retries, m.retriesBy, reason) }
 
 // BudgetExhausted implements retry.Observer.
 func (m *Metrics) BudgetExhausted() { m.budgetExhausted.Inc() }
 
 // StoreError implements the quota store's observer.
-func (m *Metrics) StoreError(op string) { m.storeErrors.WithLabelValues(op).Inc() }
+func (m *Metrics) StoreError(op string) { inc(m.storeErrors, m.storeErrsBy, op) }
 
 // FallbackActive implements the quota store's observer.
 func (m *Metrics) FallbackActive(active bool) {
