@@ -285,23 +285,43 @@ func grepLines(s, sub string) string {
 }
 
 // TestQuotaHeadersConsistentAcrossReplicas: with the Redis store, two
-// replicas report one count: Remaining falls by one per request whichever
-// replica answers.
+// replicas report one count. Without leases Remaining falls by one per
+// request whichever replica answers; with leases each replica's figure
+// falls with its own requests and lags the other's by at most what that
+// one holds in a lease.
 func TestQuotaHeadersConsistentAcrossReplicas(t *testing.T) {
+	for _, leases := range []bool{false, true} {
+		t.Run(fmt.Sprintf("leases=%v", leases), func(t *testing.T) { testQuotaHeadersConsistent(t, leases) })
+	}
+}
+
+func testQuotaHeadersConsistent(t *testing.T, leases bool) {
 	rs := redistest.Start(t)
 	up := httptest.NewServer(fusioosim.New(fusioosim.Config{}))
 	defer up.Close()
-	a := startGateway(t, redisConfig(rs.URL(), 50, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
-	b := startGateway(t, redisConfig(rs.URL(), 50, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	env := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + up.URL, "FUSIOO_GATEWAY_REDIS_LEASE_TIME=0"}
+	const leaseMax = 4
+	if leases {
+		env = []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + up.URL, "FUSIOO_GATEWAY_REDIS_LEASE_TIME=1s",
+			"FUSIOO_GATEWAY_REDIS_LEASE_MAX=" + strconv.Itoa(leaseMax)}
+	}
+	a := startGateway(t, redisConfig(rs.URL(), 50, "1h", "10ms"), env...)
+	b := startGateway(t, redisConfig(rs.URL(), 50, "1h", "10ms"), env...)
 	c := newClient(t)
+	last := []int{50, 50}
 	for i := range 10 {
 		gw := []*gatewayProc{a, b}[i%2]
 		st, h, body, err := c.get("http://"+gw.addrs.Addr+"/v3/apps", "tok-headers")
 		if err != nil || st != 200 {
 			t.Fatalf("%d %v %s", st, err, body)
 		}
-		want := strconv.Itoa(49 - i)
-		if h.Get("RateLimit-Remaining") != want || !strings.HasPrefix(h.Get("RateLimit"), `"hourly";r=`+want+";t=") ||
+		rem, _ := strconv.Atoi(h.Get("RateLimit-Remaining"))
+		ok := rem == 49-i
+		if leases {
+			ok = rem < last[i%2] && rem >= 49-i-leaseMax
+		}
+		last[i%2] = rem
+		if !ok || !strings.HasPrefix(h.Get("RateLimit"), `"hourly";r=`+strconv.Itoa(rem)+";t=") ||
 			h.Get("RateLimit-Limit") != "50" || h.Get("RateLimit-Policy") != `"hourly";q=50;w=3600` {
 			t.Fatalf("request %d via replica %d: %v", i, i%2, h)
 		}

@@ -86,6 +86,8 @@ type Redis struct {
 	Timeout          Duration `toml:"timeout"`
 	PoolSize         int      `toml:"pool_size"`
 	AutoPipeline     bool     `toml:"auto_pipeline"`
+	LeaseTime        Duration `toml:"lease_time"`
+	LeaseMax         int      `toml:"lease_max"`
 }
 
 // Smoothing is the local per-key rate (0 = derived from the quota).
@@ -161,6 +163,8 @@ func Default() Config {
 			KeyPrefix: "fgw",
 			Timeout:   Duration{50 * time.Millisecond},
 			PoolSize:  0,
+			LeaseTime: Duration{100 * time.Millisecond},
+			LeaseMax:  32,
 		},
 		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},
 		Queue:     Queue{MaxWait: Duration{30 * time.Second}, MaxDepth: 1000, MaxQueued: 10000},
@@ -525,6 +529,12 @@ func (c *Config) validate() Errors {
 	positive("redis.timeout", c.Redis.Timeout)
 	if c.Redis.PoolSize < 0 {
 		add("redis.pool_size", "must not be negative (0 = go-redis default), got %d", c.Redis.PoolSize)
+	}
+	if c.Redis.LeaseTime.Duration < 0 || c.Redis.LeaseTime.Duration > time.Second {
+		add("redis.lease_time", "must be between 0 (no leases) and 1s, got %s", c.Redis.LeaseTime)
+	}
+	if c.Redis.LeaseMax < 0 || c.Redis.LeaseMax > 1000 {
+		add("redis.lease_max", "must be between 0 (no leases) and 1000, got %d", c.Redis.LeaseMax)
 	}
 
 	if c.Smoothing.Rate < 0 || math.IsNaN(c.Smoothing.Rate) {

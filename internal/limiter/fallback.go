@@ -424,7 +424,7 @@ func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent 
 		}
 	}
 	if res.Allowed {
-		k.counts[countKey{tag, info.bucket}]++
+		k.counts[countKey{tag, info.bucket}] += max(res.Granted, 1)
 		if len(k.counts) > f.maxCounts {
 			// Sweep does this too; here the shadow stays bounded even
 			// without Run.

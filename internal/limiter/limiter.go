@@ -62,6 +62,19 @@ type Config struct {
 	// IdleAfter is how long a key's local state outlives its last use.
 	IdleAfter time.Duration
 
+	// Lease and LeaseMax let a busy key draw its admissions from small
+	// batches of slots the store counts at once (Take.Want), so a shared
+	// store is asked about once per batch instead of once per request:
+	// slots are leased for Lease (redis.lease_time) and a lease grows up to
+	// LeaseMax slots (redis.lease_max) while the key's demand at this
+	// replica uses them up in time, and shrinks back to single slots when
+	// it does not or when the quota runs low (see redis_take.lua). A slot
+	// not used within Lease is dropped, never used late: it stays counted,
+	// so a lease can only waste quota, never exceed it. Lease 0 or
+	// LeaseMax <= 1 disables leasing.
+	Lease    time.Duration
+	LeaseMax int
+
 	Observer Observer
 }
 
@@ -98,8 +111,22 @@ type keyState struct {
 	mu       sync.Mutex
 	smooth   *rate.Limiter
 	queue    list.List // of *waiter, FIFO
+	lease    lease     // guarded by mu
 	refs     int       // guarded by Limiter.mu
 	lastUsed time.Time // guarded by Limiter.mu
+}
+
+// lease is the slots a key holds at this replica, counted in the store but
+// not yet used (see Config.Lease).
+type lease struct {
+	left     int       // slots not yet used
+	until    time.Time // they may be used before then
+	res      Result    // the store's answer that granted them
+	at       time.Time // when it was asked
+	granted  int       // slots granted, the caller's own included
+	demand   int       // takes of the key since at
+	want     int       // size of the next lease
+	fetching bool      // a take asking for a lease is in flight
 }
 
 type waiter struct {
@@ -160,7 +187,7 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 		// Fast path: nobody is waiting for this key, so asking the store
 		// directly keeps FIFO order.
 		ks.mu.Unlock()
-		d, r, done, err := l.ask(ctx, key, start, deadline)
+		d, r, done, err := l.ask(ctx, ks, key, start, deadline)
 		if done || err != nil {
 			return d, err
 		}
@@ -223,7 +250,7 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 				return Decision{}, ErrClosed
 			}
 		}
-		d, r, done, err := l.ask(ctx, key, start, deadline)
+		d, r, done, err := l.ask(ctx, ks, key, start, deadline)
 		if done || err != nil {
 			return d, err
 		}
@@ -239,8 +266,8 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 // ask asks the store for one slot for key. done is true when the answer is
 // final: admitted, or refused because the slot frees after deadline.
 // Otherwise res.RetryAfter says how long until it frees.
-func (l *Limiter) ask(ctx context.Context, key string, start, deadline time.Time) (d Decision, res Result, done bool, err error) {
-	if res, err = l.take(ctx, key, 0); err != nil {
+func (l *Limiter) ask(ctx context.Context, ks *keyState, key string, start, deadline time.Time) (d Decision, res Result, done bool, err error) {
+	if res, err = l.takeOne(ctx, ks, key); err != nil {
 		return Decision{}, res, true, err
 	}
 	if res.Allowed {
@@ -300,6 +327,75 @@ func (l *Limiter) take(ctx context.Context, key string, ahead int) (Result, erro
 	return res, nil
 }
 
+// takeOne counts one attempt for key: from the key's lease when it has a
+// slot left, otherwise from the store, asking for a new lease sized to the
+// demand the last one saw.
+func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result, error) {
+	if l.cfg.Lease <= 0 || l.cfg.LeaseMax <= 1 {
+		return l.take(ctx, key, 0)
+	}
+	now := l.clock.Now()
+	ks.mu.Lock()
+	ls := &ks.lease
+	ls.demand++
+	if ls.left > 0 && now.Before(ls.until) {
+		ls.left--
+		res := ls.res
+		res.Remaining += ls.left // the store's Remaining left them out
+		res.ResetAfter = max(res.ResetAfter-now.Sub(ls.at), 0)
+		ks.mu.Unlock()
+		return res, nil
+	}
+	want, owner := 1, false
+	if !ls.fetching {
+		// One lease request at a time per key: concurrent misses take
+		// single slots meanwhile rather than leasing several batches.
+		ls.fetching, owner = true, true
+		want = ls.nextWant(now, l.cfg.Lease, l.cfg.LeaseMax)
+	}
+	ks.mu.Unlock()
+
+	res, err := l.cfg.Store.Take(ctx, key, Take{Want: want, Hold: l.cfg.Lease})
+	if !owner {
+		if err != nil {
+			return res, fmt.Errorf("quota store: %w", err)
+		}
+		return res, nil
+	}
+
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ls.fetching = false
+	switch {
+	case err != nil:
+		return res, fmt.Errorf("quota store: %w", err)
+	case !res.Allowed:
+		*ls = lease{}
+	default:
+		// The lease runs from before the call: the store counted its
+		// slots Hold after the moment it ran, which is later.
+		g := max(res.Granted, 1)
+		*ls = lease{left: g - 1, until: now.Add(l.cfg.Lease), res: res, at: now, granted: g, demand: 1}
+		res.Remaining += g - 1
+	}
+	return res, nil
+}
+
+// nextWant sizes the lease asked at now from how the last one went: used up
+// before its end, the demand outran it, so ask twice as much; ended, ask
+// what the demand since it was granted would use in one lease time.
+func (ls *lease) nextWant(now time.Time, hold time.Duration, most int) int {
+	if ls.at.IsZero() {
+		return 2 // a first lease: small, until the demand shows
+	}
+	if now.Before(ls.until) {
+		return min(max(2*ls.granted, 2), most)
+	}
+	elapsed := now.Sub(ls.at)
+	w := int((int64(ls.demand)*int64(hold) + int64(elapsed) - 1) / int64(elapsed))
+	return min(max(w, 1), most)
+}
+
 func (l *Limiter) refuse(res Result, reason string, start time.Time) Decision {
 	l.obs.Rejected(reason)
 	res.Allowed = false
@@ -325,6 +421,14 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 	if key == "" || d <= 0 {
 		return nil
 	}
+	// Slots leased here must not be used either.
+	l.mu.Lock()
+	if ks := l.keys[key]; ks != nil {
+		ks.mu.Lock()
+		ks.lease.left = 0
+		ks.mu.Unlock()
+	}
+	l.mu.Unlock()
 	if err := l.cfg.Store.Block(ctx, key, d); err != nil {
 		return fmt.Errorf("quota store: %w", err)
 	}

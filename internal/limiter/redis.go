@@ -55,6 +55,11 @@ type RedisOptions struct {
 	// (redis.auto_pipeline): each take is still its own atomic script, but
 	// scripts from concurrent requests share one write and one read.
 	AutoPipeline bool
+	// MaxHold is the longest Take.Hold the store honours (the limiter's
+	// lease time, redis.lease_time): a take asking to hold longer gets one
+	// slot. It also bounds how far ahead reconciliation writes buckets
+	// back. 0 disables leases.
+	MaxHold time.Duration
 }
 
 // RedisStore is the quota store shared by every gateway replica: each Take
@@ -88,6 +93,7 @@ type RedisStore struct {
 	timeout time.Duration
 	width   int64 // bucket width, ms
 	span    int64 // Policy.Span rounded up, ms
+	maxHold time.Duration
 
 	autoPipe bool
 	apOnce   sync.Once
@@ -115,6 +121,7 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 		width:    p.BucketWidth().Milliseconds(),
 		span:     ceilMillis(p.Span()),
 		autoPipe: opts.AutoPipeline,
+		maxHold:  max(opts.MaxHold, 0),
 	}
 }
 
@@ -131,7 +138,7 @@ func (s *RedisStore) Key(key string) string { return s.prefix + ":{" + key + "}:
 // takeInfo is what a Take learned beyond its Result, for the fallback's
 // shadow accounting.
 type takeInfo struct {
-	bucket int64  // the bucket the attempt was counted in, Redis time
+	bucket int64  // the bucket the attempt (or lease) was counted in, Redis time
 	now    int64  // Redis time of the script, ms
 	epoch  string // the key's epoch ("" when the key does not exist)
 }
@@ -143,18 +150,25 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
+	want, hold := 1, int64(0)
+	if t.Want > 1 && t.Ahead == 0 && t.Hold > 0 && t.Hold <= s.maxHold {
+		want, hold = t.Want, ceilMillis(t.Hold)
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	vals, err := takeScript.Run(ctx, s.scripter(), []string{s.Key(key)},
-		s.policy.Limit, s.width, s.span, t.Ahead, s.testNow()).Slice()
+		s.policy.Limit, s.width, s.span, t.Ahead, s.testNow(), want, hold).Slice()
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
 	}
-	if len(vals) != 8 {
-		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want 8", len(vals))
+	if len(vals) != 9 {
+		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want 9", len(vals))
 	}
-	var n [7]int64
+	var n [9]int64
 	for i := range n {
+		if i == 7 {
+			continue // the epoch, a string
+		}
 		v, ok := vals[i].(int64)
 		if !ok {
 			return Result{}, takeInfo{}, fmt.Errorf("redis take: value %d is %T, want an integer", i, vals[i])
@@ -170,6 +184,7 @@ func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, take
 		RetryAfter: ms(n[2]),
 		ResetAfter: ms(n[3]),
 		Blocked:    n[4] == 1,
+		Granted:    int(n[8]),
 	}
 	return res, takeInfo{bucket: n[5], now: n[6], epoch: epoch}, nil
 }
@@ -233,8 +248,11 @@ type shadowCount struct {
 func (s *RedisStore) writeBack(ctx context.Context, key string, counts []shadowCount, blockedUntil int64) (string, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	args := make([]any, 0, 4+3*len(counts))
-	args = append(args, s.width, s.span, blockedUntil, s.testNow())
+	args := make([]any, 0, 5+3*len(counts))
+	// Leased slots sit in buckets up to maxHold ahead: they may be written
+	// back there, one bucket of slack for the clock estimate.
+	ahead := (ceilMillis(s.maxHold)+s.width-1)/s.width + 1
+	args = append(args, s.width, s.span, blockedUntil, s.testNow(), ahead)
 	for _, c := range counts {
 		args = append(args, c.tag, c.bucket, c.count)
 	}

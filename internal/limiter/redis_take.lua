@@ -15,9 +15,17 @@
 -- ARGV[4]  ahead: requests queued before the caller (>0 never counts)
 -- ARGV[5]  "" (use TIME) or a time in ms: a test hook, never set in
 --          production
+-- ARGV[6]  want: slots to count at once, a lease (1: an ordinary take)
+-- ARGV[7]  hold, ms: leased slots may be used until now + hold, so they
+--          are counted in the bucket of now + hold
+--
+-- A lease grants min(want, 1/16 of what is left) slots, at least one: as
+-- the quota runs low, leases shrink to single slots and no replica sits
+-- on slots another could use.
 --
 -- Returns {allowed, remaining, retry_after_ms, reset_after_ms, blocked,
---          bucket, now_ms, epoch}; epoch is "" when the key does not exist.
+--          bucket, now_ms, epoch, granted}; bucket is the one counted in,
+--          epoch is "" when the key does not exist.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local key = KEYS[1]
@@ -25,6 +33,8 @@ local limit = tonumber(ARGV[1])
 local width = tonumber(ARGV[2])
 local span = tonumber(ARGV[3])
 local ahead = tonumber(ARGV[4])
+local want = tonumber(ARGV[6]) or 1
+local hold = tonumber(ARGV[7]) or 0
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -83,28 +93,33 @@ end
 
 if blocked > now then
   local d = blocked - now
-  return {0, 0, d, d, 1, cur, now, epoch or ''}
+  return {0, 0, d, d, 1, cur, now, epoch or '', 0}
 end
 
-local allowed = 0
+local allowed, granted, at = 0, 0, cur
 if ahead == 0 and used < limit then
-  redis.call('HINCRBY', key, string.format('%.0f', cur), 1)
+  granted = 1
+  if want > 1 then
+    granted = math.max(1, math.min(want, math.floor((limit - used) / 16)))
+  end
+  if granted > 1 then at = math.floor((now + hold) / width) end
+  redis.call('HINCRBY', key, string.format('%.0f', at), granted)
   local found = false
   for i = 1, #live do
-    if live[i][1] == cur then
-      live[i][2] = live[i][2] + 1
+    if live[i][1] == at then
+      live[i][2] = live[i][2] + granted
       found = true
     end
   end
   if not found then
-    live[#live + 1] = {cur, 1}
+    live[#live + 1] = {at, granted}
     table.sort(live, by_bucket)
   end
   if epoch == nil then
     epoch = t[1] .. string.format('%06d', tonumber(t[2]))
     redis.call('HSET', key, 'm', epoch .. ':' .. string.format('%.0f', blocked))
   end
-  used = used + 1
+  used = used + granted
   allowed = 1
   -- The key lives exactly as long as its newest bucket (or a block) counts:
   -- an idle token costs nothing once its window has passed. When the
@@ -124,4 +139,4 @@ if allowed == 0 then
   local need = used - limit + 1 + ahead
   if need > 0 then retry = free_after(need) end
 end
-return {allowed, remaining, retry, reset, 0, cur, now, epoch or ''}
+return {allowed, remaining, retry, reset, 0, at, now, epoch or '', granted}

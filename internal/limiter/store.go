@@ -74,6 +74,15 @@ type Take struct {
 	// Ahead+1 slots will have freed, so a request can tell whether joining
 	// the queue is worth it.
 	Ahead int
+	// Want asks for a lease: up to Want slots counted at once (Result.Granted
+	// says how many), the first for the caller and the rest for requests of
+	// the same key that follow within Hold. A store may always grant fewer
+	// (MemoryStore grants one); it counts every granted slot as if admitted
+	// Hold after the call, so a slot used at any moment within Hold of the
+	// call is held for a whole Span after its use, like any admission.
+	// Want <= 1 is an ordinary take.
+	Want int
+	Hold time.Duration
 }
 
 // Result is a store's answer. A denial is a result, not an error.
@@ -90,6 +99,9 @@ type Result struct {
 	// Blocked is set when the key was refused because the upstream said its
 	// quota is exhausted (see Store.Block), not because of local counting.
 	Blocked bool
+	// Granted is how many slots an allowed take counted (see Take.Want);
+	// 0 means 1.
+	Granted int
 }
 
 // Store counts attempts per key. Implementations are safe for concurrent

@@ -138,6 +138,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 			KeyPrefix:    cfg.Redis.KeyPrefix,
 			Timeout:      cfg.Redis.Timeout.Duration,
 			AutoPipeline: cfg.Redis.AutoPipeline,
+			MaxHold:      cfg.Redis.LeaseTime.Duration,
 		})
 		reject := cfg.Quota.OnStoreFailure == "reject"
 		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
@@ -158,7 +159,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	}
 
 	r, burst := cfg.SmoothingRate()
-	g.Limiter = limiter.New(limiter.Config{
+	lc := limiter.Config{
 		Store:          store,
 		Rate:           rate.Limit(r),
 		Burst:          burst,
@@ -169,7 +170,13 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		MaxQueued:      cfg.Queue.MaxQueued,
 		IdleAfter:      max(10*time.Minute, time.Duration(float64(burst)/r*float64(time.Second))),
 		Observer:       m,
-	})
+	}
+	if cfg.Quota.Store == "redis" {
+		// A lease saves round trips to a shared store; the memory store
+		// costs no more per slot than a lease would.
+		lc.Lease, lc.LeaseMax = cfg.Redis.LeaseTime.Duration, cfg.Redis.LeaseMax
+	}
+	g.Limiter = limiter.New(lc)
 
 	base := retry.NewBaseTransport(retry.BaseOptions{
 		DialTimeout:           cfg.Upstream.DialTimeout.Duration,

@@ -1,0 +1,297 @@
+package limiter
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
+)
+
+// leaseRig is one gateway replica's limiter over a RedisStore that runs on
+// a shared fake clock (the scripts read it through the test hook instead of
+// Redis TIME), with its round trips counted.
+type leaseRig struct {
+	lim   *Limiter
+	store *RedisStore
+	calls *commandCounter
+}
+
+func newLeaseRig(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p Policy, lease time.Duration, most int) *leaseRig {
+	t.Helper()
+	client := newRedisTestClient(t, srv, time.Second)
+	calls := &commandCounter{}
+	client.AddHook(calls)
+	rs := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, MaxHold: lease})
+	rs.now = func() int64 { return clock.Now().UnixMilli() }
+	lim := New(Config{Store: rs, Clock: clock, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: most})
+	return &leaseRig{lim: lim, store: rs, calls: calls}
+}
+
+// admit asks for one attempt without waiting (MaxWait 0).
+func (r *leaseRig) admit(t *testing.T, key string) Decision {
+	t.Helper()
+	d, err := r.lim.Admit(context.Background(), key, time.Time{})
+	if err != nil {
+		t.Fatalf("admit: %v", err)
+	}
+	return d
+}
+
+// TestLeaseCutsRoundTrips: a busy key's admissions come from leases, so
+// Redis is asked a small fraction of the time; what Redis counts is what
+// was used plus at most the last lease's leftovers; and the RateLimit
+// figures a lease hands out stay consistent.
+func TestLeaseCutsRoundTrips(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
+	p := Policy{Limit: 100_000, Window: time.Hour}
+	const most = 32
+	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, most)
+	key := redisTestKey(t, "k")
+
+	const n = 2000 // one per millisecond: 100 per lease time, above most
+	lastRemaining := p.Limit
+	for i := range n {
+		d := r.admit(t, key)
+		if !d.Allowed {
+			t.Fatalf("admission %d refused: %+v", i, d)
+		}
+		if d.Remaining >= lastRemaining {
+			t.Fatalf("admission %d: Remaining %d did not fall below %d", i, d.Remaining, lastRemaining)
+		}
+		lastRemaining = d.Remaining
+		clock.Advance(time.Millisecond)
+	}
+	calls := int(r.calls.n.Load())
+	counted := bucketSum(t, r.store.Client(), r.store.Key(key))
+	t.Logf("%d admissions, %d Redis calls, %d counted", n, calls, counted)
+	if calls > n/most+20 {
+		t.Fatalf("%d Redis calls for %d admissions, want about %d (leases of %d)", calls, n, n/most, most)
+	}
+	if counted < n || counted > n+most {
+		t.Fatalf("Redis counts %d for %d admissions, want between %d and %d", counted, n, n, n+most)
+	}
+	if want := p.Limit - counted; lastRemaining < want || lastRemaining > want+most {
+		t.Fatalf("last Remaining %d, want Redis's %d plus the lease's leftovers", lastRemaining, want)
+	}
+
+	// The leftovers of a lease are never used late: after the lease time
+	// the next admission asks Redis again.
+	clock.Advance(100 * time.Millisecond)
+	before := r.calls.n.Load()
+	r.admit(t, key)
+	if r.calls.n.Load() != before+1 {
+		t.Fatal("an admission after the lease ended did not ask Redis")
+	}
+	// Demand gone: after a long idle time the lease is sized to it, a
+	// single slot.
+	clock.Advance(10 * time.Second)
+	counted = bucketSum(t, r.store.Client(), r.store.Key(key))
+	r.admit(t, key)
+	if got := bucketSum(t, r.store.Client(), r.store.Key(key)); got != counted+1 {
+		t.Fatalf("after 10s idle Redis counts %d, want %d (a single slot)", got, counted+1)
+	}
+}
+
+// TestLeaseSlotsCountedAhead: leased slots are counted in the bucket of
+// the end of the lease time, so one used at the last moment of a lease is
+// held a whole span after that use.
+func TestLeaseSlotsCountedAhead(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
+	p := Policy{Limit: 1000, Window: 10 * time.Second, Buckets: 100} // 100ms buckets
+	lease := 250 * time.Millisecond
+	r := newLeaseRig(t, srv, clock, p, lease, 8)
+	key := redisTestKey(t, "k")
+
+	r.admit(t, key) // a first take: two slots, counted ahead
+	now := clock.Now().UnixMilli()
+	all, err := r.store.Client().HGetAll(context.Background(), r.store.Key(key)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(all, "m")
+	want := map[string]string{strconv.FormatInt((now+lease.Milliseconds())/100, 10): "2"}
+	if !mapsEqual(all, want) {
+		t.Fatalf("buckets %v, want %v", all, want)
+	}
+	// The second slot is used 1ms before the lease ends, from the lease.
+	clock.Advance(lease - time.Millisecond)
+	before := r.calls.n.Load()
+	if d := r.admit(t, key); !d.Allowed || r.calls.n.Load() != before {
+		t.Fatalf("second slot: %+v, Redis asked %d times, want allowed from the lease", d, r.calls.n.Load()-before)
+	}
+	used := clock.Now()
+	// That slot is held a whole span after its use: a replica with a limit
+	// of 2 sees no room a millisecond before.
+	other := newLeaseRig(t, srv, clock, Policy{Limit: 2, Window: p.Window, Buckets: p.Buckets}, 0, 0)
+	clock.Advance(p.Span() - time.Millisecond - clock.Since(used))
+	if d := other.admit(t, key); d.Allowed {
+		t.Fatalf("1ms before a span after the last use, a limit of 2 admitted: %+v", d)
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestLeaseExhaustDropsLease: when the upstream says the quota is gone,
+// the slots a replica holds in a lease are not used.
+func TestLeaseExhaustDropsLease(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
+	p := Policy{Limit: 1000, Window: time.Minute}
+	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 8)
+	key := redisTestKey(t, "k")
+	for range 3 { // 1 slot, then a lease of 2, used up: a lease of 4
+		r.admit(t, key)
+	}
+	r.admit(t, key)
+	if left := r.leaseLeft(key); left == 0 {
+		t.Fatal("no lease held")
+	}
+	if err := r.lim.Exhaust(context.Background(), key, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := r.admit(t, key); d.Allowed || !d.Blocked {
+		t.Fatalf("after Exhaust: %+v, want refused as blocked", d)
+	}
+}
+
+func (r *leaseRig) leaseLeft(key string) int {
+	ks := r.lim.acquire(key)
+	defer r.lim.release(key, ks)
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.lease.left
+}
+
+// TestLeaseNeverExceedsQuota: three replicas with leases share one key in
+// Redis under demand that varies between a trickle and three times the
+// quota; no rolling span ever holds more uses than the limit, and the
+// quota is still nearly all used while demand exceeds it.
+func TestLeaseNeverExceedsQuota(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
+	p := Policy{Limit: 300, Window: 2 * time.Second, Margin: 100 * time.Millisecond, Buckets: 20}
+	var rigs []*leaseRig
+	for range 3 {
+		rigs = append(rigs, newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 32))
+	}
+	key := redisTestKey(t, "k")
+	rng := rand.New(rand.NewPCG(1, 2))
+
+	const step = 5 * time.Millisecond
+	var uses []int64 // fake ms
+	var saturatedUses, saturatedSpanStart int64 = 0, -1
+	steps := int(10 * p.Window / step)
+	for i := range steps {
+		// Demand per step and replica: a trickle, then three times the
+		// quota, then bursts.
+		var perStep float64
+		switch phase := i * 4 / steps; phase {
+		case 0:
+			perStep = 0.1
+		case 1, 2:
+			perStep = 3 * float64(p.Limit) / float64(p.Window/step) / 3
+		default:
+			perStep = float64(rng.IntN(3))
+		}
+		for _, r := range rigs {
+			n := int(perStep)
+			if rng.Float64() < perStep-float64(n) {
+				n++
+			}
+			for range n {
+				if d := r.admit(t, key); d.Allowed {
+					ms := clock.Now().UnixMilli()
+					uses = append(uses, ms)
+					if i*4/steps >= 1 && i*4/steps <= 2 {
+						if saturatedSpanStart < 0 {
+							saturatedSpanStart = ms
+						}
+						saturatedUses++
+					}
+				}
+			}
+		}
+		clock.Advance(step)
+	}
+	slices.Sort(uses)
+	span := p.Span().Milliseconds()
+	worst := 0
+	for i, j := 0, 0; i < len(uses); i++ {
+		for uses[i]-uses[j] >= span {
+			j++
+		}
+		worst = max(worst, i-j+1)
+	}
+	calls := 0
+	for _, r := range rigs {
+		calls += int(r.calls.n.Load())
+	}
+	// The saturated phase lasts half the run: 5 windows.
+	full := float64(p.Limit) * 5 * float64(p.Window) / float64(p.Span())
+	t.Logf("%d uses, %d Redis calls, most in one rolling span: %d (limit %d), saturated phase used %d of about %.0f",
+		len(uses), calls, worst, p.Limit, saturatedUses, full)
+	if worst > p.Limit {
+		t.Fatalf("a rolling span of %s held %d uses, limit %d", p.Span(), worst, p.Limit)
+	}
+	if float64(saturatedUses) < 0.85*full {
+		t.Fatalf("saturated phase used %d slots, want at least 85%% of %.0f", saturatedUses, full)
+	}
+}
+
+// TestLeaseWrittenBackAfterLoss: the fallback's shadow counts a lease as
+// the slots Redis counted for it, in the bucket ahead where Redis counted
+// them, so a Redis that lost the key gets every leased slot back, used or
+// not.
+func TestLeaseWrittenBackAfterLoss(t *testing.T) {
+	verifyNoRedisLeaks(t)
+	srv := redistest.Start(t)
+	p := Policy{Limit: 10_000, Window: time.Minute}
+	lease := 100 * time.Millisecond
+	client := newRedisTestClient(t, srv, time.Second)
+	rs := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, MaxHold: lease})
+	fb := NewFallbackStore(rs, p, FallbackOptions{})
+	lim := New(Config{Store: fb, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: 32})
+	key := redisTestKey(t, "k")
+	ctx := context.Background()
+	for i := range 40 {
+		if d, err := lim.Admit(ctx, key, time.Time{}); err != nil || !d.Allowed {
+			t.Fatalf("admission %d: %+v, %v", i, d, err)
+		}
+	}
+	counted := bucketSum(t, client, rs.Key(key))
+	if counted <= 40 {
+		t.Fatalf("Redis counts %d for 40 admissions through leases, want the leftovers of a lease too", counted)
+	}
+	if err := client.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The next take sees the key's new epoch, so the shadow's counts are
+	// known lost, and the write-back restores them all.
+	if _, err := fb.Take(ctx, key, Take{}); err != nil {
+		t.Fatal(err)
+	}
+	if !fb.Reconcile(ctx) {
+		t.Fatal("reconcile failed")
+	}
+	if got := bucketSum(t, client, rs.Key(key)); got != counted+1 {
+		t.Fatalf("after the loss and the write-back Redis counts %d, want %d", got, counted+1)
+	}
+}
