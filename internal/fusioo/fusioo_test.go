@@ -78,3 +78,16 @@ func TestCodes(t *testing.T) {
 		t.Error("Unavailable")
 	}
 }
+
+func TestRoutesOwns(t *testing.T) {
+	a, _ := NewRoutes(DefaultRoutes())
+	b, _ := NewRoutes(DefaultRoutes())
+	for _, r := range []*Route{a.Match("GET", "/v3/apps"), a.Match("GET", "/nowhere"), a.Match("BREW", "/")} {
+		if !a.Owns(r) || b.Owns(r) {
+			t.Fatalf("%s: owned by a %v, by b %v", r.Name(), a.Owns(r), b.Owns(r))
+		}
+	}
+	if a.Owns(nil) || a.Owns(&Route{Method: "GET", Template: "/apps"}) {
+		t.Fatal("owns a route it did not compile")
+	}
+}

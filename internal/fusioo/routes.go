@@ -54,7 +54,8 @@ type Route struct {
 	Charged  bool
 	Kind     Kind
 	segs     []string
-	name     string // Method + " " + Template, set by NewRoutes
+	name     string  // Method + " " + Template, set by NewRoutes
+	owner    *Routes // the table that compiled it
 }
 
 // Name is the bounded label used for metrics and logs: method and template,
@@ -122,6 +123,7 @@ func NewRoutes(table []Route) (*Routes, error) {
 		r.Template = stripVersion(r.Template)
 		r.segs = split(r.Template)
 		r.name = r.Method + " " + r.Template
+		r.owner = rs
 		for _, s := range r.segs {
 			if strings.HasPrefix(s, "{") != strings.HasSuffix(s, "}") {
 				return nil, fmt.Errorf("route %s %q: bad segment %q", r.Method, r.Template, s)
@@ -136,10 +138,16 @@ func NewRoutes(table []Route) (*Routes, error) {
 	}
 	for _, m := range []string{"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"} {
 		rs.unknown[m] = unknownRoute(m)
+		rs.unknown[m].owner = rs
 	}
 	rs.other = unknownRoute("OTHER")
+	rs.other.owner = rs
 	return rs, nil
 }
+
+// Owns reports whether r is one of the routes Match returns, so a route
+// matched once may be used again in place of matching the same path.
+func (rs *Routes) Owns(r *Route) bool { return r != nil && r.owner == rs }
 
 // unknownRoute is charged (Fusioo may count it) and, for POST and other
 // methods that may change data, treated as a create: the safe assumption.

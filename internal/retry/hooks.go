@@ -44,6 +44,47 @@ type Hooks struct {
 	// does not come before the deadline): the client then gets that
 	// attempt's answer, and no Final attempt is reported.
 	Answered func(Attempt)
+	// Callbacks, when non-nil, stands in for Admit and Answered where
+	// those are nil: a caller keeping each request's state in one value
+	// implements it there, instead of allocating two closures per request.
+	Callbacks Callbacks
+	// Route, when it is a route of the Transport's table, is the one the
+	// request's method and path match there, so the Transport need not
+	// match them again; the caller sets it only when the request's path is
+	// the one it matched (the upstream URL adds no path prefix). A route
+	// of another table is ignored.
+	Route *fusioo.Route
+}
+
+// Callbacks is Hooks.Admit and Hooks.Answered as the methods of one value.
+type Callbacks interface {
+	// AdmitRetry does what Hooks.Admit does.
+	AdmitRetry(ctx context.Context, deadline time.Time) (bool, error)
+	// Answered does what Hooks.Answered does; ctx is the request's.
+	Answered(ctx context.Context, a Attempt)
+}
+
+// admit asks h (nil: no hooks) whether a retry may be sent.
+func (h *Hooks) admit(ctx context.Context, deadline time.Time) (bool, error) {
+	switch {
+	case h == nil:
+	case h.Admit != nil:
+		return h.Admit(ctx, deadline)
+	case h.Callbacks != nil:
+		return h.Callbacks.AdmitRetry(ctx, deadline)
+	}
+	return true, nil
+}
+
+// answered reports a to h (nil: no hooks).
+func (h *Hooks) answered(ctx context.Context, a Attempt) {
+	switch {
+	case h == nil:
+	case h.Answered != nil:
+		h.Answered(a)
+	case h.Callbacks != nil:
+		h.Callbacks.Answered(ctx, a)
+	}
 }
 
 type hooksKey struct{}

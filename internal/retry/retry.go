@@ -245,7 +245,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if h != nil {
 		key = h.Key
 	}
-	rt := t.routes.Match(req.Method, req.URL.Path)
+	var rt *fusioo.Route
+	if h != nil && t.routes.Owns(h.Route) {
+		rt = h.Route
+	} else {
+		rt = t.routes.Match(req.Method, req.URL.Path)
+	}
 	replaySafe := rt.Kind == fusioo.KindRead || (rt.Kind == fusioo.KindWrite && t.idemWrites)
 	app := t.appOf(rt, req.URL.Path)
 	deadline := deadlineOf(ctx, h)
@@ -304,9 +309,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			retry = false
 		}
 		a.Final = !retry
-		if h != nil && h.Answered != nil {
-			h.Answered(a)
-		}
+		h.answered(ctx, a)
 		if !retry {
 			return resp, wrapErr(err, n)
 		}
@@ -322,10 +325,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !t.sleep(ctx, wait) {
 			return resp, wrapErr(err, n)
 		}
-		if h != nil && h.Admit != nil {
-			if ok, aerr := h.Admit(ctx, deadline); !ok || aerr != nil {
-				return resp, wrapErr(err, n)
-			}
+		if ok, aerr := h.admit(ctx, deadline); !ok || aerr != nil {
+			return resp, wrapErr(err, n)
 		}
 		if !held {
 			var ok bool
@@ -431,6 +432,7 @@ func deadlineOf(ctx context.Context, h *Hooks) time.Time {
 
 // attemptTrace records, through httptrace, how far one attempt got.
 type attemptTrace struct {
+	ct    httptrace.ClientTrace // its hooks are this attemptTrace's methods
 	t     *Transport
 	wrote atomic.Int32 // headers written to a connection, times
 	buf   *buffer      // the replay buffer the attempt reads, if any
@@ -454,10 +456,8 @@ func (tr *attemptTrace) wroteRequest(httptrace.WroteRequestInfo) {
 // and a trace, handed to Base.
 func (t *Transport) send(req *http.Request, b *body, tr *attemptTrace) (*http.Response, error) {
 	tr.t = t
-	out := req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		WroteHeaders: tr.wroteHeaders,
-		WroteRequest: tr.wroteRequest,
-	}))
+	tr.ct.WroteHeaders, tr.ct.WroteRequest = tr.wroteHeaders, tr.wroteRequest
+	out := req.WithContext(httptrace.WithClientTrace(req.Context(), &tr.ct))
 	out.GetBody = nil
 	out.Body, out.ContentLength, tr.buf = b.next()
 	switch b.mode {
