@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -84,9 +86,11 @@ type Handler struct {
 	policy   string // RateLimit-Policy value, computed once
 	rlPrefix string // `"NAME";r=` of the RateLimit value
 	limitStr string // cfg.Limit formatted
+	// samePath: the upstream URL adds no path prefix, so the retry
+	// transport sees the path the handler matched (retry.Hooks.Route).
+	samePath bool
 
-	abortCtx context.Context
-	abort    context.CancelFunc
+	inflight inflight // what Abort cancels
 }
 
 // New returns a handler for cfg. It does no I/O.
@@ -110,7 +114,7 @@ func New(cfg Config) *Handler {
 	h.policy = fmt.Sprintf("%q;q=%d;w=%d", cfg.PolicyName, cfg.Limit, ceilSeconds(cfg.Window))
 	h.rlPrefix = strconv.Quote(cfg.PolicyName) + ";r="
 	h.limitStr = strconv.Itoa(cfg.Limit)
-	h.abortCtx, h.abort = context.WithCancel(context.Background())
+	h.samePath = (cfg.Upstream.Path == "" || cfg.Upstream.Path == "/") && cfg.Upstream.RawPath == ""
 	target := cfg.Upstream
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -129,15 +133,27 @@ func New(cfg Config) *Handler {
 
 // Abort ends the shutdown grace period: every request still queued or in
 // flight is cancelled and answered 503/10004.
-func (h *Handler) Abort() { h.abort() }
+func (h *Handler) Abort() { h.inflight.abort() }
 
 // reqState is one request's bookkeeping, shared by the handler, the retry
-// hooks and the response callbacks.
+// hooks and the response callbacks. It is the request's only allocation of
+// the handler's own: the retry hooks (it implements retry.Callbacks), the
+// quota header values and the in-flight list entry are parts of it.
 type reqState struct {
+	h        *Handler
+	w        http.ResponseWriter
 	route    *fusioo.Route
 	key      string
 	start    time.Time
 	deadline time.Time
+	hooks    retry.Hooks // carried by the request's context; Callbacks is this reqState
+
+	// In-flight list entry (inflight.add): Abort calls cancel.
+	cancel     context.CancelCauseFunc
+	prev, next *reqState
+	shard      *inflightShard
+
+	quotaVals [5]string // backing of the quota header values (setQuotaHeaders)
 
 	mu         sync.Mutex
 	quota      limiter.Result // last admission's answer, for headers
@@ -149,16 +165,26 @@ type reqState struct {
 	blockedFor time.Duration // set when an upstream 20005 blocked the key
 }
 
-type stateKey struct{}
-
+// stateFrom returns the reqState of a request's context, or nil.
 func stateFrom(ctx context.Context) *reqState {
-	rs, _ := ctx.Value(stateKey{}).(*reqState)
-	return rs
+	if hk := retry.HooksFrom(ctx); hk != nil {
+		rs, _ := hk.Callbacks.(*reqState)
+		return rs
+	}
+	return nil
 }
+
+// AdmitRetry implements retry.Callbacks.
+func (rs *reqState) AdmitRetry(ctx context.Context, deadline time.Time) (bool, error) {
+	return rs.h.admitRetry(ctx, rs, deadline)
+}
+
+// Answered implements retry.Callbacks.
+func (rs *reqState) Answered(ctx context.Context, a retry.Attempt) { rs.h.answered(ctx, rs, a) }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rs := &reqState{start: h.clock.Now()}
+	rs := &reqState{h: h, w: w, start: h.clock.Now()}
 	defer h.finish(r, rs)
 
 	if code, msg := h.refuse(r); code != 0 {
@@ -182,8 +208,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stop := context.AfterFunc(h.abortCtx, func() { cancel(ErrShutdown) })
-	defer stop()
+	rs.cancel = cancel
+	h.inflight.add(rs)
+	defer h.inflight.remove(rs)
 
 	rs.deadline = rs.start.Add(h.cfg.MaxWait)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(rs.deadline) {
@@ -192,16 +219,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ok := h.admit(ctx, w, rs); !ok {
 		return
 	}
-	ctx = context.WithValue(ctx, stateKey{}, rs)
-	ctx = retry.WithHooks(ctx, &retry.Hooks{
-		Key:      rs.key,
-		Deadline: rs.deadline,
-		Admit: func(ctx context.Context, deadline time.Time) (bool, error) {
-			return h.admitRetry(ctx, rs, deadline)
-		},
-		Answered: func(a retry.Attempt) { h.answered(ctx, rs, a) },
-	})
-	h.rp.ServeHTTP(w, r.WithContext(ctx))
+	rs.hooks = retry.Hooks{Key: rs.key, Deadline: rs.deadline, Callbacks: rs}
+	if h.samePath {
+		rs.hooks.Route = rs.route
+	}
+	h.rp.ServeHTTP(w, r.WithContext(retry.WithHooks(ctx, &rs.hooks)))
 }
 
 // refuse checks that r is a request for the upstream at all.
@@ -319,7 +341,13 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	defer rs.mu.Unlock()
 	rs.status = resp.StatusCode
 	if rs.hasQuota {
-		h.setQuotaHeaders(resp.Header, rs.quota)
+		// Set on the client's header map, where ReverseProxy would copy
+		// them to (one value slice per name) after this returns; the
+		// upstream's own values of these names are dropped, not added.
+		for _, k := range quotaHeaderNames {
+			delete(resp.Header, k)
+		}
+		h.setQuotaHeaders(rs.w.Header(), rs, rs.quota)
 	}
 	if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
 		ra := rs.blockedFor
@@ -357,7 +385,7 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 // honest Retry-After.
 func (h *Handler) writeDenied(w http.ResponseWriter, rs *reqState, d limiter.Decision) {
 	if rs.hasQuota {
-		h.setQuotaHeaders(w.Header(), d.Result)
+		h.setQuotaHeaders(w.Header(), rs, d.Result)
 	}
 	w.Header().Set("Retry-After", strconv.FormatInt(max(ceilSeconds(d.RetryAfter), 1), 10))
 	msg := "You have reached the hourly API rate limit"
@@ -374,26 +402,40 @@ func (h *Handler) writeError(w http.ResponseWriter, rs *reqState, status int, co
 	fusioo.WriteError(w, status, code, msg)
 }
 
+// quotaHeaderNames are the names setQuotaHeaders sets, spelled
+// canonically (as Header.Set would store them, and as they go on the wire).
+var quotaHeaderNames = [...]string{"Ratelimit-Policy", "Ratelimit", "Ratelimit-Limit", "Ratelimit-Remaining", "Ratelimit-Reset"}
+
 // setQuotaHeaders writes the draft-ietf-httpapi-ratelimit-headers-11 fields
 // and the older RateLimit-Limit/-Remaining/-Reset most clients read today.
 // Reset is the seconds until Remaining next grows.
-func (h *Handler) setQuotaHeaders(hd http.Header, q limiter.Result) {
-	limit := h.limitStr
+//
+// The names are canonical already, so no canonicalisation allocates; the
+// five value slices share rs.quotaVals as their backing array, and the
+// formatted numbers are substrings of the RateLimit value: one allocation.
+func (h *Handler) setQuotaHeaders(hd http.Header, rs *reqState, q limiter.Result) {
+	var buf [128]byte
+	b := append(buf[:0], h.rlPrefix...)
+	remAt := len(b)
+	b = strconv.AppendInt(b, int64(q.Remaining), 10)
+	remEnd := len(b)
+	b = append(b, ";t="...)
+	rstAt := len(b)
+	b = strconv.AppendInt(b, ceilSeconds(q.ResetAfter), 10)
+	limAt := len(b)
 	if q.Limit != 0 && q.Limit != h.cfg.Limit {
-		limit = strconv.Itoa(q.Limit)
+		b = strconv.AppendInt(b, int64(q.Limit), 10)
 	}
-	rem := strconv.Itoa(q.Remaining)
-	rst := strconv.FormatInt(ceilSeconds(q.ResetAfter), 10)
-	// The names are spelled canonically (as Header.Set would store them,
-	// and as they go on the wire), so no canonicalisation allocates, and
-	// the five values share one backing array.
-	v := make([]string, 5)
-	v[0], v[1], v[2], v[3], v[4] = h.policy, h.rlPrefix+rem+";t="+rst, limit, rem, rst
-	hd["Ratelimit-Policy"] = v[0:1:1]
-	hd["Ratelimit"] = v[1:2:2]
-	hd["Ratelimit-Limit"] = v[2:3:3]
-	hd["Ratelimit-Remaining"] = v[3:4:4]
-	hd["Ratelimit-Reset"] = v[4:5:5]
+	all := string(b)
+	limit := h.limitStr
+	if limAt < len(all) {
+		limit = all[limAt:]
+	}
+	v := &rs.quotaVals
+	v[0], v[1], v[2], v[3], v[4] = h.policy, all[:limAt], limit, all[remAt:remEnd], all[rstAt:limAt]
+	for i, k := range quotaHeaderNames {
+		hd[k] = v[i : i+1 : i+1]
+	}
 }
 
 // statusClientClosed is what logs and metrics record for a client that
@@ -432,6 +474,69 @@ func ceilSeconds(d time.Duration) int64 {
 		return 0
 	}
 	return int64(math.Ceil(d.Seconds()))
+}
+
+// inflight is the set of requests in flight, so Abort can cancel them: a
+// list per shard, its entries the requests' reqStates, so that adding and
+// removing a request allocates nothing and concurrent requests seldom
+// share a lock.
+type inflight struct {
+	aborted atomic.Bool
+	shards  [inflightShards]inflightShard
+}
+
+const inflightShards = 16
+
+type inflightShard struct {
+	mu   sync.Mutex
+	head *reqState
+	_    [48]byte // a cache line each
+}
+
+// add enters rs (its cancel set); once Abort has run, it cancels rs at once.
+func (f *inflight) add(rs *reqState) {
+	sh := &f.shards[rand.Uint32()%inflightShards]
+	sh.mu.Lock()
+	rs.shard, rs.next = sh, sh.head
+	if sh.head != nil {
+		sh.head.prev = rs
+	}
+	sh.head = rs
+	sh.mu.Unlock()
+	// Abort stores aborted before it walks the shards: either its walk
+	// finds rs, or this load sees aborted.
+	if f.aborted.Load() {
+		rs.cancel(ErrShutdown)
+	}
+}
+
+// remove takes rs out of the set.
+func (f *inflight) remove(rs *reqState) {
+	sh := rs.shard
+	sh.mu.Lock()
+	if rs.prev != nil {
+		rs.prev.next = rs.next
+	} else {
+		sh.head = rs.next
+	}
+	if rs.next != nil {
+		rs.next.prev = rs.prev
+	}
+	rs.prev, rs.next = nil, nil
+	sh.mu.Unlock()
+}
+
+// abort cancels every request in the set, and every request added later.
+func (f *inflight) abort() {
+	f.aborted.Store(true)
+	for i := range f.shards {
+		sh := &f.shards[i]
+		sh.mu.Lock()
+		for rs := sh.head; rs != nil; rs = rs.next {
+			rs.cancel(ErrShutdown)
+		}
+		sh.mu.Unlock()
+	}
 }
 
 // bufferPool lends ReverseProxy its copy buffers, so streaming a response
