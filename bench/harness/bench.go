@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -48,7 +50,12 @@ type BenchOptions struct {
 	// throughput ≥ 0.9× and open-loop p99 ≤ 1.2× the bare proxy) pass/fail
 	// criteria; otherwise they are only reported.
 	Enforce bool
-	Out     io.Writer
+	// ProfileDir, when set, turns on the gateways' server.pprof and saves
+	// a CPU profile of each gateway over its first closed-loop round there
+	// (TARGET.cpu.pprof; read with go tool pprof). Profiling costs that
+	// round a few percent.
+	ProfileDir string
+	Out        io.Writer
 }
 
 func (o *BenchOptions) defaults() {
@@ -145,13 +152,17 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 	}
 	simPid := pidOf(sim)
 	proxyPid, redisPid := map[string]int{}, map[string]int{}
+	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL}
+	if o.ProfileDir != "" {
+		gwEnv = append(gwEnv, "FUSIOO_GATEWAY_SERVER_PPROF=true")
+	}
 	for _, t := range o.Targets {
 		var s *Service
 		switch t {
 		case "bare":
 			s, err = l.Bare(sim.URL)
 		case "memory":
-			s, err = l.Gateway("gateway-memory", BenchGatewayConfig("memory", o.LogLevel), []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL})
+			s, err = l.Gateway("gateway-memory", BenchGatewayConfig("memory", o.LogLevel), gwEnv)
 		case "redis":
 			var rs *Redis
 			if rs, err = StartRedis(l.LogDir()); err != nil {
@@ -160,7 +171,7 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 			cleanup = append(cleanup, rs.Stop)
 			redisPid[t] = rs.Pid()
 			s, err = l.Gateway("gateway-redis", BenchGatewayConfig("redis", o.LogLevel),
-				[]string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL, "FUSIOO_GATEWAY_REDIS_URL=" + rs.URL()})
+				append(gwEnv[:len(gwEnv):len(gwEnv)], "FUSIOO_GATEWAY_REDIS_URL="+rs.URL()))
 		default:
 			err = fmt.Errorf("unknown target %q", t)
 		}
@@ -218,7 +229,16 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 	for r := 0; r < o.Rounds; r++ {
 		for _, t := range order(r) {
 			m := meter(t)
+			var prof <-chan error
+			if r == 0 && o.ProfileDir != "" && admins[t] != "" {
+				prof = profileCPU(ctx, admins[t], o.ClosedFor, filepath.Join(o.ProfileDir, t+".cpu.pprof"))
+			}
 			run := RunClosed(ctx, client, build(t), o.Concurrency, o.ClosedFor)
+			if prof != nil {
+				if err := <-prof; err != nil {
+					return nil, err
+				}
+			}
 			if cpu[t] == nil {
 				cpu[t] = map[string]time.Duration{}
 			}
@@ -350,6 +370,41 @@ func label(t string) string {
 		return "gateway (redis)"
 	}
 	return t
+}
+
+// profileCPU fetches a CPU profile of the gateway at admin over the next
+// d (whole seconds, at least one) into path, in the background.
+func profileCPU(ctx context.Context, admin string, d time.Duration, path string) <-chan error {
+	done := make(chan error, 1)
+	secs := max(int(d/time.Second), 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", admin, secs), nil)
+		if err != nil {
+			done <- err
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- fmt.Errorf("profile %s: %w", admin, err)
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			done <- fmt.Errorf("profile %s: %s", admin, resp.Status)
+			return
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	return done
 }
 
 // SeedRecords creates n records in app directly at the simulator, so list

@@ -49,6 +49,7 @@ type Server struct {
 	IdleTimeout       Duration `toml:"idle_timeout"`
 	MaxBodyBytes      int64    `toml:"max_body_bytes"`
 	MaxHeaderBytes    int      `toml:"max_header_bytes"`
+	Pprof             bool     `toml:"pprof"`
 }
 
 // Upstream is the one place requests go.

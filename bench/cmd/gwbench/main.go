@@ -47,6 +47,7 @@ func run() int {
 	targets := fs.String("targets", "bare,memory,redis", "bench: targets, bare first")
 	simLatency := fs.Duration("sim-latency", 0, "bench: latency the simulator adds to every answer")
 	logLevel := fs.String("log-level", "info", "bench: the gateways' log.level")
+	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (>= 0.9x throughput, <= 1.2x p99)")
 	// quota
 	qDuration := fs.Duration("quota-duration", 60*time.Second, "quota: how long clients demand")
@@ -90,7 +91,7 @@ func run() int {
 		r, err = harness.RunBench(ctx, l, harness.BenchOptions{
 			Targets: strings.Split(*targets, ","), Rounds: *rounds, ClosedFor: *closedFor, Concurrency: *conc,
 			OpenFor: *openFor, Rate: *rate, RateFraction: *frac, Warmup: *warmup, SimLatency: *simLatency,
-			LogLevel: *logLevel, Enforce: *enforce, Out: out,
+			LogLevel: *logLevel, Enforce: *enforce, ProfileDir: *profile, Out: out,
 		})
 		if r != nil {
 			v = r.Verdicts

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -241,6 +242,15 @@ func (g *Gateway) Admin() http.Handler {
 			_, _ = io.WriteString(w, "ready: "+detail+"\n")
 		}
 	})
+	if g.Config.Server.Pprof {
+		// Profiles of the running process (server.pprof), on the admin
+		// listener only: how the hot path is profiled under real load.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
