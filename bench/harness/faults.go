@@ -254,7 +254,7 @@ func runRedisKill(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, er
 	var inRedis int
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if inRedis, err = redisCounted(rs.Addr()); err != nil || inRedis == led.Charged || time.Now().After(deadline) {
+		if inRedis, err = redisCounted(rs.Addr()); err != nil || inRedis >= led.Charged || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -270,7 +270,10 @@ func runRedisKill(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, er
 		"%s", seenAfter(fbSeen, fbOn.At, killedAt, "after the kill"))
 	v.Check("recovery: /readyz ready on Redis and fallback gauge 0 within 10s of the restart", recSeen && recOK,
 		"%s", seenAfter(recSeen, recAt.At, restartedAt, "after the restart"))
-	v.Check("reconciled: Redis holds every admitted attempt of the window", err == nil && inRedis == led.Charged,
+	// Beyond those, Redis counts the slots leases left unused (a lease is
+	// counted whole when granted): at most 1% of them.
+	v.Check("reconciled: Redis holds every admitted attempt of the window, and at most 1% more (unused lease slots)",
+		err == nil && inRedis >= led.Charged && inRedis-led.Charged <= led.Charged/100,
 		"Redis %d, simulator charged %d (err %v)", inRedis, led.Charged, err)
 	v.Write(w, "redis-kill")
 	return v, nil

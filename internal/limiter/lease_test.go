@@ -99,6 +99,31 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 	}
 }
 
+// TestLeaseSteadyRateWastesLittle: at a steady rate of a few requests per
+// lease time, leases are sized to the rate: Redis is asked less than once
+// per request and next to no leased slot goes unused.
+func TestLeaseSteadyRateWastesLittle(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
+	p := Policy{Limit: 100_000, Window: time.Hour}
+	for _, every := range []time.Duration{50 * time.Millisecond, 20 * time.Millisecond, 7 * time.Millisecond} {
+		r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 32)
+		key := redisTestKey(t, every.String())
+		n := int(20 * time.Second / every)
+		for range n {
+			r.admit(t, key)
+			clock.Advance(every)
+		}
+		calls := int(r.calls.n.Load())
+		waste := bucketSum(t, r.store.Client(), r.store.Key(key)) - n
+		t.Logf("one request every %s: %d requests, %d Redis calls, %d leased slots unused", every, n, calls, waste)
+		if calls > n*3/4 || waste > n/100+2 {
+			t.Errorf("one request every %s: %d Redis calls and %d unused slots for %d requests, want fewer than 3/4 and 1%%",
+				every, calls, waste, n)
+		}
+	}
+}
+
 // TestLeaseSlotsCountedAhead: leased slots are counted in the bucket of
 // the end of the lease time, so one used at the last moment of a lease is
 // held a whole span after that use.
@@ -110,14 +135,19 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 	r := newLeaseRig(t, srv, clock, p, lease, 8)
 	key := redisTestKey(t, "k")
 
-	r.admit(t, key) // a first take: two slots, counted ahead
+	r.admit(t, key) // a first take: one slot, in the current bucket
+	clock.Advance(lease / 2)
+	r.admit(t, key) // demand shows: a lease of two slots, counted ahead
 	now := clock.Now().UnixMilli()
 	all, err := r.store.Client().HGetAll(context.Background(), r.store.Key(key)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	delete(all, "m")
-	want := map[string]string{strconv.FormatInt((now+lease.Milliseconds())/100, 10): "2"}
+	want := map[string]string{
+		strconv.FormatInt((now-lease.Milliseconds()/2)/100, 10): "1",
+		strconv.FormatInt((now+lease.Milliseconds())/100, 10):   "2",
+	}
 	if !mapsEqual(all, want) {
 		t.Fatalf("buckets %v, want %v", all, want)
 	}
@@ -157,10 +187,10 @@ func TestLeaseExhaustDropsLease(t *testing.T) {
 	p := Policy{Limit: 1000, Window: time.Minute}
 	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 8)
 	key := redisTestKey(t, "k")
-	for range 3 { // 1 slot, then a lease of 2, used up: a lease of 4
+	for range 4 { // 1 slot, a lease of 2 used up, then a lease of 4
 		r.admit(t, key)
+		clock.Advance(time.Millisecond)
 	}
-	r.admit(t, key)
 	if left := r.leaseLeft(key); left == 0 {
 		t.Fatal("no lease held")
 	}

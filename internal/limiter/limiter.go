@@ -381,19 +381,22 @@ func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result
 	return res, nil
 }
 
-// nextWant sizes the lease asked at now from how the last one went: used up
-// before its end, the demand outran it, so ask twice as much; ended, ask
-// what the demand since it was granted would use in one lease time.
+// nextWant sizes the lease asked at now to the key's demand since the last
+// one was granted: the takes that followed it, at the rate they came, over
+// one lease time. It rounds down (a slot too few costs a round trip, one
+// too many is quota left unused) and at most doubles the last lease, so a
+// burst does not lease what a steady rate would not use.
 func (ls *lease) nextWant(now time.Time, hold time.Duration, most int) int {
 	if ls.at.IsZero() {
-		return 2 // a first lease: small, until the demand shows
+		return 1 // no demand seen yet
 	}
-	if now.Before(ls.until) {
-		return min(max(2*ls.granted, 2), most)
-	}
+	grow := min(max(2*ls.granted, 2), most)
 	elapsed := now.Sub(ls.at)
-	w := int((int64(ls.demand)*int64(hold) + int64(elapsed) - 1) / int64(elapsed))
-	return min(max(w, 1), most)
+	if elapsed <= 0 {
+		return grow
+	}
+	w := int64(ls.demand-1) * int64(hold) / int64(elapsed)
+	return int(min(max(w, 1), int64(grow)))
 }
 
 func (l *Limiter) refuse(res Result, reason string, start time.Time) Decision {
