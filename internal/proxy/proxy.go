@@ -136,9 +136,9 @@ func New(cfg Config) *Handler {
 func (h *Handler) Abort() { h.inflight.abort() }
 
 // reqState is one request's bookkeeping, shared by the handler, the retry
-// hooks and the response callbacks. It is the request's only allocation of
-// the handler's own: the retry hooks (it implements retry.Callbacks), the
-// quota header values and the in-flight list entry are parts of it.
+// hooks and the response callbacks. The retry hooks (it implements
+// retry.Callbacks), the quota header values' backing array and the
+// in-flight list entry are parts of it, so they cost no allocation apart.
 type reqState struct {
 	h        *Handler
 	w        http.ResponseWriter
