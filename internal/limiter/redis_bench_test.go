@@ -121,3 +121,40 @@ func BenchmarkRedisPing(b *testing.B) {
 		}
 	}
 }
+
+// benchAdmit runs b.N admissions through a Limiter over the Redis store
+// behind the fallback, as the gateway wires it, spread over 16 busy keys
+// from GOMAXPROCS goroutines; lease 0 is one round trip per admission.
+func benchAdmit(b *testing.B, lease time.Duration) {
+	s, rt := redisBenchStore(b)
+	s.maxHold = lease
+	lim := New(Config{Store: NewFallbackStore(s, benchPolicy, FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
+		Lease: lease, LeaseMax: 32})
+	ctx := context.Background()
+	var next, admitted atomic.Int64
+	trips0 := rt.n.Load()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			d, err := lim.Admit(ctx, benchKeys[int(next.Add(1))%16], time.Time{})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if d.Allowed {
+				admitted.Add(1)
+			}
+		}
+	})
+	b.StopTimer()
+	n := admitted.Load()
+	if n != int64(b.N) {
+		b.Fatalf("%d of %d admitted", n, b.N)
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "admissions/s")
+	b.ReportMetric(float64(rt.n.Load()-trips0)/float64(n), "roundtrips/admission")
+}
+
+func BenchmarkAdmitRedisParallel(b *testing.B)      { benchAdmit(b, 0) }
+func BenchmarkAdmitRedisLeaseParallel(b *testing.B) { benchAdmit(b, 100*time.Millisecond) }
