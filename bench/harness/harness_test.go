@@ -176,6 +176,35 @@ func TestDelayProxy(t *testing.T) {
 // simulator, the bare proxy and both gateways (a real redis-server), the
 // closed and open loops, the CPU table's absence in process, and the
 // report. Its numbers mean nothing (race detector, tiny runs).
+// TestPairedRatio: each round's target is divided by the bare proxy's run
+// of the same round, and the median of those ratios is what counts: one
+// round in which the machine stalled does not decide.
+func TestPairedRatio(t *testing.T) {
+	run := func(ms int) *Run {
+		r := &Run{Elapsed: time.Second}
+		for range 10 {
+			r.Samples = append(r.Samples, Sample{Status: 200, Latency: time.Duration(ms) * time.Millisecond})
+		}
+		return r
+	}
+	bare := []*Run{run(10), run(20), run(10), run(100)}
+	target := []*Run{run(11), run(24), run(500), run(100)}
+	p99 := func(s Summary) float64 { return float64(s.P99) }
+	m, rounds := PairedRatio(target, bare, p99)
+	if len(rounds) != 4 || X(rounds[0]) != "1.10x" || X(rounds[1]) != "1.20x" || X(rounds[2]) != "50.00x" || X(rounds[3]) != "1.00x" {
+		t.Fatalf("per-round ratios %v", rounds)
+	}
+	if X(m) != "1.15x" { // median of 1.0, 1.1, 1.2, 50: (1.1+1.2)/2
+		t.Fatalf("median %v, want 1.15", m)
+	}
+	if m, _ := PairedRatio(target[:3], bare, p99); X(m) != "1.20x" {
+		t.Fatalf("odd count: median %v, want 1.20", m)
+	}
+	if m, rounds := PairedRatio(nil, bare, p99); !math.IsNaN(m) || rounds != nil {
+		t.Fatal("no rounds: want NaN")
+	}
+}
+
 func TestBenchSmoke(t *testing.T) {
 	var out bytes.Buffer
 	l := &InprocLauncher{Logs: t.TempDir()}
@@ -188,7 +217,7 @@ func TestBenchSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, want := range []string{"closed loop (max throughput)", "constant rate 50 req/s", "gateway (redis)", "PASS bench"} {
+	for _, want := range []string{"closed loop (max throughput)", "constant rate 50 req/s", "gateway (redis)", "paired by round", "PASS bench"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("report lacks %q:\n%s", want, out.String())
 		}

@@ -86,6 +86,29 @@ func Ratio(a, b float64) float64 {
 	return a / b
 }
 
+// PairedRatio is the median over rounds of f(target's run) / f(bare's run
+// in the same round), and the per-round ratios. Targets run back to back
+// within a round, so pairing cancels the machine's drift between rounds
+// (a noisy neighbour, a slower minute), which on a shared 2-core machine
+// moves a pooled p99 more than any proxy does; the median keeps one bad
+// round from deciding.
+func PairedRatio(target, bare []*Run, f func(Summary) float64) (float64, []float64) {
+	var rs []float64
+	for i := 0; i < len(target) && i < len(bare); i++ {
+		rs = append(rs, Ratio(f(Summarize("", target[i])), f(Summarize("", bare[i]))))
+	}
+	if len(rs) == 0 {
+		return math.NaN(), nil
+	}
+	s := append([]float64(nil), rs...)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return m, rs
+}
+
 // DurRatio is Ratio for durations.
 func DurRatio(a, b time.Duration) float64 { return Ratio(float64(a), float64(b)) }
 
