@@ -55,6 +55,9 @@ type BenchOptions struct {
 	// (TARGET.cpu.pprof; read with go tool pprof). Profiling costs that
 	// round a few percent.
 	ProfileDir string
+	// GatewayEnv is added to both gateways' environment: FUSIOO_GATEWAY_*
+	// overrides of the deployed defaults, for experiments.
+	GatewayEnv []string
 	Out        io.Writer
 }
 
@@ -159,7 +162,7 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 	}
 	simPid := pidOf(sim)
 	proxyPid, redisPid := map[string]int{}, map[string]int{}
-	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL}
+	gwEnv := append([]string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL}, o.GatewayEnv...)
 	if o.ProfileDir != "" {
 		gwEnv = append(gwEnv, "FUSIOO_GATEWAY_SERVER_PPROF=true")
 	}

@@ -164,7 +164,7 @@ func Default() Config {
 			KeyPrefix: "fgw",
 			Timeout:   Duration{50 * time.Millisecond},
 			PoolSize:  0,
-			LeaseTime: Duration{100 * time.Millisecond},
+			LeaseTime: Duration{time.Second},
 			LeaseMax:  32,
 		},
 		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},

@@ -47,6 +47,9 @@ func run() int {
 	targets := fs.String("targets", "bare,memory,redis", "bench: targets, bare first")
 	simLatency := fs.Duration("sim-latency", 0, "bench: latency the simulator adds to every answer")
 	logLevel := fs.String("log-level", "info", "bench: the gateways' log.level")
+	tokens := fs.Int("tokens", 16, "bench: distinct client tokens the load is spread over")
+	var gwEnv envList
+	fs.Var(&gwEnv, "env", "bench: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
 	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (>= 0.9x throughput, <= 1.2x p99)")
 	// quota
@@ -91,7 +94,7 @@ func run() int {
 		r, err = harness.RunBench(ctx, l, harness.BenchOptions{
 			Targets: strings.Split(*targets, ","), Rounds: *rounds, ClosedFor: *closedFor, Concurrency: *conc,
 			OpenFor: *openFor, Rate: *rate, RateFraction: *frac, Warmup: *warmup, SimLatency: *simLatency,
-			LogLevel: *logLevel, Enforce: *enforce, ProfileDir: *profile, Out: out,
+			LogLevel: *logLevel, Enforce: *enforce, ProfileDir: *profile, Tokens: *tokens, GatewayEnv: gwEnv, Out: out,
 		})
 		if r != nil {
 			v = r.Verdicts
@@ -119,4 +122,17 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// envList is a repeatable KEY=VALUE flag.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, " ") }
+
+func (e *envList) Set(v string) error {
+	if !strings.HasPrefix(v, "FUSIOO_GATEWAY_") || !strings.Contains(v, "=") {
+		return fmt.Errorf("want FUSIOO_GATEWAY_KEY=VALUE, got %q", v)
+	}
+	*e = append(*e, v)
+	return nil
 }

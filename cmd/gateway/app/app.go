@@ -50,6 +50,13 @@ func NewLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
 }
 
+// leaseTime is redis.lease_time, but at most 1% of the quota window:
+// leased slots are counted a lease time ahead, so a lease may cost no more
+// of the quota than that while it is held.
+func leaseTime(cfg config.Config) time.Duration {
+	return min(cfg.Redis.LeaseTime.Duration, cfg.Quota.Window.Duration/100)
+}
+
 // Gateway is the assembled gateway: the proxy handler, the admin handler
 // and what runs behind them.
 type Gateway struct {
@@ -139,7 +146,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 			KeyPrefix:    cfg.Redis.KeyPrefix,
 			Timeout:      cfg.Redis.Timeout.Duration,
 			AutoPipeline: cfg.Redis.AutoPipeline,
-			MaxHold:      cfg.Redis.LeaseTime.Duration,
+			MaxHold:      leaseTime(cfg),
 		})
 		reject := cfg.Quota.OnStoreFailure == "reject"
 		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
@@ -175,7 +182,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	if cfg.Quota.Store == "redis" {
 		// A lease saves round trips to a shared store; the memory store
 		// costs no more per slot than a lease would.
-		lc.Lease, lc.LeaseMax = cfg.Redis.LeaseTime.Duration, cfg.Redis.LeaseMax
+		lc.Lease, lc.LeaseMax = leaseTime(cfg), cfg.Redis.LeaseMax
 	}
 	g.Limiter = limiter.New(lc)
 

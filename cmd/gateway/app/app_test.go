@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -26,5 +27,21 @@ func TestAdminPprofOnlyWhenEnabled(t *testing.T) {
 			t.Errorf("pprof=%v: /debug/pprof/goroutine answered %d", on, rec.Code)
 		}
 		g.Close()
+	}
+}
+
+// TestLeaseTimeAtMostOnePercentOfWindow: redis.lease_time applies up to 1%
+// of the quota window, so short test windows get short leases.
+func TestLeaseTimeAtMostOnePercentOfWindow(t *testing.T) {
+	for _, c := range []struct{ lease, window, want time.Duration }{
+		{time.Second, time.Hour, time.Second},
+		{time.Second, 10 * time.Second, 100 * time.Millisecond},
+		{0, time.Hour, 0},
+	} {
+		cfg := config.Default()
+		cfg.Redis.LeaseTime.Duration, cfg.Quota.Window.Duration = c.lease, c.window
+		if got := leaseTime(cfg); got != c.want {
+			t.Errorf("lease_time %s, window %s: %s, want %s", c.lease, c.window, got, c.want)
+		}
 	}
 }
