@@ -63,15 +63,17 @@ type Config struct {
 	IdleAfter time.Duration
 
 	// Lease and LeaseMax let a busy key draw its admissions from small
-	// batches of slots the store counts at once (Take.Want), so a shared
-	// store is asked about once per batch instead of once per request:
-	// slots are leased for Lease (redis.lease_time) and a lease grows up to
-	// LeaseMax slots (redis.lease_max) while the key's demand at this
-	// replica uses them up in time, and shrinks back to single slots when
-	// it does not or when the quota runs low (see redis_take.lua). A slot
-	// not used within Lease is dropped, never used late: it stays counted,
-	// so a lease can only waste quota, never exceed it. Lease 0 or
-	// LeaseMax <= 1 disables leasing.
+	// batches of slots the store counts at once (Take.Hold), so a shared
+	// store is asked about once per batch instead of once per request, and
+	// mostly off the request path: a batch half used is refilled in the
+	// background. Batches are usable for Lease (redis.lease_time) and sized
+	// to the key's demand at this replica over that time, up to LeaseMax
+	// slots (redis.lease_max); the store shrinks them to single slots as
+	// the quota runs low (see redis_take.lua). A slot not used within Lease
+	// is dropped, never used late: it stays counted, so leases can only
+	// waste quota (at most two batches per key and replica when its
+	// traffic stops), never exceed it. Lease 0 or LeaseMax <= 1 disables
+	// leasing. See lease.go.
 	Lease    time.Duration
 	LeaseMax int
 
@@ -99,6 +101,8 @@ type Limiter struct {
 	queued atomic.Int64
 	closed chan struct{}
 	close  sync.Once
+	// refills are the lease refills running in the background (lease.go).
+	refills sync.WaitGroup
 
 	mu   sync.Mutex
 	keys map[string]*keyState
@@ -114,19 +118,6 @@ type keyState struct {
 	lease    lease     // guarded by mu
 	refs     int       // guarded by Limiter.mu
 	lastUsed time.Time // guarded by Limiter.mu
-}
-
-// lease is the slots a key holds at this replica, counted in the store but
-// not yet used (see Config.Lease).
-type lease struct {
-	left     int       // slots not yet used
-	until    time.Time // they may be used before then
-	res      Result    // the store's answer that granted them
-	at       time.Time // when it was asked
-	granted  int       // slots granted, the caller's own included
-	demand   int       // takes of the key since at
-	want     int       // size of the next lease
-	fetching bool      // a take asking for a lease is in flight
 }
 
 type waiter struct {
@@ -327,78 +318,6 @@ func (l *Limiter) take(ctx context.Context, key string, ahead int) (Result, erro
 	return res, nil
 }
 
-// takeOne counts one attempt for key: from the key's lease when it has a
-// slot left, otherwise from the store, asking for a new lease sized to the
-// demand the last one saw.
-func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result, error) {
-	if l.cfg.Lease <= 0 || l.cfg.LeaseMax <= 1 {
-		return l.take(ctx, key, 0)
-	}
-	now := l.clock.Now()
-	ks.mu.Lock()
-	ls := &ks.lease
-	ls.demand++
-	if ls.left > 0 && now.Before(ls.until) {
-		ls.left--
-		res := ls.res
-		res.Remaining += ls.left // the store's Remaining left them out
-		res.ResetAfter = max(res.ResetAfter-now.Sub(ls.at), 0)
-		ks.mu.Unlock()
-		return res, nil
-	}
-	want, owner := 1, false
-	if !ls.fetching {
-		// One lease request at a time per key: concurrent misses take
-		// single slots meanwhile rather than leasing several batches.
-		ls.fetching, owner = true, true
-		want = ls.nextWant(now, l.cfg.Lease, l.cfg.LeaseMax)
-	}
-	ks.mu.Unlock()
-
-	res, err := l.cfg.Store.Take(ctx, key, Take{Want: want, Hold: l.cfg.Lease})
-	if !owner {
-		if err != nil {
-			return res, fmt.Errorf("quota store: %w", err)
-		}
-		return res, nil
-	}
-
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	ls.fetching = false
-	switch {
-	case err != nil:
-		return res, fmt.Errorf("quota store: %w", err)
-	case !res.Allowed:
-		*ls = lease{}
-	default:
-		// The lease runs from before the call: the store counted its
-		// slots Hold after the moment it ran, which is later.
-		g := max(res.Granted, 1)
-		*ls = lease{left: g - 1, until: now.Add(l.cfg.Lease), res: res, at: now, granted: g, demand: 1}
-		res.Remaining += g - 1
-	}
-	return res, nil
-}
-
-// nextWant sizes the lease asked at now to the key's demand since the last
-// one was granted: the takes that followed it, at the rate they came, over
-// one lease time. It rounds down (a slot too few costs a round trip, one
-// too many is quota left unused) and at most doubles the last lease, so a
-// burst does not lease what a steady rate would not use.
-func (ls *lease) nextWant(now time.Time, hold time.Duration, most int) int {
-	if ls.at.IsZero() {
-		return 1 // no demand seen yet
-	}
-	grow := min(max(2*ls.granted, 2), most)
-	elapsed := now.Sub(ls.at)
-	if elapsed <= 0 {
-		return grow
-	}
-	w := int64(ls.demand-1) * int64(hold) / int64(elapsed)
-	return int(min(max(w, 1), int64(grow)))
-}
-
 func (l *Limiter) refuse(res Result, reason string, start time.Time) Decision {
 	l.obs.Rejected(reason)
 	res.Allowed = false
@@ -428,7 +347,7 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 	l.mu.Lock()
 	if ks := l.keys[key]; ks != nil {
 		ks.mu.Lock()
-		ks.lease.left = 0
+		ks.lease.drop()
 		ks.mu.Unlock()
 	}
 	l.mu.Unlock()
@@ -450,9 +369,15 @@ func (l *Limiter) Status(ctx context.Context, key string) (Result, error) {
 // Queued returns how many requests wait in all queues.
 func (l *Limiter) Queued() int { return int(l.queued.Load()) }
 
-// Close wakes every waiting request with ErrClosed: the end of a shutdown
-// whose grace period ran out.
-func (l *Limiter) Close() { l.close.Do(func() { close(l.closed) }) }
+// Close wakes every waiting request with ErrClosed, the end of a shutdown
+// whose grace period ran out, and waits for lease refills in flight (each
+// bounded by the store's own timeout).
+func (l *Limiter) Close() {
+	l.close.Do(func() { close(l.closed) })
+	l.mu.Lock() // refills start under mu after checking closed: none after this
+	l.mu.Unlock()
+	l.refills.Wait()
+}
 
 func (l *Limiter) acquire(key string) *keyState {
 	if key == "" {

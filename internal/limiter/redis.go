@@ -151,8 +151,8 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
 	want, hold := 1, int64(0)
-	if t.Want > 1 && t.Ahead == 0 && t.Hold > 0 && t.Hold <= s.maxHold {
-		want, hold = t.Want, ceilMillis(t.Hold)
+	if t.Hold > 0 && t.Hold <= s.maxHold && t.Ahead == 0 {
+		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -184,7 +184,9 @@ func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, take
 		RetryAfter: ms(n[2]),
 		ResetAfter: ms(n[3]),
 		Blocked:    n[4] == 1,
-		Granted:    int(n[8]),
+	}
+	if hold > 0 {
+		res.Granted = int(n[8])
 	}
 	return res, takeInfo{bucket: n[5], now: n[6], epoch: epoch}, nil
 }

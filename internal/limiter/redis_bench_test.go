@@ -127,7 +127,7 @@ func BenchmarkRedisPing(b *testing.B) {
 // from GOMAXPROCS goroutines; lease 0 is one round trip per admission.
 func benchAdmit(b *testing.B, lease time.Duration) {
 	s, rt := redisBenchStore(b)
-	s.maxHold = lease
+	s.maxHold = 3 * lease
 	lim := New(Config{Store: NewFallbackStore(s, benchPolicy, FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
 		Lease: lease, LeaseMax: 32})
 	ctx := context.Background()

@@ -15,9 +15,10 @@
 -- ARGV[4]  ahead: requests queued before the caller (>0 never counts)
 -- ARGV[5]  "" (use TIME) or a time in ms: a test hook, never set in
 --          production
--- ARGV[6]  want: slots to count at once, a lease (1: an ordinary take)
--- ARGV[7]  hold, ms: leased slots may be used until now + hold, so they
---          are counted in the bucket of now + hold
+-- ARGV[6]  want: slots to count at once (a lease, with hold > 0)
+-- ARGV[7]  hold, ms: 0 for an ordinary take; otherwise a lease, whose slots
+--          may be used until now + hold, so they are counted in the bucket
+--          of now + hold
 --
 -- A lease grants min(want, 1/16 of what is left) slots, at least one: as
 -- the quota runs low, leases shrink to single slots and no replica sits
@@ -99,10 +100,10 @@ end
 local allowed, granted, at = 0, 0, cur
 if ahead == 0 and used < limit then
   granted = 1
-  if want > 1 then
+  if hold > 0 then
     granted = math.max(1, math.min(want, math.floor((limit - used) / 16)))
+    at = math.floor((now + hold) / width)
   end
-  if granted > 1 then at = math.floor((now + hold) / width) end
   redis.call('HINCRBY', key, string.format('%.0f', at), granted)
   local found = false
   for i = 1, #live do

@@ -74,13 +74,14 @@ type Take struct {
 	// Ahead+1 slots will have freed, so a request can tell whether joining
 	// the queue is worth it.
 	Ahead int
-	// Want asks for a lease: up to Want slots counted at once (Result.Granted
-	// says how many), the first for the caller and the rest for requests of
-	// the same key that follow within Hold. A store may always grant fewer
-	// (MemoryStore grants one); it counts every granted slot as if admitted
-	// Hold after the call, so a slot used at any moment within Hold of the
-	// call is held for a whole Span after its use, like any admission.
-	// Want <= 1 is an ordinary take.
+	// Hold > 0 asks for a lease: up to Want slots (at least one) counted at
+	// once, for the caller and for requests of the same key that follow
+	// within Hold. The store counts every slot of a lease as if used Hold
+	// after the call, so a slot used at any moment within Hold of the call
+	// is held for a whole Span after that use, like any admission, and
+	// says in Result.Granted how many it counted. A store that does not
+	// lease (MemoryStore) answers an ordinary take with Granted 0: its
+	// slot is counted now and must be used now.
 	Want int
 	Hold time.Duration
 }
@@ -99,8 +100,8 @@ type Result struct {
 	// Blocked is set when the key was refused because the upstream said its
 	// quota is exhausted (see Store.Block), not because of local counting.
 	Blocked bool
-	// Granted is how many slots an allowed take counted (see Take.Want);
-	// 0 means 1.
+	// Granted is how many slots an allowed lease counted (see Take.Hold);
+	// 0 for an ordinary take.
 	Granted int
 }
 

@@ -50,11 +50,11 @@ func NewLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
 }
 
-// leaseTime is redis.lease_time, but at most 1% of the quota window:
-// leased slots are counted a lease time ahead, so a lease may cost no more
-// of the quota than that while it is held.
+// leaseTime is redis.lease_time, but at most 1/300 of the quota window:
+// leased slots are counted up to 2.5 lease times ahead (a refill's hold),
+// so holding them costs less than 1% of the quota.
 func leaseTime(cfg config.Config) time.Duration {
-	return min(cfg.Redis.LeaseTime.Duration, cfg.Quota.Window.Duration/100)
+	return min(cfg.Redis.LeaseTime.Duration, cfg.Quota.Window.Duration/300)
 }
 
 // Gateway is the assembled gateway: the proxy handler, the admin handler
@@ -146,7 +146,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 			KeyPrefix:    cfg.Redis.KeyPrefix,
 			Timeout:      cfg.Redis.Timeout.Duration,
 			AutoPipeline: cfg.Redis.AutoPipeline,
-			MaxHold:      leaseTime(cfg),
+			MaxHold:      3 * leaseTime(cfg), // a refill holds up to 2.5 lease times
 		})
 		reject := cfg.Quota.OnStoreFailure == "reject"
 		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{

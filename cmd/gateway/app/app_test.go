@@ -30,12 +30,12 @@ func TestAdminPprofOnlyWhenEnabled(t *testing.T) {
 	}
 }
 
-// TestLeaseTimeAtMostOnePercentOfWindow: redis.lease_time applies up to 1%
-// of the quota window, so short test windows get short leases.
-func TestLeaseTimeAtMostOnePercentOfWindow(t *testing.T) {
+// TestLeaseTimeCappedByWindow: redis.lease_time applies up to 1/300 of
+// the quota window, so short test windows get short leases.
+func TestLeaseTimeCappedByWindow(t *testing.T) {
 	for _, c := range []struct{ lease, window, want time.Duration }{
 		{time.Second, time.Hour, time.Second},
-		{time.Second, 10 * time.Second, 100 * time.Millisecond},
+		{time.Second, 30 * time.Second, 100 * time.Millisecond},
 		{0, time.Hour, 0},
 	} {
 		cfg := config.Default()
