@@ -174,14 +174,12 @@ func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result
 // not started once the limiter is closed.
 func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Duration, asked time.Time) {
 	l.mu.Lock()
-	select {
-	case <-l.closed:
+	if l.noRefills {
 		l.mu.Unlock()
 		ks.mu.Lock()
 		ks.lease.fetching = false
 		ks.mu.Unlock()
 		return
-	default:
 	}
 	ks.refs++
 	l.refills.Add(1)

@@ -104,9 +104,10 @@ type Limiter struct {
 	// refills are the lease refills running in the background (lease.go).
 	refills sync.WaitGroup
 
-	mu   sync.Mutex
-	keys map[string]*keyState
-	anon *keyState
+	mu        sync.Mutex
+	keys      map[string]*keyState
+	noRefills bool // set by Close
+	anon      *keyState
 }
 
 // keyState is one key's local state. refs counts the requests using it, so
@@ -374,7 +375,8 @@ func (l *Limiter) Queued() int { return int(l.queued.Load()) }
 // bounded by the store's own timeout).
 func (l *Limiter) Close() {
 	l.close.Do(func() { close(l.closed) })
-	l.mu.Lock() // refills start under mu after checking closed: none after this
+	l.mu.Lock()
+	l.noRefills = true // refills start under mu: none after this
 	l.mu.Unlock()
 	l.refills.Wait()
 }
