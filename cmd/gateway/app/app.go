@@ -40,7 +40,7 @@ func NewLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
 	ec := zap.NewProductionEncoderConfig()
-	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeTime = encodeISO8601
 	var enc zapcore.Encoder
 	if c.Format == "console" {
 		enc = zapcore.NewConsoleEncoder(ec)
