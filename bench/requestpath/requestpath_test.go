@@ -133,7 +133,9 @@ func runTargets(b *testing.B, targets []target) {
 // gateway on the memory store and on the Redis store (a real redis-server
 // on loopback; the benchmark fails if it cannot start one), all with the
 // deployed defaults: metrics, retries, access log at info (formatted,
-// written to io.Discard).
+// written to io.Discard), Redis leases and autopipelining; then the Redis
+// store without leases (one script per request, as with many tokens of
+// low rate), with and without autopipelining.
 func BenchmarkRequestPath(b *testing.B) {
 	up := upstream(b)
 	u, _ := url.Parse(up.URL)
@@ -148,7 +150,9 @@ func BenchmarkRequestPath(b *testing.B) {
 		{"bare", bare},
 		{"gateway-memory", gatewayConfig(b, "memory", up.URL, "", "info").Handler},
 		{"gateway-redis", gatewayConfig(b, "redis", up.URL, rs.URL(), "info").Handler},
-		{"gateway-redis-autopipeline", gatewayConfig(b, "redis", up.URL, rs.URL(), "info", "FUSIOO_GATEWAY_REDIS_AUTO_PIPELINE=true").Handler},
+		{"gateway-redis-no-leases", gatewayConfig(b, "redis", up.URL, rs.URL(), "info", "FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s").Handler},
+		{"gateway-redis-no-leases-no-autopipeline", gatewayConfig(b, "redis", up.URL, rs.URL(), "info",
+			"FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s", "FUSIOO_GATEWAY_REDIS_AUTO_PIPELINE=false").Handler},
 		{"gateway-memory-nolog", gatewayConfig(b, "memory", up.URL, "", "warn").Handler},
 	})
 }
