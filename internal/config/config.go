@@ -164,7 +164,7 @@ func Default() Config {
 			KeyPrefix:    "fgw",
 			Timeout:      Duration{50 * time.Millisecond},
 			PoolSize:     0,
-			LeaseTime:    Duration{time.Second},
+			LeaseTime:    Duration{250 * time.Millisecond},
 			AutoPipeline: true,
 			LeaseMax:     32,
 		},
