@@ -130,6 +130,7 @@ func benchAdmit(b *testing.B, lease time.Duration) {
 	s.maxHold = 3 * lease
 	lim := New(Config{Store: NewFallbackStore(s, benchPolicy, FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
 		Lease: lease, LeaseMax: 32})
+	b.Cleanup(lim.Close) // before the client closes: waits for refills in flight
 	ctx := context.Background()
 	var next, admitted atomic.Int64
 	trips0 := rt.n.Load()
