@@ -17,6 +17,9 @@ type lease struct {
 	lastAt    time.Time // when it was asked for
 	granted   int       // size of the last batch granted
 	fetching  bool      // a take asking for a batch is in flight
+	// gen counts drops: a batch asked for before a drop (the upstream
+	// said the quota is gone) is not used when it arrives after it.
+	gen uint64
 
 	// The demand: takes of the key in the lease time that started at
 	// since, and in the one before (scaled to a lease time when the key
@@ -35,7 +38,7 @@ func (b *batch) usable(now time.Time) bool { return b.left > 0 && now.Before(b.u
 
 // drop forgets every slot held: they stay counted in the store and are
 // never used.
-func (ls *lease) drop() { ls.cur, ls.next = batch{}, batch{} }
+func (ls *lease) drop() { ls.cur, ls.next, ls.gen = batch{}, batch{}, ls.gen+1 }
 
 // use takes one slot from the lease when it has one usable at now, and
 // returns the answer to report: the store's latest, with the slots still
@@ -127,9 +130,10 @@ func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result
 	if res, ok := ls.use(now); ok {
 		want, hold, due := ls.refillDue(now, l.cfg.Lease, l.cfg.LeaseMax)
 		ls.fetching = ls.fetching || due
+		gen := ls.gen
 		ks.mu.Unlock()
 		if due {
-			l.startRefill(ks, key, want, hold, now)
+			l.startRefill(ks, key, want, hold, now, gen)
 		}
 		return res, nil
 	}
@@ -146,6 +150,7 @@ func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result
 		return l.take(ctx, key, 0)
 	}
 	ls.fetching = true
+	gen := ls.gen
 	ks.mu.Unlock()
 
 	res, err := l.cfg.Store.Take(ctx, key, Take{Want: want, Hold: l.cfg.Lease})
@@ -158,12 +163,13 @@ func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result
 		return res, fmt.Errorf("quota store: %w", err)
 	case !res.Allowed:
 		ls.drop()
-	case res.Granted > 0:
+	case res.Granted > 0 && ls.gen == gen:
 		ls.grant(res, now, l.cfg.Lease, 1)
 		res.Remaining += res.Granted - 1 // held here, not used
 	default:
-		// The store counted one slot now, without a lease (the local
-		// fallback while Redis is away): the caller's.
+		// An ordinary take (the local fallback while Redis is away), or a
+		// batch asked for before the lease was dropped: only the caller's
+		// slot is used.
 	}
 	res.Granted = 0
 	return res, nil
@@ -172,7 +178,7 @@ func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result
 // startRefill fetches the key's next batch in the background. The refill
 // holds a reference to the key's state, so the sweeper keeps it, and is
 // not started once the limiter is closed.
-func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Duration, asked time.Time) {
+func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Duration, asked time.Time, gen uint64) {
 	l.mu.Lock()
 	if l.noRefills {
 		l.mu.Unlock()
@@ -195,7 +201,7 @@ func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Dura
 		ks.lease.fetching = false
 		// A refill the store answered without a lease counted a slot now
 		// that nobody can use now: it is lost, as refused refills are.
-		if err == nil && res.Allowed && res.Granted > 0 {
+		if err == nil && res.Allowed && res.Granted > 0 && ks.lease.gen == gen {
 			ks.lease.grant(res, asked, hold, 0)
 		}
 	}()

@@ -378,3 +378,43 @@ func TestLeaseConcurrentAccounting(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseRefillAfterExhaustNotUsed: a refill that was in flight when the
+// upstream said the quota is gone brings slots that are never used.
+func TestLeaseRefillAfterExhaustNotUsed(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
+	p := Policy{Limit: 1000, Window: time.Minute}
+	lease := 100 * time.Millisecond
+	r := newLeaseRig(t, srv, clock, p, lease, 8)
+	key := redisTestKey(t, "k")
+	for range 4 { // 1 slot, a batch of 2 used up, a batch of 4 (with refills)
+		r.admit(t, key)
+		clock.Advance(time.Millisecond)
+	}
+	// Half the lease time later the next use starts a refill, which
+	// Redis, paused, cannot answer yet.
+	clock.Advance(lease / 2)
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := r.lim.Admit(context.Background(), key, time.Time{}); err != nil || !d.Allowed {
+		t.Fatalf("admission from the lease: %+v, %v", d, err)
+	}
+	exhausted := make(chan error, 1)
+	go func() { exhausted <- r.lim.Exhaust(context.Background(), key, time.Minute) }()
+	pollUntil(t, 5*time.Second, "lease dropped", func() bool { return r.leaseLeft(key) == 0 })
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exhausted; err != nil {
+		t.Fatalf("exhaust: %v", err)
+	}
+	r.lim.refills.Wait()
+	if left := r.leaseLeft(key); left != 0 {
+		t.Fatalf("%d slots usable after Exhaust (from the refill in flight)", left)
+	}
+	if d := r.admit(t, key); d.Allowed || !d.Blocked {
+		t.Fatalf("after Exhaust: %+v, want refused as blocked", d)
+	}
+}
