@@ -285,9 +285,11 @@ func (g *Gateway) Abort() {
 	g.Limiter.Close()
 }
 
-// Close releases connections (Redis, idle upstream connections). Call it
-// after Run has returned.
+// Close releases connections (Redis, idle upstream connections), after
+// the limiter's lease refills still in flight have ended. Call it after Run
+// has returned.
 func (g *Gateway) Close() {
+	g.Limiter.Close()
 	for _, c := range g.closers {
 		_ = c()
 	}
