@@ -342,7 +342,8 @@ func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 // TestLeaseConcurrentAccounting: concurrent requests of a few keys, with
 // refills in the background on the real clock: every admission is counted
 // in Redis, and what Redis counts beyond the admissions is what the leases
-// still hold, at most two batches per key.
+// still hold (at most two batches per key) plus the few slots that expired
+// unused on the way (the real clock runs on while the goroutines wait).
 func TestLeaseConcurrentAccounting(t *testing.T) {
 	srv := redistest.Start(t)
 	p := Policy{Limit: 1_000_000, Window: time.Hour}
@@ -373,8 +374,10 @@ func TestLeaseConcurrentAccounting(t *testing.T) {
 		held := r.leaseLeft(key)
 		counted := bucketSum(t, client, rs.Key(key))
 		t.Logf("key %d: %d admitted, %d counted, %d held", k, admitted[k].Load(), counted, held)
-		if int64(counted) != admitted[k].Load()+int64(held) || held > 2*most {
-			t.Errorf("key %d: Redis counts %d for %d admissions and %d slots held (at most %d)", k, counted, admitted[k].Load(), held, 2*most)
+		extra := int64(counted) - admitted[k].Load() - int64(held)
+		if extra < 0 || extra > 2*int64(most) || held > 2*most {
+			t.Errorf("key %d: Redis counts %d for %d admissions and %d slots held (at most %d): %d expired unused, want 0 to %d",
+				k, counted, admitted[k].Load(), held, 2*most, extra, 2*most)
 		}
 	}
 }
