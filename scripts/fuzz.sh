@@ -16,5 +16,14 @@ fi
 for tg in "${targets[@]}"; do
   set -- $tg
   echo "fuzz $2 ($1) for $t"
-  go test -run '^$' -fuzz "^$2\$" -fuzztime "$t" "$1" 2>&1 | tail -n 2
+  out=$(mktemp)
+  if go test -run '^$' -fuzz "^$2\$" -fuzztime "$t" "$1" > "$out" 2>&1; then
+    tail -n 2 "$out"
+    rm -f "$out"
+  else
+    # All of it: the failing input, or what else ended the run.
+    grep -v '^fuzz: elapsed' "$out"
+    rm -f "$out"
+    exit 1
+  fi
 done

@@ -1,0 +1,25 @@
+// Package leaktest runs a package's tests under goleak, except while the
+// run is fuzzing.
+package leaktest
+
+import (
+	"flag"
+	"os"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// VerifyTestMain runs m's tests and fails the run if they leave goroutines
+// behind (goleak.VerifyTestMain), unless the run is fuzzing (-test.fuzz):
+// the fuzzing engine's own goroutines may still be winding down after the
+// last input, which goleak would report, and a leak check says nothing
+// about the function being fuzzed. Packages with fuzz targets use it in
+// their TestMain.
+func VerifyTestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		os.Exit(m.Run())
+	}
+	goleak.VerifyTestMain(m)
+}
