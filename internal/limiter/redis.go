@@ -55,10 +55,11 @@ type RedisOptions struct {
 	// (redis.auto_pipeline): each take is still its own atomic script, but
 	// scripts from concurrent requests share one write and one read.
 	AutoPipeline bool
-	// MaxHold is the longest Take.Hold the store honours (the limiter's
-	// lease time, redis.lease_time): a take asking to hold longer gets one
-	// slot. It also bounds how far ahead reconciliation writes buckets
-	// back. 0 disables leases.
+	// MaxHold is the longest Take.Hold the store honours (cmd/gateway sets
+	// three lease times: a refill holds up to 2.5): a take asking to hold
+	// longer is an ordinary take, its one slot counted now and Granted 0.
+	// It also bounds how far ahead reconciliation writes buckets back.
+	// 0 disables leases.
 	MaxHold time.Duration
 }
 
