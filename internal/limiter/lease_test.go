@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -153,7 +154,7 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 	delete(all, "m")
 	first := strconv.FormatInt((now-lease.Milliseconds()/2)/100, 10)
 	ahead := strconv.FormatInt((now+lease.Milliseconds())/100, 10)
-	if want := map[string]string{first: "1", ahead: "2"}; !mapsEqual(all, want) {
+	if want := map[string]string{first: "1", ahead: "2"}; !maps.Equal(all, want) {
 		t.Fatalf("buckets %v, want %v", all, want)
 	}
 	// The second slot of the batch is used 1ms before the batch ends: it
@@ -174,18 +175,6 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 	if d := other.admit(t, key); d.Allowed {
 		t.Fatalf("1ms before a span after the last use, a limit of 2 admitted: %+v", d)
 	}
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestLeaseExhaustDropsLease: when the upstream says the quota is gone,

@@ -24,20 +24,28 @@ var benchKeys = func() []string {
 var benchPolicy = Policy{Limit: 1 << 30, Window: time.Hour}
 
 // benchTake runs b.N takes on store (from one goroutine or, with parallel,
-// from GOMAXPROCS goroutines), checks they were all admitted, and reports
-// admissions per second and, when rt is set, Redis round trips per
-// admission.
+// from GOMAXPROCS goroutines) over all benchKeys, checks they were all
+// admitted, and reports admissions per second and, when rt is set, Redis
+// round trips per admission.
 func benchTake(b *testing.B, store Store, rt *commandCounter, parallel bool) {
+	benchAdmissions(b, len(benchKeys), rt, parallel, func(ctx context.Context, key string) (bool, error) {
+		res, err := store.Take(ctx, key, Take{})
+		return res.Allowed, err
+	})
+}
+
+// benchAdmissions runs b.N calls of admit over the first keys of benchKeys
+// and reports as benchTake does.
+func benchAdmissions(b *testing.B, keys int, rt *commandCounter, parallel bool, admit func(context.Context, string) (bool, error)) {
 	ctx := context.Background()
 	var next, admitted atomic.Int64
-	take := func() {
-		k := benchKeys[int(next.Add(1))%len(benchKeys)]
-		res, err := store.Take(ctx, k, Take{})
+	one := func() {
+		ok, err := admit(ctx, benchKeys[int(next.Add(1))%keys])
 		if err != nil {
 			b.Error(err)
 			return
 		}
-		if res.Allowed {
+		if ok {
 			admitted.Add(1)
 		}
 	}
@@ -50,12 +58,12 @@ func benchTake(b *testing.B, store Store, rt *commandCounter, parallel bool) {
 	if parallel {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				take()
+				one()
 			}
 		})
 	} else {
 		for range b.N {
-			take()
+			one()
 		}
 	}
 	b.StopTimer()
@@ -131,30 +139,10 @@ func benchAdmit(b *testing.B, lease time.Duration) {
 	lim := New(Config{Store: NewFallbackStore(s, benchPolicy, FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
 		Lease: lease, LeaseMax: 32})
 	b.Cleanup(lim.Close) // before the client closes: waits for refills in flight
-	ctx := context.Background()
-	var next, admitted atomic.Int64
-	trips0 := rt.n.Load()
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			d, err := lim.Admit(ctx, benchKeys[int(next.Add(1))%16], time.Time{})
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			if d.Allowed {
-				admitted.Add(1)
-			}
-		}
+	benchAdmissions(b, 16, rt, true, func(ctx context.Context, key string) (bool, error) {
+		d, err := lim.Admit(ctx, key, time.Time{})
+		return d.Allowed, err
 	})
-	b.StopTimer()
-	n := admitted.Load()
-	if n != int64(b.N) {
-		b.Fatalf("%d of %d admitted", n, b.N)
-	}
-	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "admissions/s")
-	b.ReportMetric(float64(rt.n.Load()-trips0)/float64(n), "roundtrips/admission")
 }
 
 func BenchmarkAdmitRedisParallel(b *testing.B)      { benchAdmit(b, 0) }
