@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fusioo-gateway/gateway/internal/config"
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 )
 
@@ -156,6 +157,33 @@ level = "warn"
 // load over.
 const redisFaultTokens = 10
 
+// startRedisFault starts what the Redis fault runs share: redis-server,
+// the simulator (1 ms latency) and one Redis-store gateway that reaches
+// Redis at the address via returns (Redis's own, or a proxy in front of
+// it). Everything started is stopped by c.
+func startRedisFault(l Launcher, c *stack, via func(*Redis) (string, error)) (*Redis, *Service, *Service, error) {
+	rs, err := StartRedis(l.LogDir())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c.push(rs.Stop)
+	addr, err := via(rs)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sim, err := l.Sim(SimOptions{Latency: time.Millisecond})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c.push(sim.Stop)
+	gw, err := l.Gateway("gateway", redisGatewayConfig, []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL, "FUSIOO_GATEWAY_REDIS_URL=redis://" + addr + "/0"})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c.push(gw.Stop)
+	return rs, sim, gw, nil
+}
+
 func countBuilder(base string, tokens int) Builder {
 	return func(ctx context.Context, i int) (*http.Request, string) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v3/records/apps/app1/count", nil)
@@ -196,21 +224,10 @@ func runRedisKill(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, er
 	w := o.Out
 	var c stack
 	defer c.run()
-	rs, err := StartRedis(l.LogDir())
+	rs, sim, gw, err := startRedisFault(l, &c, func(rs *Redis) (string, error) { return rs.Addr(), nil })
 	if err != nil {
 		return nil, err
 	}
-	c.push(rs.Stop)
-	sim, err := l.Sim(SimOptions{Latency: time.Millisecond})
-	if err != nil {
-		return nil, err
-	}
-	c.push(sim.Stop)
-	gw, err := l.Gateway("gateway", redisGatewayConfig, []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL, "FUSIOO_GATEWAY_REDIS_URL=" + rs.URL()})
-	if err != nil {
-		return nil, err
-	}
-	c.push(gw.Stop)
 
 	const rate, down = 200.0, 10 * time.Second
 	before, after := o.pick(8*time.Second, 4*time.Second), o.pick(12*time.Second, 8*time.Second)
@@ -276,9 +293,10 @@ func runRedisKill(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, er
 		"%s", seenAfter(recSeen, recAt.At, restartedAt, "after the restart"))
 	// Beyond those, Redis counts the slots leases left unused (a lease is
 	// counted whole when granted): no more than two batches
-	// (redis.lease_max, default 32) per token once the traffic stops.
+	// (redis.lease_max) per token once the traffic stops.
+	leaseMax := config.Default().Redis.LeaseMax
 	v.Check("reconciled: Redis holds every admitted attempt of the window, plus at most two lease batches per token",
-		err == nil && inRedis >= led.Charged && inRedis-led.Charged <= redisFaultTokens*2*32,
+		err == nil && inRedis >= led.Charged && inRedis-led.Charged <= redisFaultTokens*2*leaseMax,
 		"Redis %d, simulator charged %d, unused lease slots %d (err %v)", inRedis, led.Charged, inRedis-led.Charged, err)
 	v.Write(w, "redis-kill")
 	return v, nil
@@ -288,26 +306,18 @@ func runRedisDelay(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, e
 	w := o.Out
 	var c stack
 	defer c.run()
-	rs, err := StartRedis(l.LogDir())
+	var dp *DelayProxy
+	_, _, gw, err := startRedisFault(l, &c, func(rs *Redis) (string, error) {
+		var err error
+		if dp, err = NewDelayProxy(rs.Addr()); err != nil {
+			return "", err
+		}
+		c.push(dp.Close)
+		return dp.Addr(), nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	c.push(rs.Stop)
-	dp, err := NewDelayProxy(rs.Addr())
-	if err != nil {
-		return nil, err
-	}
-	c.push(dp.Close)
-	sim, err := l.Sim(SimOptions{Latency: time.Millisecond})
-	if err != nil {
-		return nil, err
-	}
-	c.push(sim.Stop)
-	gw, err := l.Gateway("gateway", redisGatewayConfig, []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL, "FUSIOO_GATEWAY_REDIS_URL=redis://" + dp.Addr() + "/0"})
-	if err != nil {
-		return nil, err
-	}
-	c.push(gw.Stop)
 
 	const rate, delay, slow = 200.0, 200 * time.Millisecond, 10 * time.Second
 	before, after := o.pick(6*time.Second, 4*time.Second), o.pick(10*time.Second, 6*time.Second)
