@@ -268,9 +268,7 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 				cpu[t][k] += v
 			}
 			closed[t] = append(closed[t], run)
-			s := Summarize(t, run)
-			fmt.Fprintf(w, "  round %d %-7s %8.0f req/s  p50 %s  p99 %s  errors %d non-2xx %d\n",
-				r+1, t, s.Throughput, Ms(s.P50), Ms(s.P99), s.Errors, s.Requests-s.Errors-s.OK)
+			writeRound(w, r, t, run)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -296,9 +294,7 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 			for _, t := range order(r) {
 				run := RunRate(ctx, client, build(t), RateOptions{Rate: rate, Duration: o.OpenFor, MaxInFlight: 4096, Timeout: 30 * time.Second})
 				opens[li][t] = append(opens[li][t], run)
-				s := Summarize(t, run)
-				fmt.Fprintf(w, "  round %d %-7s %8.0f req/s  p50 %s  p99 %s  errors %d non-2xx %d\n",
-					r+1, t, s.Throughput, Ms(s.P50), Ms(s.P99), s.Errors, s.Requests-s.Errors-s.OK)
+				writeRound(w, r, t, run)
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -401,6 +397,13 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 	fmt.Fprintln(w)
 	res.Verdicts.Write(w, "bench")
 	return res, nil
+}
+
+// writeRound prints one target's run of round r as it ends.
+func writeRound(w io.Writer, r int, target string, run *Run) {
+	s := Summarize(target, run)
+	fmt.Fprintf(w, "  round %d %-7s %8.0f req/s  p50 %s  p99 %s  errors %d non-2xx %d\n",
+		r+1, target, s.Throughput, Ms(s.P50), Ms(s.P99), s.Errors, s.Requests-s.Errors-s.OK)
 }
 
 func writeCompare(w io.Writer, targets []string, sums map[string]Summary) {
