@@ -32,10 +32,11 @@ const (
 	StoreOpBlock     = "block"     // a Block through Redis
 	StoreOpPing      = "ping"      // the recovery probe while degraded
 	StoreOpReconcile = "reconcile" // a write-back of counts Redis does not hold
+	StoreOpRelease   = "release"   // giving back a slot a client left unused
 )
 
 // StoreOps lists every op StoreError may name, to pre-initialise metrics.
-var StoreOps = []string{StoreOpTake, StoreOpBlock, StoreOpPing, StoreOpReconcile}
+var StoreOps = []string{StoreOpTake, StoreOpBlock, StoreOpPing, StoreOpReconcile, StoreOpRelease}
 
 // FallbackObserver is told when the quota store fails and when the local
 // fallback takes over or hands back. cmd/gateway logs these and exports
@@ -172,9 +173,12 @@ type fbKey struct {
 	lastUsed      int64 // local unix ns
 }
 
+// countKey names shadow counts: tag as above, and where they are counted
+// on Redis's clock: a bucket, or a reservation's start in ms.
 type countKey struct {
-	tag    string
-	bucket int64
+	tag      string
+	bucket   int64
+	reserved bool
 }
 
 // NewFallbackStore wraps primary with a local store and a circuit breaker.
@@ -333,6 +337,43 @@ func (f *FallbackStore) Block(ctx context.Context, key string, d time.Duration) 
 	return nil
 }
 
+// Release implements Store: a slot counted locally is given back to the
+// local store and its shadow; one counted by Redis to Redis, if it answers
+// (otherwise it stays counted until it ages out, and in the shadow, so a
+// Redis that lost it gets it written back).
+func (f *FallbackStore) Release(ctx context.Context, key string, r Reservation) error {
+	if !r.ok {
+		return nil
+	}
+	ck := countKey{r.epoch, r.at, r.reserved}
+	if r.local {
+		_ = f.local.Release(ctx, key, r) // never fails
+		ck = countKey{bucket: r.shadow, reserved: r.reserved}
+	} else {
+		if f.degraded.Load() {
+			return nil
+		}
+		_, err := f.cb.Execute(func() (struct{}, error) {
+			return struct{}{}, f.classify(ctx, f.primary.Release(ctx, key, r))
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				f.failed(StoreOpRelease, err)
+			}
+			return fmt.Errorf("quota release: %w", err)
+		}
+	}
+	sh := f.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if k := sh.keys[key]; k != nil && k.counts[ck] > 0 {
+		if k.counts[ck]--; k.counts[ck] == 0 {
+			delete(k.counts, ck)
+		}
+	}
+	return nil
+}
+
 // takeLocal answers from the local store. recheck: the caller saw the
 // store degraded; if Redis came back meanwhile, ask it instead.
 func (f *FallbackStore) takeLocal(ctx context.Context, key string, t Take, recheck bool) (Result, error) {
@@ -356,19 +397,26 @@ func (f *FallbackStore) takeLocal(ctx context.Context, key string, t Take, reche
 		capLeft = max(int(math.Floor(f.share*float64(k.lastRemaining)))-k.localSince, 0)
 		if capLeft == 0 {
 			d := time.Duration(k.lastAt + int64(f.capFor) - now.UnixNano())
-			if lr, _ := f.local.Take(ctx, key, Take{Ahead: max(t.Ahead, 1)}); lr.Blocked {
+			if lr, _ := f.local.Take(ctx, key, Take{Peek: true}); lr.Blocked {
 				return f.localResult(lr), nil
 			}
 			return Result{Limit: f.policy.Limit, RetryAfter: d, ResetAfter: d}, nil
 		}
 	}
-	res, err := f.local.Take(ctx, key, t)
+	// The local store does not lease: a lease asked for is one slot now.
+	res, err := f.local.Take(ctx, key, Take{Wait: t.Wait, NotBefore: t.NotBefore, Peek: t.Peek})
 	if err != nil {
 		return Result{}, fmt.Errorf("local quota: %w", err)
 	}
 	if res.Allowed {
 		k.localSince++
-		k.counts[countKey{"", f.redisBucket(now)}]++
+		ck := countKey{bucket: f.redisBucket(now)}
+		if res.Slot.reserved {
+			// Its start on Redis's clock, estimated (late, see redisMillis).
+			ck = countKey{bucket: f.redisMillis(now.Add(res.Delay)), reserved: true}
+		}
+		k.counts[ck]++
+		res.Slot.local, res.Slot.shadow = true, ck.bucket
 		if capLeft > 0 {
 			capLeft--
 		}
@@ -415,7 +463,7 @@ func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent 
 		// The key is new, or was lost and re-created: counts tagged with
 		// the old epoch are not in Redis any more.
 		k.retired, k.epoch = k.epoch, tag
-		k.prune(floorDiv(info.now-f.span, f.width))
+		k.prune(floorDiv(info.now-f.span, f.width), f.width)
 		for ck := range k.counts {
 			if ck.tag != tag {
 				lost = true
@@ -424,11 +472,11 @@ func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent 
 		}
 	}
 	if res.Allowed {
-		k.counts[countKey{tag, info.bucket}] += max(res.Granted, 1)
+		k.counts[countKey{tag, info.at, info.reserved}] += max(res.Granted, 1)
 		if len(k.counts) > f.maxCounts {
 			// Sweep does this too; here the shadow stays bounded even
 			// without Run.
-			k.prune(floorDiv(info.now-f.span, f.width))
+			k.prune(floorDiv(info.now-f.span, f.width), f.width)
 		}
 	}
 	if lost {
@@ -536,10 +584,10 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 		return true
 	}
 	// One bucket of slack: the Redis-time estimate errs late.
-	k.prune(floorDiv(rnow-f.span, f.width) - 1)
+	k.prune(floorDiv(rnow-f.span, f.width) - 1, f.width)
 	snap := make([]shadowCount, 0, len(k.counts))
 	for ck, c := range k.counts {
-		snap = append(snap, shadowCount{tag: ck.tag, bucket: ck.bucket, count: c})
+		snap = append(snap, shadowCount{tag: ck.tag, at: ck.bucket, reserved: ck.reserved, count: c})
 	}
 	block := k.blockUntil
 	if block <= rnow {
@@ -569,12 +617,12 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 		if c.tag == epoch {
 			continue // Redis held it already
 		}
-		ck := countKey{c.tag, c.bucket}
+		ck := countKey{c.tag, c.at, c.reserved}
 		if k.counts[ck] -= c.count; k.counts[ck] <= 0 {
 			delete(k.counts, ck)
 		}
 		if epoch != "" {
-			k.counts[countKey{epoch, c.bucket}] += c.count
+			k.counts[countKey{epoch, c.at, c.reserved}] += c.count
 		}
 	}
 	if epoch != k.epoch {
@@ -608,7 +656,7 @@ func (f *FallbackStore) Sweep() int {
 		sh := &f.shards[i]
 		sh.mu.Lock()
 		for key, k := range sh.keys {
-			k.prune(first)
+			k.prune(first, f.width)
 			if k.blockUntil != 0 && k.blockUntil <= rnow {
 				k.blockUntil = 0
 			}
@@ -698,10 +746,15 @@ func (sh *fbShard) get(key string, now time.Time) *fbKey {
 	return k
 }
 
-// prune drops counts in buckets before first.
-func (k *fbKey) prune(first int64) {
+// prune drops counts in buckets before first (width: the bucket width in
+// ms, to place a reservation's start in its bucket).
+func (k *fbKey) prune(first, width int64) {
 	for ck := range k.counts {
-		if ck.bucket < first {
+		b := ck.bucket
+		if ck.reserved {
+			b = floorDiv(b, width)
+		}
+		if b < first {
 			delete(k.counts, ck)
 		}
 	}

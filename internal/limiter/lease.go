@@ -41,15 +41,15 @@ func (b *batch) usable(now time.Time) bool { return b.left > 0 && now.Before(b.u
 func (ls *lease) drop() { ls.cur, ls.next, ls.gen = batch{}, batch{}, ls.gen+1 }
 
 // use takes one slot from the lease when it has one usable at now, and
-// returns the answer to report: the store's latest, with the slots still
-// held here added to Remaining (the store counted them as used) and
-// ResetAfter aged.
-func (ls *lease) use(now time.Time) (Result, bool) {
+// returns the answer to report (the store's latest, with the slots still
+// held here added to Remaining, since the store counted them as used, and
+// ResetAfter aged) and until when the slot may be used.
+func (ls *lease) use(now time.Time) (Result, time.Time, bool) {
 	if !ls.cur.usable(now) {
 		ls.cur, ls.next = ls.next, batch{}
 		if !ls.cur.usable(now) {
 			ls.cur = batch{}
-			return Result{}, false
+			return Result{}, time.Time{}, false
 		}
 	}
 	ls.cur.left--
@@ -57,7 +57,8 @@ func (ls *lease) use(now time.Time) (Result, bool) {
 	res.Remaining += ls.cur.left + ls.next.left
 	res.ResetAfter = max(res.ResetAfter-now.Sub(ls.lastAt), 0)
 	res.Granted = 0
-	return res, true
+	res.Slot = Reservation{} // one of a batch: not given back alone
+	return res, ls.cur.until, true
 }
 
 // observe counts a take of the key at now in the demand.
@@ -115,64 +116,67 @@ func (ls *lease) refillDue(now time.Time, lease time.Duration, most int) (int, t
 // leasing reports whether the limiter leases slots.
 func (l *Limiter) leasing() bool { return l.cfg.Lease > 0 && l.cfg.LeaseMax > 1 }
 
-// takeOne counts one attempt for key: from the key's lease when it holds a
-// usable slot (starting a background refill when the batch is half used),
-// otherwise from the store, asking for a batch sized to the demand the last
-// one saw when no other request of the key is asking already.
-func (l *Limiter) takeOne(ctx context.Context, ks *keyState, key string) (Result, error) {
-	if !l.leasing() {
-		return l.take(ctx, key, 0)
-	}
-	now := l.clock.Now()
-	ks.mu.Lock()
-	ls := &ks.lease
-	ls.observe(now, l.cfg.Lease)
-	if res, ok := ls.use(now); ok {
-		want, hold, due := ls.refillDue(now, l.cfg.Lease, l.cfg.LeaseMax)
-		ls.fetching = ls.fetching || due
-		gen := ls.gen
-		ks.mu.Unlock()
-		if due {
-			l.startRefill(ks, key, want, hold, now, gen)
+// obtain gets key one slot: from its lease when one is usable now
+// (starting a background refill when the batch is half used), otherwise
+// from the store, now or reserved within wait, asking for a batch sized to
+// the demand the last one saw when nobody else of the key is asking
+// already. A nil slot is the store's refusal, res says why.
+func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time.Time, turn, wait time.Duration) (*slot, Result, error) {
+	t := Take{Wait: wait, NotBefore: turn}
+	fetch, gen := false, uint64(0)
+	if l.leasing() && turn == 0 {
+		ks.mu.Lock()
+		ls := &ks.lease
+		ls.observe(now, l.cfg.Lease)
+		if res, until, ok := ls.use(now); ok {
+			want, hold, due := ls.refillDue(now, l.cfg.Lease, l.cfg.LeaseMax)
+			ls.fetching = ls.fetching || due
+			gen := ls.gen
+			ks.mu.Unlock()
+			if due {
+				l.startRefill(ks, key, want, hold, now, gen)
+			}
+			return &slot{notBefore: now, notAfter: until, res: res}, res, nil
 		}
-		return res, nil
-	}
-	if ls.fetching {
-		// Another request of the key is asking for a batch: take a single
-		// slot meanwhile rather than leasing a second batch.
+		// While another request of the key asks for a batch, take a
+		// single slot rather than leasing a second batch; and with demand
+		// too low for a batch, an ordinary take.
+		if want := ls.want(l.cfg.LeaseMax); !ls.fetching && want > 1 {
+			t.Want, t.Hold = want, l.cfg.Lease
+			ls.fetching, fetch, gen = true, true, ls.gen
+		}
 		ks.mu.Unlock()
-		return l.take(ctx, key, 0)
 	}
-	want := ls.want(l.cfg.LeaseMax)
-	if want <= 1 {
-		// Demand too low for a batch: an ordinary take, counted now.
+
+	sent := l.clock.Now()
+	res, err := l.cfg.Store.Take(ctx, key, t)
+	recv := l.clock.Now()
+	if fetch {
+		ks.mu.Lock()
+		ls := &ks.lease
+		ls.fetching = false
+		switch {
+		case err != nil:
+		case !res.Allowed:
+			ls.drop()
+		case res.Granted > 0 && ls.gen == gen:
+			ls.grant(res, sent, l.cfg.Lease, 1)
+			res.Remaining += res.Granted - 1 // held here, not used
+		default:
+			// An ordinary take or a reservation (the local fallback while
+			// Redis is away, the quota near its end), or a batch asked for
+			// before the lease was dropped: only the caller's slot is used.
+		}
 		ks.mu.Unlock()
-		return l.take(ctx, key, 0)
 	}
-	ls.fetching = true
-	gen := ls.gen
-	ks.mu.Unlock()
-
-	res, err := l.cfg.Store.Take(ctx, key, Take{Want: want, Hold: l.cfg.Lease})
-
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	ls.fetching = false
-	switch {
-	case err != nil:
-		return res, fmt.Errorf("quota store: %w", err)
-	case !res.Allowed:
-		ls.drop()
-	case res.Granted > 0 && ls.gen == gen:
-		ls.grant(res, now, l.cfg.Lease, 1)
-		res.Remaining += res.Granted - 1 // held here, not used
-	default:
-		// An ordinary take (the local fallback while Redis is away), or a
-		// batch asked for before the lease was dropped: only the caller's
-		// slot is used.
+	if err != nil {
+		return nil, res, fmt.Errorf("quota store: %w", err)
+	}
+	if !res.Allowed {
+		return nil, res, nil
 	}
 	res.Granted = 0
-	return res, nil
+	return &slot{notBefore: recv.Add(res.Delay), notAfter: sent.Add(res.Usable), res: res, give: res.Slot}, res, nil
 }
 
 // startRefill fetches the key's next batch in the background. The refill

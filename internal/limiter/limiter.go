@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,10 +20,10 @@ var ErrClosed = errors.New("limiter: closed")
 
 // Reasons a request is refused, as Decision.Reason and metric labels.
 const (
-	ReasonQuota     = "quota"      // the quota will not free within max_wait
+	ReasonQuota     = "quota"      // no slot frees within the request's wait
 	ReasonBlocked   = "blocked"    // the upstream said the quota is gone
 	ReasonQueueFull = "queue_full" // max_depth for the key, or the global cap
-	ReasonSmoothing = "smoothing"  // the local rate would delay it past max_wait
+	ReasonSmoothing = "smoothing"  // anonymous requests: the local rate would delay past max_wait
 )
 
 // Observer is told what the limiter does. internal/metrics implements it;
@@ -42,19 +43,23 @@ type Config struct {
 	Store Store           // counts attempts; required
 	Clock clockwork.Clock // nil: the real clock
 
-	// Rate and Burst smooth each key locally before the quota is asked.
-	// Rate 0 disables smoothing.
+	// Rate and Burst smooth each key locally (x/time/rate): a request's
+	// turn is asked for in the same store call as its quota slot, so it
+	// never waits for a turn the quota then refuses, and a turn later than
+	// the request can wait is given up rather than refused: smoothing only
+	// spreads what the quota serves. Rate 0 disables smoothing.
 	Rate  rate.Limit
 	Burst int
 	// AnonymousRate and AnonymousBurst limit requests that carry no token
 	// (key ""), which are never charged to a quota: they all share one
-	// local limiter. AnonymousRate 0 lets them through unlimited.
+	// local limiter, which refuses what it would delay past MaxWait.
+	// AnonymousRate 0 lets them through unlimited.
 	AnonymousRate  rate.Limit
 	AnonymousBurst int
 
-	// MaxWait bounds how long a request may wait for its turn (smoothing
-	// and quota together). A request whose slot frees later is refused at
-	// once, with the honest RetryAfter.
+	// MaxWait bounds how long a request may wait for its slot. A request
+	// whose slot frees later is refused at once, with the honest
+	// RetryAfter.
 	MaxWait time.Duration
 	// MaxDepth bounds each key's queue, MaxQueued all queues together.
 	MaxDepth  int
@@ -69,7 +74,7 @@ type Config struct {
 	// background. Batches are usable for Lease (redis.lease_time) and sized
 	// to the key's demand at this replica over that time, up to LeaseMax
 	// slots (redis.lease_max); the store shrinks them to single slots as
-	// the quota runs low (see redis_take.lua). A slot not used within Lease
+	// the quota runs low (see window.go). A slot not used within Lease
 	// is dropped, never used late: it stays counted, so leases can only
 	// waste quota (at most two batches per key and replica when its
 	// traffic stops), never exceed it. Lease 0 or LeaseMax <= 1 disables
@@ -83,17 +88,26 @@ type Config struct {
 // Decision is the limiter's answer for one attempt.
 type Decision struct {
 	Allowed bool
-	// Result is the store's last answer: Limit, Remaining and ResetAfter
-	// feed the client's RateLimit headers, RetryAfter its Retry-After.
+	// Result is the store's answer that counted (or refused) the slot:
+	// Limit, Remaining and ResetAfter feed the client's RateLimit headers,
+	// RetryAfter its Retry-After.
 	Result
 	Reason string        // why it was refused (a Reason constant)
-	Waited time.Duration // time spent smoothing and queued
+	Waited time.Duration // time spent waiting for the slot
 }
 
-// Limiter admits attempts per key: smoothing, then the quota store, with a
-// bounded FIFO queue per key for attempts that must wait. It keeps no
-// goroutine per waiting request: the request's own goroutine waits, and the
-// one at the head of a key's queue is the only one asking the store.
+// Limiter admits attempts per key. Every attempt asks the quota store once,
+// for a slot now or, when none is free, for the earliest slot that frees
+// within its wait, reserved in the store in the same atomic call: every
+// replica sharing the store sees it, so no two promise the same slot, and a
+// request that cannot be served within its wait is refused at once.
+//
+// A key's waiters form a FIFO queue holding their slots, earliest first:
+// the i-th waiter holds the i-th slot, so a slot that turns up early (a
+// lease, a slot another replica gave back) goes to the head, and a waiter
+// that leaves gives back the latest slot while everybody behind it moves
+// up. No goroutine runs per waiting request: the request's own goroutine
+// sleeps until its slot.
 type Limiter struct {
 	cfg    Config
 	clock  clockwork.Clock
@@ -113,16 +127,31 @@ type Limiter struct {
 // keyState is one key's local state. refs counts the requests using it, so
 // the sweeper never drops a state somebody holds.
 type keyState struct {
-	mu       sync.Mutex
-	smooth   *rate.Limiter
-	queue    list.List // of *waiter, FIFO
+	mu     sync.Mutex
+	smooth *rate.Limiter
+	// queue holds the waiters (*waiter) in arrival order and slots their
+	// slots, earliest first: queue's i-th waiter holds slots[i].
+	queue    list.List
+	slots    []*slot
 	lease    lease     // guarded by mu
 	refs     int       // guarded by Limiter.mu
 	lastUsed time.Time // guarded by Limiter.mu
 }
 
+// slot is one admission a request holds: counted by the store (or drawn
+// from the key's lease) to be used from notBefore until notAfter.
+type slot struct {
+	notBefore, notAfter time.Time
+	res                 Result      // the store's answer that counted it
+	give                Reservation // what Release gives back when unused
+}
+
 type waiter struct {
-	ready chan struct{} // gets one value when the waiter becomes head
+	slot *slot // guarded by keyState.mu; nil: withdrawn, ask again
+	// withdrawn is the slot taken away by Exhaust, for the waiter to give
+	// back.
+	withdrawn *slot
+	wake      chan struct{} // cap 1: slot changed
 }
 
 // New returns a limiter for cfg. It does no I/O and starts nothing; Run
@@ -147,7 +176,7 @@ func New(cfg Config) *Limiter {
 
 // Admit waits until key may send one attempt upstream, or decides it may
 // not. A refusal is a Decision with Allowed false, not an error; the error
-// is ctx's when the caller went away (nothing is counted then), ErrClosed
+// is ctx's when the caller went away (its slot is given back), ErrClosed
 // after Close, or the store's (wrapped) when it failed.
 //
 // The key "" stands for requests without a token: only the anonymous local
@@ -165,135 +194,248 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 	}
 	ks := l.acquire(key)
 	defer l.release(key, ks)
-
-	if d, ok, err := l.smooth(ctx, ks, start, deadline); !ok || err != nil {
-		return d, err
-	}
 	if key == "" {
-		return Decision{Allowed: true, Waited: l.clock.Since(start)}, nil
+		return l.admitAnonymous(ctx, ks, start, deadline)
 	}
-
-	var res Result
-	ks.mu.Lock()
-	if ks.queue.Len() == 0 {
-		// Fast path: nobody is waiting for this key, so asking the store
-		// directly keeps FIFO order.
-		ks.mu.Unlock()
-		d, r, done, err := l.ask(ctx, ks, key, start, deadline)
-		if done || err != nil {
+	for {
+		d, again, err := l.admitOnce(ctx, ks, key, start, deadline)
+		if !again {
 			return d, err
 		}
-		res = r
-		ks.mu.Lock()
 	}
-	ahead := ks.queue.Len()
-	if ahead >= l.cfg.MaxDepth || l.queued.Load() >= int64(l.cfg.MaxQueued) {
+}
+
+// admitOnce asks the store for a slot and waits for it. again is true when
+// the slot was lost before use (withdrawn by Exhaust, or the process woke
+// too late to use it) and the request must ask anew.
+func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start, deadline time.Time) (_ Decision, again bool, _ error) {
+	now := l.clock.Now()
+	wait := max(deadline.Sub(now), 0)
+	ks.mu.Lock()
+	full := ks.queue.Len() >= l.cfg.MaxDepth || l.queued.Load() >= int64(l.cfg.MaxQueued)
+	ks.mu.Unlock()
+	if full {
+		wait = 0 // no room to wait: a slot now, or a refusal
+	}
+	turn, sr := l.turn(ks, now, wait)
+	s, res, err := l.obtain(ctx, ks, key, now, turn, wait)
+	if err != nil || s == nil {
+		cancelTurn(sr, l.clock.Now())
+		if err != nil {
+			return Decision{}, false, err
+		}
+		reason := reasonFor(res)
+		if full && !res.Blocked && res.RetryAfter <= deadline.Sub(now) {
+			reason = ReasonQueueFull
+		}
+		return l.refuse(res, reason, start), false, nil
+	}
+
+	ks.mu.Lock()
+	if !s.notBefore.After(l.clock.Now()) && (ks.queue.Len() == 0 || full) {
 		ks.mu.Unlock()
-		if est, err := l.take(ctx, key, ahead); err == nil {
-			res = est
-		}
-		return l.refuse(res, ReasonQueueFull, start), nil
+		return l.admitted(s, start), false, nil
 	}
-	if ahead > 0 {
-		// Joining behind others: only worth it if ahead+1 slots free in time.
-		ks.mu.Unlock()
-		var err error
-		if res, err = l.take(ctx, key, ahead); err != nil {
-			return Decision{}, err
-		}
-		if !fits(l.clock.Now(), res.RetryAfter, deadline) {
-			return l.refuse(res, reasonFor(res), start), nil
-		}
-		ks.mu.Lock()
-	}
-	w := &waiter{ready: make(chan struct{}, 1)}
+	w := &waiter{wake: make(chan struct{}, 1)}
 	el := ks.queue.PushBack(w)
-	head := ks.queue.Front() == el
+	ks.insert(s)
 	ks.mu.Unlock()
 	l.queued.Add(1)
 	l.obs.QueueDepth(1)
 	defer func() {
-		ks.mu.Lock()
-		if ks.queue.Front() == el {
-			if next := el.Next(); next != nil {
-				next.Value.(*waiter).ready <- struct{}{}
-			}
-		}
-		ks.queue.Remove(el)
-		ks.mu.Unlock()
 		l.queued.Add(-1)
 		l.obs.QueueDepth(-1)
 		l.obs.QueueWait(l.clock.Since(start))
 	}()
+	d, again, err := l.wait(ctx, ks, key, el, w, start)
+	if err != nil || again {
+		cancelTurn(sr, l.clock.Now())
+	}
+	return d, again, err
+}
 
-	expire := l.clock.NewTimer(max(deadline.Sub(l.clock.Now()), 0))
-	defer expire.Stop()
+// wait sleeps until the waiter's slot may be used, following it as it
+// moves up, and leaves the queue.
+func (l *Limiter) wait(ctx context.Context, ks *keyState, key string, el *list.Element, w *waiter, start time.Time) (_ Decision, again bool, _ error) {
+	var timer clockwork.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
-		if !head {
-			select {
-			case <-w.ready:
-				head = true
-			case <-expire.Chan():
-				res.RetryAfter = max(res.RetryAfter-l.clock.Since(start), 0)
-				return l.refuse(res, reasonFor(res), start), nil
-			case <-ctx.Done():
-				return Decision{}, ctx.Err()
-			case <-l.closed:
-				return Decision{}, ErrClosed
+		ks.mu.Lock()
+		s := w.slot
+		if s == nil {
+			// Withdrawn by Exhaust: give it back and ask again, which
+			// sees the block.
+			gone := w.withdrawn
+			ks.mu.Unlock()
+			l.giveBack(ctx, key, gone)
+			return Decision{}, true, nil
+		}
+		now := l.clock.Now()
+		if !now.Before(s.notBefore) {
+			ks.leave(el, s)
+			ks.mu.Unlock()
+			if now.Before(s.notAfter) {
+				return l.admitted(s, start), false, nil
 			}
+			// Woken too late to use it (a stalled process): it was never
+			// used, so it is given back, and the request asks again.
+			l.giveBack(ctx, key, s)
+			return Decision{}, true, nil
 		}
-		d, r, done, err := l.ask(ctx, ks, key, start, deadline)
-		if done || err != nil {
-			return d, err
+		ks.mu.Unlock()
+		if timer == nil {
+			timer = l.clock.NewTimer(s.notBefore.Sub(now))
+		} else {
+			timer.Reset(s.notBefore.Sub(now))
 		}
-		res = r
-		// The head sleeps until its slot frees, then asks once more: no
-		// polling, one store call per expected free slot.
-		if err := l.sleep(ctx, max(res.RetryAfter, time.Millisecond)); err != nil {
-			return Decision{}, err
+		select {
+		case <-timer.Chan():
+		case <-w.wake:
+		case <-ctx.Done():
+			l.abandon(ctx, ks, key, el, w)
+			return Decision{}, false, ctx.Err()
+		case <-l.closed:
+			l.abandon(ctx, ks, key, el, w)
+			return Decision{}, false, ErrClosed
 		}
 	}
 }
 
-// ask asks the store for one slot for key. done is true when the answer is
-// final: admitted, or refused because the slot frees after deadline.
-// Otherwise res.RetryAfter says how long until it frees.
-func (l *Limiter) ask(ctx context.Context, ks *keyState, key string, start, deadline time.Time) (d Decision, res Result, done bool, err error) {
-	if res, err = l.takeOne(ctx, ks, key); err != nil {
-		return Decision{}, res, true, err
+// abandon takes a waiter that will not send out of the queue: the key's
+// latest slot is given back to the store and everybody behind the waiter
+// moves up into the slot of the one before.
+func (l *Limiter) abandon(ctx context.Context, ks *keyState, key string, el *list.Element, w *waiter) {
+	ks.mu.Lock()
+	if w.slot == nil {
+		gone := w.withdrawn
+		ks.mu.Unlock()
+		l.giveBack(ctx, key, gone)
+		return
 	}
-	if res.Allowed {
-		return Decision{Allowed: true, Result: res, Waited: l.clock.Since(start)}, res, true, nil
-	}
-	if !fits(l.clock.Now(), res.RetryAfter, deadline) {
-		return l.refuse(res, reasonFor(res), start), res, true, nil
-	}
-	return Decision{}, res, false, nil
+	last := ks.slots[len(ks.slots)-1]
+	ks.slots[len(ks.slots)-1] = nil
+	ks.slots = ks.slots[:len(ks.slots)-1]
+	ks.queue.Remove(el)
+	ks.reassign()
+	ks.mu.Unlock()
+	l.giveBack(ctx, key, last)
 }
 
-// smooth applies the key's local rate. ok is false when the request was
-// refused or failed.
-func (l *Limiter) smooth(ctx context.Context, ks *keyState, now, deadline time.Time) (Decision, bool, error) {
+// giveBack releases an unused slot in the store. It runs after the client
+// left, bounded by the store's own timeout; a release that fails leaves the
+// slot counted until it ages out, which only costs quota.
+func (l *Limiter) giveBack(ctx context.Context, key string, s *slot) {
+	if s == nil || !s.give.ok {
+		return
+	}
+	_ = l.cfg.Store.Release(context.WithoutCancel(ctx), key, s.give)
+}
+
+// insert adds s to the key's slots, earliest first, and hands the slots
+// to the waiters in order; ks.mu is held.
+func (ks *keyState) insert(s *slot) {
+	i := sort.Search(len(ks.slots), func(i int) bool { return ks.slots[i].notBefore.After(s.notBefore) })
+	ks.slots = append(ks.slots, nil)
+	copy(ks.slots[i+1:], ks.slots[i:])
+	ks.slots[i] = s
+	ks.reassign()
+}
+
+// leave takes an admitted waiter and its own slot out of the queue; the
+// others keep theirs. ks.mu is held.
+func (ks *keyState) leave(el *list.Element, s *slot) {
+	ks.queue.Remove(el)
+	for i, x := range ks.slots {
+		if x == s {
+			ks.slots = append(ks.slots[:i], ks.slots[i+1:]...)
+			break
+		}
+	}
+}
+
+// reassign gives the i-th waiter the i-th slot, waking those whose slot
+// changed; ks.mu is held.
+func (ks *keyState) reassign() {
+	i := 0
+	for el := ks.queue.Front(); el != nil; el = el.Next() {
+		w := el.Value.(*waiter)
+		if w.slot != ks.slots[i] {
+			w.slot = ks.slots[i]
+			w.notify()
+		}
+		i++
+	}
+}
+
+// withdraw takes every waiter's slot away (the key was blocked): each
+// gives its slot back and asks again. ks.mu is held.
+func (ks *keyState) withdraw() {
+	for el := ks.queue.Front(); el != nil; {
+		next := el.Next()
+		w := ks.queue.Remove(el).(*waiter)
+		w.withdrawn, w.slot = w.slot, nil
+		w.notify()
+		el = next
+	}
+	clear(ks.slots)
+	ks.slots = ks.slots[:0]
+}
+
+func (w *waiter) notify() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// turn reserves the request's smoothing turn: how long until the key's
+// local rate lets it go. A turn later than the request can wait is given
+// up: the quota decides, smoothing only spreads what it serves.
+func (l *Limiter) turn(ks *keyState, now time.Time, wait time.Duration) (time.Duration, *rate.Reservation) {
 	if ks.smooth == nil {
-		return Decision{}, true, nil
+		return 0, nil
 	}
 	r := ks.smooth.ReserveN(now, 1)
 	if !r.OK() {
-		return l.refuse(Result{RetryAfter: time.Second}, ReasonSmoothing, now), false, nil
+		return 0, nil
 	}
 	d := r.DelayFrom(now)
-	if d == 0 {
-		return Decision{}, true, nil
-	}
-	if !fits(now, d, deadline) {
+	if d > wait {
 		r.CancelAt(now)
-		return l.refuse(Result{RetryAfter: d}, ReasonSmoothing, now), false, nil
+		return 0, nil
 	}
-	if err := l.sleep(ctx, d); err != nil {
-		r.CancelAt(l.clock.Now())
-		return Decision{}, false, err
+	return d, r
+}
+
+func cancelTurn(r *rate.Reservation, now time.Time) {
+	if r != nil {
+		r.CancelAt(now)
 	}
-	return Decision{}, true, nil
+}
+
+// admitAnonymous applies the anonymous local limit: there is no quota to
+// ask, so a turn beyond the wait is refused.
+func (l *Limiter) admitAnonymous(ctx context.Context, ks *keyState, start, deadline time.Time) (Decision, error) {
+	if ks.smooth == nil {
+		return Decision{Allowed: true}, nil
+	}
+	r := ks.smooth.ReserveN(start, 1)
+	d := r.DelayFrom(start)
+	if !r.OK() || !fits(start, d, deadline) {
+		r.CancelAt(start)
+		return l.refuse(Result{RetryAfter: max(d, time.Second)}, ReasonSmoothing, start), nil
+	}
+	if d > 0 {
+		if err := l.sleep(ctx, d); err != nil {
+			r.CancelAt(l.clock.Now())
+			return Decision{}, err
+		}
+	}
+	return Decision{Allowed: true, Waited: l.clock.Since(start)}, nil
 }
 
 // sleep waits d on the limiter's clock, or until ctx is done or the limiter
@@ -311,12 +453,8 @@ func (l *Limiter) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (l *Limiter) take(ctx context.Context, key string, ahead int) (Result, error) {
-	res, err := l.cfg.Store.Take(ctx, key, Take{Ahead: ahead})
-	if err != nil {
-		return res, fmt.Errorf("quota store: %w", err)
-	}
-	return res, nil
+func (l *Limiter) admitted(s *slot, start time.Time) Decision {
+	return Decision{Allowed: true, Result: s.res, Waited: l.clock.Since(start)}
 }
 
 func (l *Limiter) refuse(res Result, reason string, start time.Time) Decision {
@@ -339,32 +477,45 @@ func fits(now time.Time, d time.Duration, deadline time.Time) bool {
 
 // Exhaust marks key's quota as gone for d: the upstream answered 20005 (or
 // asked for a pause with Retry-After) and nothing more should be sent for
-// the key until then, by any replica sharing the store.
+// the key until then, by any replica sharing the store. The key's waiters
+// here give their slots back and ask again, which the block answers.
 func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) error {
 	if key == "" || d <= 0 {
 		return nil
 	}
-	// Slots leased here must not be used either.
+	// Slots leased here must not be used either: dropped at once. The
+	// waiters are woken once the store has the block, so they see it.
 	l.mu.Lock()
-	if ks := l.keys[key]; ks != nil {
+	ks := l.keys[key]
+	if ks != nil {
+		ks.refs++ // kept while this runs
 		ks.mu.Lock()
 		ks.lease.drop()
 		ks.mu.Unlock()
 	}
 	l.mu.Unlock()
-	if err := l.cfg.Store.Block(ctx, key, d); err != nil {
+	err := l.cfg.Store.Block(ctx, key, d)
+	if ks != nil {
+		ks.mu.Lock()
+		ks.withdraw()
+		ks.mu.Unlock()
+		l.release(key, ks)
+	}
+	if err != nil {
 		return fmt.Errorf("quota store: %w", err)
 	}
 	return nil
 }
 
-// Status reports key's quota without counting anything (a store question
-// with one request ahead never counts): what the RateLimit headers of an
-// uncharged request show.
+// Status reports key's quota without counting anything: what the
+// RateLimit headers of an uncharged request show.
 func (l *Limiter) Status(ctx context.Context, key string) (Result, error) {
-	res, err := l.take(ctx, key, 1)
+	res, err := l.cfg.Store.Take(ctx, key, Take{Peek: true})
+	if err != nil {
+		return res, fmt.Errorf("quota store: %w", err)
+	}
 	res.Allowed, res.RetryAfter = false, 0
-	return res, err
+	return res, nil
 }
 
 // Queued returns how many requests wait in all queues.

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/goleak"
-	"golang.org/x/time/rate"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -38,6 +38,14 @@ func (o *countingObserver) Rejected(r string) {
 	o.rejected[r]++
 }
 
+func (o *countingObserver) rejections(r string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.rejected[r]
+}
+
+// newTestLimiter is a limiter over a MemoryStore on clk (nil: the real
+// clock, which is the bubble's fake clock inside synctest.Test).
 func newTestLimiter(clk clockwork.Clock, p Policy, mod func(*Config)) (*Limiter, *MemoryStore, *countingObserver) {
 	s := NewMemoryStore(p, clk)
 	obs := &countingObserver{}
@@ -48,63 +56,56 @@ func newTestLimiter(clk clockwork.Clock, p Policy, mod func(*Config)) (*Limiter,
 	return New(cfg), s, obs
 }
 
+// epoch2000 is where synctest's clock starts.
+var epoch2000 = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
 type outcome struct {
 	i   int
 	d   Decision
 	err error
 }
 
-// TestQueueFIFO queues requests behind a full quota and checks they are
-// admitted one per freed slot, in arrival order.
+// admitAsync starts Admit in its own goroutine, lets it reach its wait
+// (synctest.Wait: every goroutine of the bubble blocked) and returns where
+// its outcome will arrive.
+func admitAsync(ctx context.Context, l *Limiter, key string, i int, out chan<- outcome) {
+	go func() {
+		d, err := l.Admit(ctx, key, time.Time{})
+		out <- outcome{i, d, err}
+	}()
+	synctest.Wait()
+}
+
+// TestQueueFIFO queues requests behind a full quota: each reserves the next
+// slot at once, and they are admitted one per freed slot, in arrival order,
+// exactly when it frees.
 func TestQueueFIFO(t *testing.T) {
-	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, obs := newTestLimiter(clk, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil)
-	ctx := context.Background()
-	if d, err := l.Admit(ctx, "k", time.Time{}); err != nil || !d.Allowed {
-		t.Fatalf("first: %+v %v", d, err)
-	}
-	const n = 4
-	out := make(chan outcome, n)
-	for i := range n {
-		go func() {
-			d, err := l.Admit(ctx, "k", time.Time{})
-			out <- outcome{i, d, err}
-		}()
-		// Wait until this one is queued: each waiter holds one deadline
-		// timer, and the head one more for its slot.
-		waitQueued(t, l, i+1)
-	}
-	for want := range n {
-		// The head sleeps until the oldest bucket frees: advance to it.
-		if err := clk.BlockUntilContext(ctxT(t), n-want+1); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		l, _, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil) // 1 s buckets
+		ctx := context.Background()
+		if d, err := l.Admit(ctx, "k", time.Time{}); err != nil || !d.Allowed {
+			t.Fatalf("first: %+v %v", d, err)
 		}
-		clk.Advance(11 * time.Second)
-		o := <-out
-		if o.err != nil || !o.d.Allowed || o.i != want {
-			t.Fatalf("admission %d: got request %d %+v %v", want, o.i, o.d, o.err)
+		const n = 4
+		out := make(chan outcome, n)
+		for i := range n {
+			admitAsync(ctx, l, "k", i, out)
 		}
-	}
-	if obs.depth != 0 || obs.maxDepth != n || obs.waits != n {
-		t.Fatalf("observer: %+v", obs)
-	}
-}
-
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func waitQueued(t *testing.T, l *Limiter, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for l.Queued() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("queue never reached %d (at %d)", n, l.Queued())
+		if l.Queued() != n {
+			t.Fatalf("queued %d, want %d", l.Queued(), n)
 		}
-		time.Sleep(time.Millisecond) // polling an observable condition, not waiting "enough"
-	}
+		// A slot counted in the bucket [b, b+1s) frees at b+1s+10s: the
+		// first at 11 s, each next one 11 s after the one before.
+		for want := range n {
+			o := <-out
+			if o.err != nil || !o.d.Allowed || o.i != want || o.d.Waited != time.Duration(want+1)*11*time.Second {
+				t.Fatalf("admission %d: got request %d waited %s, %+v %v", want, o.i, o.d.Waited, o.d, o.err)
+			}
+		}
+		if obs.depth != 0 || obs.maxDepth != n || obs.waits != n {
+			t.Fatalf("observer: %+v", obs)
+		}
+	})
 }
 
 func TestMaxWaitRejectsAtOnceWithRetryAfter(t *testing.T) {
@@ -132,41 +133,64 @@ func TestMaxWaitRejectsAtOnceWithRetryAfter(t *testing.T) {
 	}
 }
 
+// TestRetryAfterCountsWaiters: a refusal's Retry-After is the first slot
+// nobody has reserved, not the first slot that frees.
+func TestRetryAfterCountsWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, _ := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 15 * time.Second })
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		l.Admit(ctx, "k", time.Time{})
+		out := make(chan outcome, 1)
+		admitAsync(ctx, l, "k", 0, out) // holds the slot freeing at 11 s
+		d, err := l.Admit(ctx, "k", time.Time{})
+		if err != nil || d.Allowed || d.RetryAfter != 22*time.Second || d.Waited != 0 {
+			t.Fatalf("second waiter: %+v %v, want refused at once, retry after 22s", d, err)
+		}
+		cancel()
+		<-out
+	})
+}
+
 // TestDisconnectWhileQueued cancels a queued request: it leaves at once,
-// consumes no quota, and the request behind it moves up.
+// its slot is given back (the quota is not spent by it), and the request
+// behind it moves up into its slot.
 func TestDisconnectWhileQueued(t *testing.T) {
-	clk := clockwork.NewFakeClockAt(epoch)
-	l, s, _ := newTestLimiter(clk, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil)
-	bg := context.Background()
-	l.Admit(bg, "k", time.Time{})
-	ctx, cancel := context.WithCancel(bg)
-	out := make(chan outcome, 2)
-	go func() { d, err := l.Admit(ctx, "k", time.Time{}); out <- outcome{0, d, err} }()
-	waitQueued(t, l, 1)
-	go func() { d, err := l.Admit(bg, "k", time.Time{}); out <- outcome{1, d, err} }()
-	waitQueued(t, l, 2)
-	cancel()
-	o := <-out
-	if o.i != 0 || !errors.Is(o.err, context.Canceled) {
-		t.Fatalf("cancelled request: %+v", o)
-	}
-	waitQueued(t, l, 1)
-	if err := clk.BlockUntilContext(ctxT(t), 2); err != nil { // new head: deadline + slot timers
-		t.Fatal(err)
-	}
-	clk.Advance(11 * time.Second)
-	o = <-out
-	if o.i != 1 || !o.d.Allowed {
-		t.Fatalf("second request: %+v", o)
-	}
-	// Only the first and the second request were counted.
-	res, _ := s.Take(bg, "k", Take{Ahead: 1})
-	if res.Remaining != 0 {
-		t.Fatalf("remaining %d", res.Remaining)
-	}
-	if c := s.Counted()["k"]; len(c) != 1 || c[0].Count != 1 {
-		t.Fatalf("counted %+v", c)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		l, s, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil)
+		bg := context.Background()
+		l.Admit(bg, "k", time.Time{})
+		ctx, cancel := context.WithCancel(bg)
+		out := make(chan outcome, 3)
+		admitAsync(ctx, l, "k", 0, out) // slot at 11 s
+		admitAsync(bg, l, "k", 1, out)  // slot at 22 s
+		admitAsync(bg, l, "k", 2, out)  // slot at 33 s
+		cancel()
+		o := <-out
+		if o.i != 0 || !errors.Is(o.err, context.Canceled) {
+			t.Fatalf("cancelled request: %+v", o)
+		}
+		synctest.Wait()
+		if l.Queued() != 2 {
+			t.Fatalf("queued %d, want 2", l.Queued())
+		}
+		o = <-out
+		if o.i != 1 || !o.d.Allowed || o.d.Waited != 11*time.Second {
+			t.Fatalf("request 1: %+v, want admitted after 11s", o)
+		}
+		// Counted: the two waiters' slots (11 s and 22 s); the slot given
+		// back (33 s) is reserved by nobody.
+		if c := s.Counted()["k"]; len(c) != 2 || !c[0].Start.Equal(epoch2000.Add(11*time.Second)) || !c[1].Start.Equal(epoch2000.Add(22*time.Second)) {
+			t.Fatalf("counted %+v, want the two waiters' slots", c)
+		}
+		o = <-out
+		if o.i != 2 || !o.d.Allowed || o.d.Waited != 22*time.Second {
+			t.Fatalf("request 2: %+v, want admitted after 22s", o)
+		}
+		if obs.depth != 0 || obs.waits != 3 {
+			t.Fatalf("observer %+v", obs)
+		}
+	})
 }
 
 func TestQueueFullAndGlobalCap(t *testing.T) {
@@ -175,116 +199,192 @@ func TestQueueFullAndGlobalCap(t *testing.T) {
 		depth, qd int
 	}{{"per key", 2, 100}, {"global", 100, 2}} {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := clockwork.NewFakeClockAt(epoch)
-			l, _, obs := newTestLimiter(clk, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
-				c.MaxDepth, c.MaxQueued = tc.depth, tc.qd
+			synctest.Test(t, func(t *testing.T) {
+				l, _, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
+					c.MaxDepth, c.MaxQueued = tc.depth, tc.qd
+				})
+				ctx, cancel := context.WithCancel(context.Background())
+				l.Admit(ctx, "k", time.Time{})
+				out := make(chan outcome, 2)
+				for i := range 2 {
+					admitAsync(ctx, l, "k", i, out)
+				}
+				// The two waiters hold the slots freeing at 11 and 22 s; the
+				// next frees at 33 s, within max_wait, but there is no room
+				// to wait for it.
+				d, err := l.Admit(ctx, "k", time.Time{})
+				if err != nil || d.Allowed || d.Reason != ReasonQueueFull || d.RetryAfter != 33*time.Second {
+					t.Fatalf("%+v %v", d, err)
+				}
+				if obs.rejections(ReasonQueueFull) != 1 {
+					t.Fatalf("obs %+v", obs.rejected)
+				}
+				cancel()
+				<-out
+				<-out
 			})
-			ctx, cancel := context.WithCancel(context.Background())
-			l.Admit(ctx, "k", time.Time{})
-			var wg sync.WaitGroup
-			for i := range 2 {
-				wg.Go(func() { l.Admit(ctx, "k", time.Time{}) })
-				waitQueued(t, l, i+1)
-			}
-			d, err := l.Admit(ctx, "k", time.Time{})
-			if err != nil || d.Allowed || d.Reason != ReasonQueueFull || d.RetryAfter != 31*time.Second {
-				t.Fatalf("%+v %v", d, err)
-			}
-			if obs.rejected[ReasonQueueFull] != 1 {
-				t.Fatalf("obs %+v", obs.rejected)
-			}
-			cancel()
-			wg.Wait()
 		})
 	}
 }
 
 func TestBlockedKeyWaitsOrRejects(t *testing.T) {
-	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, _ := newTestLimiter(clk, Policy{Limit: 100, Window: time.Hour}, func(c *Config) { c.MaxWait = 10 * time.Second })
-	ctx := context.Background()
-	if err := l.Exhaust(ctx, "k", time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := l.Admit(ctx, "k", time.Time{})
-	if d.Allowed || d.Reason != ReasonBlocked || d.RetryAfter != time.Hour {
-		t.Fatalf("blocked for an hour: %+v", d)
-	}
-	l.Exhaust(ctx, "j", 3*time.Second)
-	out := make(chan outcome, 1)
-	go func() { d, err := l.Admit(ctx, "j", time.Time{}); out <- outcome{0, d, err} }()
-	waitQueued(t, l, 1)
-	clk.BlockUntilContext(ctxT(t), 2)
-	clk.Advance(3 * time.Second)
-	if o := <-out; !o.d.Allowed || o.d.Waited != 3*time.Second {
-		t.Fatalf("after pause: %+v", o)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		l, _, _ := newTestLimiter(nil, Policy{Limit: 100, Window: time.Hour}, func(c *Config) { c.MaxWait = 10 * time.Second })
+		ctx := context.Background()
+		if err := l.Exhaust(ctx, "k", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := l.Admit(ctx, "k", time.Time{})
+		if d.Allowed || d.Reason != ReasonBlocked || d.RetryAfter != time.Hour {
+			t.Fatalf("blocked for an hour: %+v", d)
+		}
+		l.Exhaust(ctx, "j", 3*time.Second)
+		if d, _ := l.Admit(ctx, "j", time.Time{}); !d.Allowed || d.Waited != 3*time.Second {
+			t.Fatalf("after pause: %+v", d)
+		}
+	})
 }
 
-func TestSmoothingAndAnonymous(t *testing.T) {
-	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, obs := newTestLimiter(clk, Policy{Limit: 1000, Window: time.Hour}, func(c *Config) {
-		c.Rate, c.Burst = 1, 2
-		c.AnonymousRate, c.AnonymousBurst = 1, 1
-		c.MaxWait = 1500 * time.Millisecond
-	})
-	ctx := context.Background()
-	for range 2 {
-		if d, _ := l.Admit(ctx, "k", time.Time{}); !d.Allowed || d.Waited != 0 {
-			t.Fatalf("burst: %+v", d)
+// TestExhaustWithdrawsWaiters: an upstream 20005 while requests wait takes
+// their slots away: each is given back and the request asks again, which
+// the block refuses at once when it outlasts the wait.
+func TestExhaustWithdrawsWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, s, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 30 * time.Second })
+		ctx := context.Background()
+		l.Admit(ctx, "k", time.Time{})
+		out := make(chan outcome, 2)
+		admitAsync(ctx, l, "k", 0, out)
+		admitAsync(ctx, l, "k", 1, out)
+		time.Sleep(time.Second)
+		if err := l.Exhaust(ctx, "k", time.Minute); err != nil {
+			t.Fatal(err)
 		}
-	}
-	out := make(chan outcome, 1)
-	go func() { d, err := l.Admit(ctx, "k", time.Time{}); out <- outcome{0, d, err} }()
-	clk.BlockUntilContext(ctxT(t), 1)
-	clk.Advance(time.Second)
-	if o := <-out; !o.d.Allowed || o.d.Waited != time.Second {
-		t.Fatalf("smoothed: %+v", o)
-	}
-	// Two more at once: the second would wait 2 s > max_wait.
-	go func() { d, err := l.Admit(ctx, "k", time.Time{}); out <- outcome{0, d, err} }()
-	clk.BlockUntilContext(ctxT(t), 1)
-	d, _ := l.Admit(ctx, "k", time.Time{})
-	if d.Allowed || d.Reason != ReasonSmoothing || d.RetryAfter != 2*time.Second {
-		t.Fatalf("over smoothing: %+v", d)
-	}
-	clk.Advance(time.Second)
-	<-out
-	// Anonymous: no quota, own limit of 1/s burst 1.
-	if d, _ := l.Admit(ctx, "", time.Time{}); !d.Allowed || d.Limit != 0 {
-		t.Fatalf("anonymous: %+v", d)
-	}
-	go func() { d, err := l.Admit(ctx, "", time.Time{}); out <- outcome{0, d, err} }()
-	clk.BlockUntilContext(ctxT(t), 1)
-	clk.Advance(time.Second)
-	if o := <-out; !o.d.Allowed {
-		t.Fatalf("anonymous smoothed: %+v", o)
-	}
-	if obs.rejected[ReasonSmoothing] != 1 {
-		t.Fatalf("obs %+v", obs.rejected)
-	}
-	_ = rate.Inf
+		for range 2 {
+			o := <-out
+			if o.err != nil || o.d.Allowed || o.d.Reason != ReasonBlocked || o.d.RetryAfter != time.Minute || o.d.Waited != time.Second {
+				t.Fatalf("waiter %d: %+v %v, want refused at the block, retry after 1m", o.i, o.d, o.err)
+			}
+		}
+		synctest.Wait()
+		if c := s.Counted()["k"]; len(c) != 1 || c[0].Reserved {
+			t.Fatalf("counted %+v, want only the first take: the waiters' slots were given back", c)
+		}
+		if l.Queued() != 0 || obs.rejections(ReasonBlocked) != 2 {
+			t.Fatalf("queued %d, rejected %+v", l.Queued(), obs.rejected)
+		}
+	})
+}
+
+// TestSmoothing: a turn within the wait is waited for in the same store
+// call as the quota's slot; a request the quota refuses is refused at once,
+// without waiting for its turn or spending it; and a turn later than the
+// wait is given up rather than refused, since the quota would serve it.
+func TestSmoothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, obs := newTestLimiter(nil, Policy{Limit: 5, Window: time.Hour}, func(c *Config) {
+			c.Rate, c.Burst = 1, 2
+			c.MaxWait = 1500 * time.Millisecond
+		})
+		ctx := context.Background()
+		for range 2 {
+			if d, _ := l.Admit(ctx, "k", time.Time{}); !d.Allowed || d.Waited != 0 {
+				t.Fatalf("burst: %+v", d)
+			}
+		}
+		if d, _ := l.Admit(ctx, "k", time.Time{}); !d.Allowed || d.Waited != time.Second {
+			t.Fatalf("smoothed: %+v, want admitted after its 1s turn", d)
+		}
+		// The next turn is 1 s away, within the wait: that request waits
+		// for it. The one after is 2 s away, beyond the wait: given up, the
+		// quota has a slot now, which goes to the head of the queue, and
+		// the newcomer takes the head's slot.
+		out := make(chan outcome, 1)
+		admitAsync(ctx, l, "k", 0, out)
+		if d, _ := l.Admit(ctx, "k", time.Time{}); !d.Allowed || d.Waited != time.Second {
+			t.Fatalf("turn beyond the wait: %+v, want admitted in the head's slot, after 1s", d)
+		}
+		if o := <-out; !o.d.Allowed || o.d.Waited != 0 {
+			t.Fatalf("head of the queue: %+v, want admitted at once in the slot that turned up", o)
+		}
+		// The quota is used up: refused at once, no turn waited for.
+		d, _ := l.Admit(ctx, "k", time.Time{})
+		if d.Allowed || d.Waited != 0 || d.Reason != ReasonQuota {
+			t.Fatalf("over quota: %+v, want refused at once", d)
+		}
+		if obs.rejections(ReasonSmoothing) != 0 {
+			t.Fatalf("smoothing refused a request: %+v", obs.rejected)
+		}
+	})
+}
+
+// TestSmoothingSpendsNoTurnOnRefusals: refused requests give their turn
+// back, so once the quota frees the next request goes at once.
+func TestSmoothingSpendsNoTurnOnRefusals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, _ := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
+			c.Rate, c.Burst = 0.1, 1 // one turn every 10 s
+			c.MaxWait = 500 * time.Millisecond
+		})
+		ctx := context.Background()
+		l.Admit(ctx, "k", time.Time{})
+		time.Sleep(10 * time.Second) // the turn is back
+		for range 20 {
+			if d, _ := l.Admit(ctx, "k", time.Time{}); d.Allowed || d.Waited != 0 {
+				t.Fatalf("over quota: %+v", d)
+			}
+		}
+		time.Sleep(time.Second) // the quota's slot frees at 11 s
+		if d, _ := l.Admit(ctx, "k", time.Time{}); !d.Allowed || d.Waited != 0 {
+			t.Fatalf("after the refusals: %+v, want admitted at once", d)
+		}
+	})
+}
+
+func TestAnonymous(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, obs := newTestLimiter(nil, Policy{Limit: 1000, Window: time.Hour}, func(c *Config) {
+			c.AnonymousRate, c.AnonymousBurst = 1, 1
+			c.MaxWait = 1500 * time.Millisecond
+		})
+		ctx := context.Background()
+		if d, _ := l.Admit(ctx, "", time.Time{}); !d.Allowed || d.Limit != 0 {
+			t.Fatalf("anonymous: %+v", d)
+		}
+		out := make(chan outcome, 1)
+		admitAsync(ctx, l, "", 0, out)
+		// No quota to serve it: a turn beyond the wait is refused.
+		if d, _ := l.Admit(ctx, "", time.Time{}); d.Allowed || d.Reason != ReasonSmoothing || d.RetryAfter != 2*time.Second {
+			t.Fatalf("anonymous over its rate: %+v", d)
+		}
+		if o := <-out; !o.d.Allowed || o.d.Waited != time.Second {
+			t.Fatalf("anonymous smoothed: %+v", o)
+		}
+		if obs.rejections(ReasonSmoothing) != 1 {
+			t.Fatalf("obs %+v", obs.rejected)
+		}
+	})
 }
 
 func TestCloseWakesWaiters(t *testing.T) {
-	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, _ := newTestLimiter(clk, Policy{Limit: 1, Window: 10 * time.Second}, nil)
-	ctx := context.Background()
-	l.Admit(ctx, "k", time.Time{})
-	out := make(chan outcome, 2)
-	for i := range 2 {
-		go func() { d, err := l.Admit(ctx, "k", time.Time{}); out <- outcome{i, d, err} }()
-		waitQueued(t, l, i+1)
-	}
-	l.Close()
-	for range 2 {
-		if o := <-out; !errors.Is(o.err, ErrClosed) {
-			t.Fatalf("%+v", o)
+	synctest.Test(t, func(t *testing.T) {
+		l, s, _ := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second}, nil)
+		ctx := context.Background()
+		l.Admit(ctx, "k", time.Time{})
+		out := make(chan outcome, 2)
+		for i := range 2 {
+			admitAsync(ctx, l, "k", i, out)
 		}
-	}
-	if l.Queued() != 0 {
-		t.Fatalf("queued %d", l.Queued())
-	}
+		l.Close()
+		for range 2 {
+			if o := <-out; !errors.Is(o.err, ErrClosed) {
+				t.Fatalf("%+v", o)
+			}
+		}
+		if l.Queued() != 0 || len(s.Counted()["k"]) != 1 {
+			t.Fatalf("queued %d, counted %+v", l.Queued(), s.Counted()["k"])
+		}
+	})
 }
 
 func TestSweepKeepsBusyKeys(t *testing.T) {

@@ -11,30 +11,22 @@ import (
 
 // MemoryStore keeps each key's window in this process: the quota store of a
 // single gateway, and the fallback of every replica while Redis is away.
+// It runs window.go's algorithm on its clock, in nanoseconds.
 //
-// Each key has a ring of Buckets+2 counters, so memory per tracked key is
-// bounded whatever the limit; Sweep drops keys that count nothing.
+// A key holds only its live counts (at most one per sub-bucket for takes,
+// one per distinct start for reservations, which are as many as the
+// requests waiting), so an idle key costs nothing once Sweep has dropped it.
 type MemoryStore struct {
 	policy Policy
+	geo    geometry
 	clock  clockwork.Clock
-	width  int64 // bucket width in ns
-	span   int64 // Policy.Span in ns
-	ring   int   // counters per key
 	seed   maphash.Seed
 	shards [64]memShard
 }
 
 type memShard struct {
 	mu   sync.Mutex
-	keys map[string]*memWindow
-}
-
-// memWindow is one key's counters. idx[i] is the absolute bucket number
-// counts[i] belongs to, so a stale slot of the ring is recognised and reset.
-type memWindow struct {
-	idx          []int64
-	counts       []int
-	blockedUntil int64 // unix ns; 0 = not blocked
+	keys map[string]*counts
 }
 
 // NewMemoryStore returns a store enforcing p with clock (nil: the real
@@ -43,17 +35,14 @@ func NewMemoryStore(p Policy, clock clockwork.Clock) *MemoryStore {
 	if clock == nil {
 		clock = clockwork.NewRealClock()
 	}
-	w := p.BucketWidth()
 	s := &MemoryStore{
 		policy: p,
+		geo:    geometry{limit: p.Limit, width: int64(p.BucketWidth()), span: int64(p.Span())},
 		clock:  clock,
-		width:  int64(w),
-		span:   int64(p.Span()),
-		ring:   int((p.Span()+w-1)/w) + 2,
 		seed:   maphash.MakeSeed(),
 	}
 	for i := range s.shards {
-		s.shards[i].keys = map[string]*memWindow{}
+		s.shards[i].keys = map[string]*counts{}
 	}
 	return s
 }
@@ -71,96 +60,52 @@ func (s *MemoryStore) Take(_ context.Context, key string, t Take) (Result, error
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	w := s.window(sh, key)
-	return s.take(w, now, t.Ahead), nil
+	c := sh.keys[key]
+	if c == nil {
+		if t.Peek {
+			return Result{Limit: s.policy.Limit, Remaining: s.policy.Limit}, nil
+		}
+		c = &counts{}
+		sh.keys[key] = c
+	}
+	c.prune(s.geo, now)
+	// A memory store does not lease: a take is one slot counted now.
+	v := decide(s.geo, c, ask{now: now, wait: int64(max(t.Wait, 0)), notBefore: int64(max(t.NotBefore, 0)), peek: t.Peek})
+	return s.result(v), nil
 }
 
-// take is the whole algorithm: count the live buckets, admit one more if
-// there is room and nobody is ahead, and say when slots free.
-func (s *MemoryStore) take(w *memWindow, now int64, ahead int) Result {
-	limit := s.policy.Limit
-	cur := now / s.width
-	// A bucket b stops counting at (b+1)*width + span: counted whole until
-	// its last possible member has aged out.
-	first := floorDiv(now-s.span, s.width)
-	used := 0
-	for b := first; b <= cur; b++ {
-		if i := s.slot(b); w.idx[i] == b {
-			used += w.counts[i]
-		}
+func (s *MemoryStore) result(v verdict) Result {
+	res := Result{
+		Allowed:    v.allowed,
+		Limit:      s.policy.Limit,
+		Remaining:  v.remaining,
+		RetryAfter: time.Duration(v.retry),
+		ResetAfter: time.Duration(v.reset),
+		Blocked:    v.blocked,
 	}
-	res := Result{Limit: limit}
-	if w.blockedUntil > now {
-		res.Remaining = 0
-		res.RetryAfter = time.Duration(w.blockedUntil - now)
-		res.ResetAfter = res.RetryAfter
-		res.Blocked = true
-		return res
-	}
-	if ahead == 0 && used < limit {
-		i := s.slot(cur)
-		if w.idx[i] != cur {
-			w.idx[i], w.counts[i] = cur, 0
-		}
-		w.counts[i]++
-		used++
-		res.Allowed = true
-	}
-	res.Remaining = max(limit-used, 0)
-	res.ResetAfter = s.freeAfter(w, now, first, cur, 1)
-	if !res.Allowed {
-		need := used - limit + 1 + ahead
-		if need <= 0 {
-			res.RetryAfter = 0
-		} else {
-			res.RetryAfter = s.freeAfter(w, now, first, cur, need)
-		}
+	if v.allowed {
+		res.Delay, res.Usable = time.Duration(v.delay), time.Duration(v.usable)
+		res.Slot = Reservation{at: v.at, reserved: v.reserved, ok: true}
 	}
 	return res
 }
 
-// freeAfter returns how long until need counted slots have aged out. When
-// fewer are counted it extrapolates a whole span per limit still missing.
-func (s *MemoryStore) freeAfter(w *memWindow, now, first, cur int64, need int) time.Duration {
-	freed := 0
-	var last int64 = -1
-	for b := first; b <= cur; b++ {
-		i := s.slot(b)
-		if w.idx[i] != b || w.counts[i] == 0 {
-			continue
+// Release implements Store.
+func (s *MemoryStore) Release(_ context.Context, key string, r Reservation) error {
+	if !r.ok {
+		return nil
+	}
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if c := sh.keys[key]; c != nil {
+		if r.reserved {
+			c.reserved, _ = sub(c.reserved, r.at, 1)
+		} else {
+			c.taken, _ = sub(c.taken, r.at, 1)
 		}
-		freed += w.counts[i]
-		last = b
-		if freed >= need {
-			return time.Duration((b+1)*s.width + s.span - now)
-		}
 	}
-	if last < 0 {
-		return 0
-	}
-	extra := (need - freed + s.policy.Limit - 1) / s.policy.Limit
-	return time.Duration((last+1)*s.width+s.span-now) + time.Duration(extra)*time.Duration(s.span)
-}
-
-// window returns key's counters, creating them; sh is locked.
-func (s *MemoryStore) window(sh *memShard, key string) *memWindow {
-	w := sh.keys[key]
-	if w == nil {
-		w = &memWindow{idx: make([]int64, s.ring), counts: make([]int, s.ring)}
-		for i := range w.idx {
-			w.idx[i] = -1
-		}
-		sh.keys[key] = w
-	}
-	return w
-}
-
-func (s *MemoryStore) slot(b int64) int {
-	i := b % int64(s.ring)
-	if i < 0 {
-		i += int64(s.ring)
-	}
-	return int(i)
+	return nil
 }
 
 // Block implements Store.
@@ -172,10 +117,12 @@ func (s *MemoryStore) Block(_ context.Context, key string, d time.Duration) erro
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	w := s.window(sh, key)
-	if until > w.blockedUntil {
-		w.blockedUntil = until
+	c := sh.keys[key]
+	if c == nil {
+		c = &counts{}
+		sh.keys[key] = c
 	}
+	c.blockedUntil = max(c.blockedUntil, until)
 	return nil
 }
 
@@ -183,14 +130,13 @@ func (s *MemoryStore) Block(_ context.Context, key string, d time.Duration) erro
 // returns how many keys remain. Idle tokens therefore cost nothing.
 func (s *MemoryStore) Sweep() int {
 	now := s.clock.Now().UnixNano()
-	first := floorDiv(now-s.span, s.width)
-	cur := now / s.width
 	left := 0
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, w := range sh.keys {
-			if w.blockedUntil <= now && !s.live(w, first, cur) {
+		for k, c := range sh.keys {
+			c.prune(s.geo, now)
+			if c.blockedUntil <= now && c.empty() {
 				delete(sh.keys, k)
 			}
 		}
@@ -200,37 +146,28 @@ func (s *MemoryStore) Sweep() int {
 	return left
 }
 
-func (s *MemoryStore) live(w *memWindow, first, cur int64) bool {
-	for b := first; b <= cur; b++ {
-		if i := s.slot(b); w.idx[i] == b && w.counts[i] > 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // Run sweeps idle keys every interval until ctx is done.
 func (s *MemoryStore) Run(ctx context.Context, interval time.Duration) error {
 	every(ctx, s.clock, interval, func() { s.Sweep() })
 	return nil
 }
 
-// Counted returns, per key, the attempts counted in the current window
-// (buckets still live at the store's clock). The Redis store's fallback uses
-// it to write back what was admitted while Redis was away.
+// Counted returns, per key, the slots counted and still occupied at the
+// store's clock: takes per sub-bucket, then reservations per start, in
+// time order (tests read what a scenario spent).
 func (s *MemoryStore) Counted() map[string][]BucketCount {
 	now := s.clock.Now().UnixNano()
-	first := floorDiv(now-s.span, s.width)
-	cur := now / s.width
 	out := map[string][]BucketCount{}
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, w := range sh.keys {
-			for b := first; b <= cur; b++ {
-				if j := s.slot(b); w.idx[j] == b && w.counts[j] > 0 {
-					out[k] = append(out[k], BucketCount{Start: time.Unix(0, b*s.width), Count: w.counts[j]})
-				}
+		for k, c := range sh.keys {
+			c.prune(s.geo, now)
+			for _, x := range c.taken {
+				out[k] = append(out[k], BucketCount{Start: time.Unix(0, x.at*s.geo.width), Count: x.n})
+			}
+			for _, x := range c.reserved {
+				out[k] = append(out[k], BucketCount{Start: time.Unix(0, x.at), Count: x.n, Reserved: true})
 			}
 		}
 		sh.mu.Unlock()
@@ -238,11 +175,12 @@ func (s *MemoryStore) Counted() map[string][]BucketCount {
 	return out
 }
 
-// BucketCount is how many attempts one sub-bucket, starting at Start,
-// counted.
+// BucketCount is how many slots one sub-bucket (starting at Start) took,
+// or, when Reserved, how many were reserved to start at Start.
 type BucketCount struct {
-	Start time.Time
-	Count int
+	Start    time.Time
+	Count    int
+	Reserved bool
 }
 
 func floorDiv(a, b int64) int64 {

@@ -49,32 +49,77 @@ func TestMemoryStoreTakeAndRetryAfter(t *testing.T) {
 	}
 }
 
-func TestMemoryStoreAheadDoesNotCount(t *testing.T) {
+// TestMemoryStoreReservations: a take that finds no slot free reserves the
+// earliest one that frees within its wait, counted at once, so the next
+// waiter gets the one after; a take now cannot use a slot promised to a
+// waiter; a release gives the slot back.
+func TestMemoryStoreReservations(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(epoch)
-	s := NewMemoryStore(Policy{Limit: 2, Window: 10 * time.Second, Buckets: 10}, clk)
+	s := NewMemoryStore(Policy{Limit: 2, Window: 10 * time.Second, Buckets: 10}, clk) // 1 s buckets, slots free 11 s after their bucket starts
 	ctx := context.Background()
 	s.Take(ctx, "k", Take{})
 	clk.Advance(time.Second)
 	s.Take(ctx, "k", Take{})
-	// Full. One ahead: the caller needs the second slot to free, at 2s+10s.
-	res, _ := s.Take(ctx, "k", Take{Ahead: 1})
+	check := func(what string, res Result, allowed bool, delay, retry time.Duration, remaining int) {
+		t.Helper()
+		if res.Allowed != allowed || res.Delay != delay || res.RetryAfter != retry || res.Remaining != remaining {
+			t.Fatalf("%s: %+v, want allowed %v delay %s retry %s remaining %d", what, res, allowed, delay, retry, remaining)
+		}
+	}
+	res, _ := s.Take(ctx, "k", Take{})
+	check("full, no wait", res, false, 0, 10*time.Second, 0)
+	first, _ := s.Take(ctx, "k", Take{Wait: 10 * time.Second})
+	check("first waiter", first, true, 10*time.Second, 0, 0)
+	if !first.Slot.reserved || first.Usable != 11*time.Second {
+		t.Fatalf("first waiter's slot: %+v, want reserved, usable until its bucket ends (11s)", first)
+	}
+	// The first waiter's slot is promised: the next one frees at 12 s.
+	res, _ = s.Take(ctx, "k", Take{Wait: 10 * time.Second})
+	check("second waiter, wait too short", res, false, 0, 11*time.Second, 0)
+	second, _ := s.Take(ctx, "k", Take{Wait: 11 * time.Second})
+	check("second waiter", second, true, 11*time.Second, 0, 0)
+	if res, _ := s.Take(ctx, "k", Take{Peek: true}); res.Allowed || res.Remaining != 0 {
+		t.Fatalf("peek: %+v", res)
+	}
+	// At 11.5 s the first bucket has aged out, but its slot is the first
+	// waiter's and the second bucket's the second waiter's: a take now is
+	// refused until the first waiter's slot frees at 22 s.
+	clk.Advance(10500 * time.Millisecond)
+	res, _ = s.Take(ctx, "k", Take{})
+	check("take now, slots promised", res, false, 0, 10500*time.Millisecond, 0)
+	// A waiter that leaves gives its slot back: the next take gets it.
+	if err := s.Release(ctx, "k", second.Slot); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(500 * time.Millisecond)
+	res, _ = s.Take(ctx, "k", Take{})
+	check("take after the release", res, true, 0, 0, 0)
+	// Releasing twice, or what the store did not count, lowers nothing.
+	_ = s.Release(ctx, "k", second.Slot)
+	_ = s.Release(ctx, "k", Reservation{})
+	if c := s.Counted()["k"]; len(c) != 2 || c[0].Count+c[1].Count != 2 {
+		t.Fatalf("counted %+v, want the first waiter's slot and the take at 12 s", c)
+	}
+}
+
+// TestMemoryStoreSmoothingTurn: a slot at or after the turn when one fits
+// in the wait, an earlier one rather than a refusal when none does.
+func TestMemoryStoreSmoothingTurn(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(epoch)
+	s := NewMemoryStore(Policy{Limit: 3, Window: 10 * time.Second, Buckets: 10}, clk)
+	ctx := context.Background()
+	res, _ := s.Take(ctx, "k", Take{NotBefore: 300 * time.Millisecond, Wait: time.Second})
+	if !res.Allowed || res.Delay != 300*time.Millisecond || !res.Slot.reserved {
+		t.Fatalf("turn within the wait: %+v", res)
+	}
+	res, _ = s.Take(ctx, "k", Take{NotBefore: 2 * time.Second, Wait: time.Second})
+	if !res.Allowed || res.Delay != 0 {
+		t.Fatalf("turn beyond the wait: %+v, want a slot now", res)
+	}
+	s.Take(ctx, "k", Take{})
+	res, _ = s.Take(ctx, "k", Take{NotBefore: time.Second, Wait: 5 * time.Second})
 	if res.Allowed || res.RetryAfter != 11*time.Second {
-		t.Fatalf("ahead 1: %+v", res)
-	}
-	res, _ = s.Take(ctx, "k", Take{Ahead: 0})
-	if res.Allowed || res.RetryAfter != 10*time.Second {
-		t.Fatalf("ahead 0: %+v", res)
-	}
-	// Ahead beyond what is counted extrapolates whole spans.
-	res, _ = s.Take(ctx, "k", Take{Ahead: 3})
-	if res.Allowed || res.RetryAfter != 21*time.Second {
-		t.Fatalf("ahead 3: %+v", res)
-	}
-	// Room, but someone is ahead: not counted, no wait.
-	s2 := NewMemoryStore(Policy{Limit: 5, Window: 10 * time.Second}, clk)
-	res, _ = s2.Take(ctx, "k", Take{Ahead: 2})
-	if res.Allowed || res.RetryAfter != 0 || res.Remaining != 5 {
-		t.Fatalf("room with ahead: %+v", res)
+		t.Fatalf("no slot within the wait: %+v, want refused, retry after 11s", res)
 	}
 }
 

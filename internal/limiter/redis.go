@@ -29,6 +29,8 @@ var (
 	blockLua string
 	//go:embed redis_writeback.lua
 	writeBackLua string
+	//go:embed redis_release.lua
+	releaseLua string
 
 	// The scripts are shared by every RedisStore: go-redis's Script runs
 	// EVALSHA and falls back to EVAL (which caches the script) on NOSCRIPT,
@@ -36,6 +38,7 @@ var (
 	takeScript      = redis.NewScript(takeLua)
 	blockScript     = redis.NewScript(blockLua)
 	writeBackScript = redis.NewScript(writeBackLua)
+	releaseScript   = redis.NewScript(releaseLua)
 )
 
 var (
@@ -139,9 +142,10 @@ func (s *RedisStore) Key(key string) string { return s.prefix + ":{" + key + "}:
 // takeInfo is what a Take learned beyond its Result, for the fallback's
 // shadow accounting.
 type takeInfo struct {
-	bucket int64  // the bucket the attempt (or lease) was counted in, Redis time
-	now    int64  // Redis time of the script, ms
-	epoch  string // the key's epoch ("" when the key does not exist)
+	at       int64  // the bucket taken in, or the start reserved from, Redis time
+	reserved bool   // at is a reservation's start
+	now      int64  // Redis time of the script, ms
+	epoch    string // the key's epoch ("" when the key does not exist)
 }
 
 // Take implements Store with one script call (one round trip).
@@ -152,20 +156,28 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
 	want, hold := 1, int64(0)
-	if t.Hold > 0 && t.Hold <= s.maxHold && t.Ahead == 0 {
+	if t.Hold > 0 && t.Hold <= s.maxHold {
 		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
+	}
+	peek := 0
+	if t.Peek {
+		peek = 1
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	// The wait is rounded down and the smoothing turn up: a slot is never
+	// later than the caller can wait, nor earlier than it asked.
 	vals, err := takeScript.Run(ctx, s.scripter(), []string{s.Key(key)},
-		s.policy.Limit, s.width, s.span, t.Ahead, s.testNow(), want, hold).Slice()
+		s.policy.Limit, s.width, s.span, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
+		ceilMillis(max(t.NotBefore, 0)), peek).Slice()
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
 	}
-	if len(vals) != 9 {
-		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want 9", len(vals))
+	const nvals = 12
+	if len(vals) != nvals {
+		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
 	}
-	var n [9]int64
+	var n [nvals]int64
 	for i := range n {
 		if i == 7 {
 			continue // the epoch, a string
@@ -185,11 +197,36 @@ func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, take
 		RetryAfter: ms(n[2]),
 		ResetAfter: ms(n[3]),
 		Blocked:    n[4] == 1,
+		Granted:    int(n[8]),
 	}
-	if hold > 0 {
-		res.Granted = int(n[8])
+	info := takeInfo{at: n[5], reserved: n[11] == 1, now: n[6], epoch: epoch}
+	if res.Allowed {
+		res.Delay, res.Usable = ms(n[9]), ms(n[10])
+		res.Slot = Reservation{at: info.at, reserved: info.reserved, epoch: epoch, ok: true}
 	}
-	return res, takeInfo{bucket: n[5], now: n[6], epoch: epoch}, nil
+	return res, info, nil
+}
+
+// Release implements Store: the slot is given back only if the key is
+// still the incarnation that counted it.
+func (s *RedisStore) Release(ctx context.Context, key string, r Reservation) error {
+	if !r.ok || r.epoch == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := releaseScript.Run(ctx, s.client, []string{s.Key(key)}, slotField(r.at, r.reserved), r.epoch).Err(); err != nil {
+		return fmt.Errorf("redis release: %w", err)
+	}
+	return nil
+}
+
+// slotField is the HASH field a slot is counted in (see redis_take.lua).
+func slotField(at int64, reserved bool) string {
+	if reserved {
+		return "q" + strconv.FormatInt(at, 10)
+	}
+	return strconv.FormatInt(at, 10)
 }
 
 // scripter is what takes run their script on: the client, or its
@@ -236,12 +273,14 @@ func (s *RedisStore) Ping(ctx context.Context) error {
 	return nil
 }
 
-// shadowCount is one replica's count in one bucket, tagged with the epoch
-// of the key it was admitted through ("" when admitted locally).
+// shadowCount is one replica's count at one place (a bucket, or a
+// reservation's start), tagged with the epoch of the key it was admitted
+// through ("" when admitted locally).
 type shadowCount struct {
-	tag    string
-	bucket int64
-	count  int
+	tag      string
+	at       int64
+	reserved bool
+	count    int
 }
 
 // writeBack adds to key's HASH the counts Redis does not hold: every count
@@ -251,13 +290,17 @@ type shadowCount struct {
 func (s *RedisStore) writeBack(ctx context.Context, key string, counts []shadowCount, blockedUntil int64) (string, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	args := make([]any, 0, 5+3*len(counts))
+	args := make([]any, 0, 5+4*len(counts))
 	// Leased slots sit in buckets up to maxHold ahead: they may be written
 	// back there, one bucket of slack for the clock estimate.
 	ahead := (ceilMillis(s.maxHold)+s.width-1)/s.width + 1
 	args = append(args, s.width, s.span, blockedUntil, s.testNow(), ahead)
 	for _, c := range counts {
-		args = append(args, c.tag, c.bucket, c.count)
+		kind := 0
+		if c.reserved {
+			kind = 1
+		}
+		args = append(args, c.tag, kind, c.at, c.count)
 	}
 	vals, err := writeBackScript.Run(ctx, s.client, []string{s.Key(key)}, args...).Slice()
 	if err != nil {

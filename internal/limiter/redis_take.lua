@@ -1,143 +1,242 @@
--- redis_take.lua: one admission for one key, atomically. It mirrors
--- MemoryStore.take exactly, in milliseconds and on Redis's own clock.
+-- redis_take.lua: one admission decision for one key, atomically. It is
+-- window.go's decide, step by step, in milliseconds on Redis's own clock
+-- (see window.go for the algorithm and why it never over-admits).
 --
 -- KEYS[1]  the key's HASH, PREFIX:{KEY}:q. Fields:
---            "<bucket>"  attempts counted in sub-bucket <bucket>
---                        (floor(ms / width), Redis TIME);
---            "m"         "<epoch>:<blocked_until_ms>": the epoch names this
---                        incarnation of the key (TIME in microseconds when
---                        the script created it), so a replica can tell that
---                        Redis lost what it wrote; blocked_until_ms is 0 or
---                        the end of a Block.
+--            "<bucket>"   slots taken in sub-bucket <bucket> (floor(ms /
+--                         width), Redis TIME), used before it ends;
+--            "q<start>"   slots reserved from <start> (ms) on, for
+--                         requests waiting at some replica;
+--            "m"          "<epoch>:<blocked_until_ms>": the epoch names
+--                         this incarnation of the key (TIME in microseconds
+--                         when a script created it), so a replica can tell
+--                         that Redis lost what it wrote; blocked_until_ms
+--                         is 0 or the end of a Block.
 -- ARGV[1]  limit
 -- ARGV[2]  bucket width, ms
 -- ARGV[3]  span (window + margin), ms
--- ARGV[4]  ahead: requests queued before the caller (>0 never counts)
+-- ARGV[4]  wait, ms: how long the caller can wait for a reserved slot
+--          (0: now or never)
 -- ARGV[5]  "" (use TIME) or a time in ms: a test hook, never set in
 --          production
 -- ARGV[6]  want: slots to count at once (a lease, with hold > 0)
 -- ARGV[7]  hold, ms: 0 for an ordinary take; otherwise a lease, whose slots
 --          may be used until now + hold, so they are counted in the bucket
 --          of now + hold
---
--- A lease grants min(want, 1/16 of what is left) slots, at least one: as
--- the quota runs low, leases shrink to single slots and no replica sits
--- on slots another could use.
+-- ARGV[8]  not before, ms: the caller's smoothing turn (0: none)
+-- ARGV[9]  1: peek, count nothing
 --
 -- Returns {allowed, remaining, retry_after_ms, reset_after_ms, blocked,
---          bucket, now_ms, epoch, granted}; bucket is the one counted in,
---          epoch is "" when the key does not exist.
+--          at, now_ms, epoch, granted, delay_ms, usable_ms, reserved}: at
+--          is the bucket taken in, or the start reserved from (reserved =
+--          1); epoch is "" when the key does not exist.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local width = tonumber(ARGV[2])
 local span = tonumber(ARGV[3])
-local ahead = tonumber(ARGV[4])
+local wait = tonumber(ARGV[4]) or 0
 local want = tonumber(ARGV[6]) or 1
 local hold = tonumber(ARGV[7]) or 0
+local notbefore = tonumber(ARGV[8]) or 0
+local peek = ARGV[9] == '1'
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[5] ~= nil and ARGV[5] ~= '' then now = tonumber(ARGV[5]) end
 
-local cur = math.floor(now / width)
--- A bucket b stops counting at (b+1)*width + span: counted whole until its
--- last possible member has aged out.
-local first = math.floor((now - span) / width)
+local function bucket(ms) return math.floor(ms / width) end
+local function ends(b) return (b + 1) * width + span end
+local function fmt(n) return string.format('%.0f', n) end
 
+-- Counts: taken[b] and reserved[s], with their keys in tb / rs.
 local flat = redis.call('HGETALL', key)
-local live = {}
-local dead = {}
-local epoch, blocked = nil, 0
+local taken, reserved, tb, rs, dead = {}, {}, {}, {}, {}
+local epoch, blocked_until = nil, 0
+local used, future, reset = 0, false, -1
 for i = 1, #flat, 2 do
-  local f = flat[i]
+  local f, n = flat[i], tonumber(flat[i + 1]) or 0
   if f == 'm' then
     local e, b = string.match(flat[i + 1], '^(%d+):(%d+)$')
-    epoch, blocked = e, tonumber(b) or 0
-  else
-    local b = tonumber(f)
-    if b == nil or b < first then
+    epoch, blocked_until = e, tonumber(b) or 0
+  elseif string.sub(f, 1, 1) == 'q' then
+    local s = tonumber(string.sub(f, 2))
+    if s == nil or n <= 0 or ends(bucket(s)) <= now then
       dead[#dead + 1] = f
     else
-      -- Buckets after cur only exist if Redis's clock stepped back (a
-      -- failover to another host): they keep counting, which is safe.
-      live[#live + 1] = {b, tonumber(flat[i + 1]) or 0}
+      reserved[s] = n
+      rs[#rs + 1] = s
+      if s > now then future = true else used = used + n end
+      local e = ends(bucket(s))
+      if reset < 0 or e < reset then reset = e end
+    end
+  else
+    local b = tonumber(f)
+    if b == nil or n <= 0 or ends(b) <= now then
+      dead[#dead + 1] = f
+    else
+      taken[b] = n
+      tb[#tb + 1] = b
+      used = used + n
+      local e = ends(b)
+      if reset < 0 or e < reset then reset = e end
     end
   end
 end
 for i = 1, #dead, 500 do
   redis.call('HDEL', key, unpack(dead, i, math.min(i + 499, #dead)))
 end
-local function by_bucket(x, y) return x[1] < y[1] end
-table.sort(live, by_bucket)
+if reset >= 0 then reset = reset - now else reset = 0 end
 
-local used = 0
-for i = 1, #live do used = used + live[i][2] end
+local cur = bucket(now)
+local is_blocked = blocked_until > now
+local lease = hold > 0 and not peek
+local take_at = cur
+if lease then take_at = bucket(now + hold) end
 
--- free_after returns how long until need counted slots have aged out. When
--- fewer are counted it extrapolates a whole span per limit still missing.
-local function free_after(need)
-  local freed, last = 0, nil
-  for i = 1, #live do
-    local b, c = live[i][1], live[i][2]
-    if c > 0 then
-      freed = freed + c
-      last = b
-      if freed >= need then return (b + 1) * width + span - now end
-    end
-  end
-  if last == nil then return 0 end
-  local extra = math.floor((need - freed + limit - 1) / limit)
-  return (last + 1) * width + span - now + extra * span
-end
-
-if blocked > now then
-  local d = blocked - now
-  return {0, 0, d, d, 1, cur, now, epoch or '', 0}
-end
-
-local allowed, granted, at = 0, 0, cur
-if ahead == 0 and used < limit then
-  granted = 1
-  if hold > 0 then
-    granted = math.max(1, math.min(want, math.floor((limit - used) / 16)))
-    at = math.floor((now + hold) / width)
-  end
-  redis.call('HINCRBY', key, string.format('%.0f', at), granted)
-  local found = false
-  for i = 1, #live do
-    if live[i][1] == at then
-      live[i][2] = live[i][2] + granted
-      found = true
-    end
-  end
-  if not found then
-    live[#live + 1] = {at, granted}
-    table.sort(live, by_bucket)
-  end
+-- The key lives as long as its newest count (or a block) does: an idle
+-- token costs nothing once its window has passed.
+local function keep(e)
   if epoch == nil then
     epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-    redis.call('HSET', key, 'm', epoch .. ':' .. string.format('%.0f', blocked))
+    redis.call('HSET', key, 'm', epoch .. ':' .. fmt(blocked_until))
   end
-  used = used + granted
-  allowed = 1
-  -- The key lives exactly as long as its newest bucket (or a block) counts:
-  -- an idle token costs nothing once its window has passed. When the
-  -- bucket already existed, the take that created it set that TTL.
-  if not found then
-    local ttl = (live[#live][1] + 1) * width + span - now
-    if blocked - now > ttl then ttl = blocked - now end
-    redis.call('PEXPIRE', key, ttl)
+  local ttl = e - now
+  if blocked_until - now > ttl then ttl = blocked_until - now end
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+
+local function grant(room)
+  if not lease then return 1 end
+  return math.max(1, math.min(math.max(want, 1), math.floor(room / 16)))
+end
+
+-- reset_with: ResetAfter once a count ending at e was placed (reset is 0
+-- when nothing counted before: every live count ends after now).
+local function reset_with(e)
+  if reset == 0 or e - now < reset then return e - now end
+  return reset
+end
+
+local function take(at, k, remaining)
+  redis.call('HINCRBY', key, fmt(at), k)
+  keep(ends(at))
+  reset = reset_with(ends(at))
+  local usable = (cur + 1) * width - now
+  if lease then usable = hold end
+  local granted = 0
+  if lease then granted = k end
+  return {1, remaining, 0, reset, 0, at, now, epoch, granted, 0, usable, 0}
+end
+
+if not future and not is_blocked and notbefore == 0 then
+  -- Nothing is reserved for later: count only falls from now on, so what
+  -- counts now is the most that ever will.
+  local room = limit - used
+  if peek then return {0, math.max(room, 0), 0, reset, 0, cur, now, epoch or '', 0, 0, 0, 0} end
+  if room >= 1 then
+    local k = grant(room)
+    return take(take_at, k, room - k)
   end
 end
 
-local remaining = limit - used
-if remaining < 0 then remaining = 0 end
-local reset = free_after(1)
-local retry = 0
-if allowed == 0 then
-  local need = used - limit + 1 + ahead
-  if need > 0 then retry = free_after(need) end
+-- The profile: count(t) for t >= now as steps (from[i], val[i]).
+local delta, times = {}, {}
+local function change(at, d)
+  if delta[at] == nil then
+    delta[at] = 0
+    times[#times + 1] = at
+  end
+  delta[at] = delta[at] + d
 end
-return {allowed, remaining, retry, reset, 0, at, now, epoch or '', granted}
+for _, b in ipairs(tb) do change(ends(b), -taken[b]) end
+for _, s in ipairs(rs) do
+  if s > now then change(s, reserved[s]) end
+  change(ends(bucket(s)), -reserved[s])
+end
+table.sort(times)
+local from, val = {now}, {used}
+for _, at in ipairs(times) do
+  if at == from[#from] then
+    val[#val] = val[#val] + delta[at]
+  else
+    from[#from + 1] = at
+    val[#val + 1] = val[#val] + delta[at]
+  end
+end
+local INF = 4e18
+
+-- max_with: the most slots occupied in [lo, hi), with k more over [ps, pe).
+local function max_with(lo, hi, ps, pe, k)
+  local m = 0
+  for i = 1, #from do
+    local a, z = from[i], INF
+    if i < #from then z = from[i + 1] end
+    if a < lo then a = lo end
+    if z > hi then z = hi end
+    if a < z then
+      local v = val[i]
+      if math.max(a, ps) < math.min(z, pe) then v = v + k end
+      if v > m then m = v end
+    end
+  end
+  return m
+end
+
+-- earliest: the first moment at or after x at which one more slot can
+-- start and stay below the limit until its end.
+local function earliest(x)
+  local s = x
+  for i = 1, #from do
+    if val[i] >= limit then
+      local z = INF
+      if i < #from then z = from[i + 1] end
+      if z > s then
+        if from[i] >= ends(bucket(s)) then break end
+        s = z
+      end
+    end
+  end
+  return s
+end
+
+local remaining, blocked_flag, start_from = 0, 0, now
+if is_blocked then
+  blocked_flag, reset, start_from = 1, blocked_until - now, blocked_until
+else
+  remaining = math.max(limit - max_with(now, ends(cur), 0, 0, 0), 0)
+end
+if peek then
+  local retry = 0
+  if is_blocked then retry = reset end
+  return {0, remaining, retry, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0}
+end
+if not is_blocked and notbefore == 0 then
+  local room = limit - max_with(now, ends(take_at), 0, 0, 0)
+  if room >= 1 then
+    local k = grant(room)
+    return take(take_at, k, math.max(limit - max_with(now, ends(cur), now, ends(take_at), k), 0))
+  end
+end
+local start = earliest(math.max(start_from, now + notbefore))
+if start - now > wait and notbefore > 0 then
+  -- No slot from the smoothing turn on fits in the wait: an earlier one
+  -- does better than a refusal.
+  start = earliest(start_from)
+end
+if start - now > wait then
+  return {0, remaining, earliest(start_from) - now, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0}
+end
+if start == now then
+  -- Free now (only reached when the smoothing turn was given up).
+  return take(cur, 1, math.max(limit - max_with(now, ends(cur), now, ends(cur), 1), 0))
+end
+local b = bucket(start)
+redis.call('HINCRBY', key, 'q' .. fmt(start), 1)
+keep(ends(b))
+if not is_blocked then
+  remaining = math.max(limit - max_with(now, ends(cur), start, ends(b), 1), 0)
+  reset = reset_with(ends(b))
+end
+return {1, remaining, 0, reset, blocked_flag, start, now, epoch, 0, start - now, (b + 1) * width - now, 1}

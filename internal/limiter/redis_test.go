@@ -58,14 +58,19 @@ func redisTestKey(t testing.TB, suffix string) string {
 
 // scriptStep is one operation replayed on both stores.
 type scriptStep struct {
-	advance time.Duration // on the shared fake clock, before the operation
-	ahead   int
-	block   time.Duration // > 0: Block instead of Take
+	advance   time.Duration // on the shared fake clock, before the operation
+	wait      time.Duration // Take.Wait
+	notBefore time.Duration // Take.NotBefore
+	peek      bool
+	release   int           // > 0: give back the slot of the release-th allowed take before this one
+	block     time.Duration // > 0: Block instead of Take
 }
 
 // TestRedisScriptMatchesMemory replays the same operations on MemoryStore
 // and on the Lua script (fed the same fake time through the test hook) and
-// requires the same answers, field by field.
+// requires the same answers, field by field: the two implementations of
+// window.go's algorithm agree, reservations, smoothing turns and releases
+// included.
 func TestRedisScriptMatchesMemory(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newRedisTestClient(t, srv, time.Second)
@@ -90,9 +95,16 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 		for i := range out {
 			out[i].advance = time.Duration(r.IntN(1500)) * time.Millisecond
 			switch x := r.IntN(100); {
-			case x < 15:
-				out[i].ahead = 1 + r.IntN(12)
-			case x < 17:
+			case x < 40:
+				out[i].wait = time.Duration(r.IntN(8000)) * time.Millisecond
+			case x < 50:
+				out[i].wait = time.Duration(r.IntN(8000)) * time.Millisecond
+				out[i].notBefore = time.Duration(r.IntN(3000)) * time.Millisecond
+			case x < 55:
+				out[i].peek = true
+			case x < 62:
+				out[i].release = 1 + r.IntN(5)
+			case x < 64:
 				out[i].block = time.Duration(1+r.IntN(4000)) * time.Millisecond
 			}
 		}
@@ -116,36 +128,38 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 			steps:  repeat(60, scriptStep{advance: 700 * time.Millisecond}),
 		},
 		{
-			name:   "ahead and extrapolation",
+			name:   "reservations queue up",
 			policy: Policy{Limit: 4, Window: 8 * time.Second, Buckets: 8},
 			steps: cat(repeat(2, scriptStep{}), []scriptStep{{advance: 2 * time.Second}}, repeat(3, scriptStep{}),
-				[]scriptStep{{ahead: 1}, {ahead: 2}, {ahead: 4}, {ahead: 9}, {ahead: 30}, {advance: 5 * time.Second, ahead: 1}, {ahead: 3}}),
+				repeat(6, scriptStep{wait: 20 * time.Second}), []scriptStep{{peek: true}, {wait: time.Second}, {advance: 5 * time.Second},
+					{}, {wait: 4 * time.Second}, {release: 2}, {wait: 4 * time.Second}, {peek: true}}),
 		},
 		{
-			name:   "ahead with room",
+			name:   "smoothing turn",
 			policy: Policy{Limit: 10, Window: 10 * time.Second},
-			steps:  []scriptStep{{}, {ahead: 1}, {ahead: 5}, {ahead: 9}, {ahead: 12}},
+			steps: cat([]scriptStep{{notBefore: 300 * time.Millisecond, wait: time.Second}, {notBefore: 2 * time.Second, wait: time.Second}},
+				repeat(9, scriptStep{}), []scriptStep{{notBefore: time.Second, wait: 15 * time.Second}, {peek: true}}),
 		},
 		{
 			name:   "margin",
 			policy: Policy{Limit: 3, Window: 5 * time.Second, Margin: 1500 * time.Millisecond, Buckets: 5},
-			steps:  cat(repeat(4, scriptStep{advance: 400 * time.Millisecond}), repeat(20, scriptStep{advance: 900 * time.Millisecond})),
+			steps:  cat(repeat(4, scriptStep{advance: 400 * time.Millisecond}), repeat(20, scriptStep{advance: 900 * time.Millisecond, wait: 3 * time.Second})),
 		},
 		{
 			name:   "block",
 			policy: Policy{Limit: 5, Window: 10 * time.Second, Buckets: 10},
-			steps: []scriptStep{{}, {}, {block: 3 * time.Second}, {}, {ahead: 2}, {advance: time.Second, block: time.Second},
+			steps: []scriptStep{{}, {}, {block: 3 * time.Second}, {}, {wait: 5 * time.Second}, {peek: true}, {advance: time.Second, block: time.Second},
 				{advance: 1999 * time.Millisecond}, {advance: time.Millisecond}, {}, {block: 20 * time.Second}, {advance: 15 * time.Second}, {advance: 5 * time.Second}},
 		},
 		{
 			name:   "random",
 			policy: Policy{Limit: 7, Window: 6 * time.Second, Margin: 500 * time.Millisecond, Buckets: 12},
-			steps:  random(1, 400),
+			steps:  random(1, 600),
 		},
 		{
 			name:   "random, default buckets",
 			policy: Policy{Limit: 20, Window: 5 * time.Second},
-			steps:  random(2, 400),
+			steps:  random(2, 600),
 		},
 	}
 	for _, tc := range cases {
@@ -156,9 +170,11 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 			rs.now = func() int64 { return clock.Now().UnixMilli() }
 			ctx := context.Background()
 			key := redisTestKey(t, "k")
+			var memSlots, redisSlots []Reservation
 			for i, s := range tc.steps {
 				clock.Advance(s.advance)
-				if s.block > 0 {
+				switch {
+				case s.block > 0:
 					if err := mem.Block(ctx, key, s.block); err != nil {
 						t.Fatal(err)
 					}
@@ -166,14 +182,26 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 						t.Fatalf("step %d: redis block: %v", i, err)
 					}
 					continue
+				case s.release > 0:
+					if n := len(memSlots); n >= s.release {
+						_ = mem.Release(ctx, key, memSlots[n-s.release])
+						if err := rs.Release(ctx, key, redisSlots[n-s.release]); err != nil {
+							t.Fatalf("step %d: redis release: %v", i, err)
+						}
+					}
+					continue
 				}
-				want, _ := mem.Take(ctx, key, Take{Ahead: s.ahead})
-				got, err := rs.Take(ctx, key, Take{Ahead: s.ahead})
+				take := Take{Wait: s.wait, NotBefore: s.notBefore, Peek: s.peek}
+				want, _ := mem.Take(ctx, key, take)
+				got, err := rs.Take(ctx, key, take)
 				if err != nil {
 					t.Fatalf("step %d: redis take: %v", i, err)
 				}
 				if !sameRedisResult(got, want) {
 					t.Fatalf("step %d (%+v): redis %+v, memory %+v", i, s, got, want)
+				}
+				if want.Allowed {
+					memSlots, redisSlots = append(memSlots, want.Slot), append(redisSlots, got.Slot)
 				}
 			}
 		})
@@ -184,7 +212,8 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 func sameRedisResult(a, b Result) bool {
 	near := func(x, y time.Duration) bool { return (x - y).Abs() <= time.Millisecond }
 	return a.Allowed == b.Allowed && a.Limit == b.Limit && a.Remaining == b.Remaining &&
-		a.Blocked == b.Blocked && near(a.RetryAfter, b.RetryAfter) && near(a.ResetAfter, b.ResetAfter)
+		a.Blocked == b.Blocked && near(a.RetryAfter, b.RetryAfter) && near(a.ResetAfter, b.ResetAfter) &&
+		near(a.Delay, b.Delay) && near(a.Usable, b.Usable) && a.Slot.reserved == b.Slot.reserved
 }
 
 // TestRedisRetryAfterIsExact checks that a queued request can trust
@@ -376,8 +405,8 @@ func TestRedisKeyLayoutTTLAndMemory(t *testing.T) {
 	t.Run("denial creates nothing", func(t *testing.T) {
 		rs := NewRedisStore(client, Policy{Limit: 5, Window: time.Minute}, RedisOptions{})
 		key := redisTestKey(t, "k")
-		if r, err := rs.Take(ctx, key, Take{Ahead: 2}); err != nil || r.Allowed || r.Remaining != 5 {
-			t.Fatalf("ahead on a fresh key: %+v, %v", r, err)
+		if r, err := rs.Take(ctx, key, Take{Peek: true}); err != nil || r.Allowed || r.Remaining != 5 {
+			t.Fatalf("peek on a fresh key: %+v, %v", r, err)
 		}
 		if n := client.Exists(ctx, rs.Key(key)).Val(); n != 0 {
 			t.Fatalf("a take that counted nothing created the key")

@@ -8,17 +8,18 @@
 -- ARGV[4]  "" (use TIME) or a time in ms (test hook)
 -- ARGV[5]  how many buckets after the current one a count may be in (leased
 --          slots are counted ahead, see redis_take.lua)
--- ARGV[6..] triples tag, bucket, count. tag is the epoch of the key the
---          count was admitted through ("" for counts admitted locally). A
---          count is written unless its tag is the key's current epoch, i.e.
---          unless Redis already holds it: after a restart, a flush or an
---          eviction the key is gone or has a new epoch, and every count is
---          written back, those made before the outage included.
+-- ARGV[6..] quadruples tag, kind, at, count. tag is the epoch of the key
+--          the count was admitted through ("" for counts admitted locally);
+--          kind 0 is a take in bucket at, kind 1 a reservation from at (ms).
+--          A count is written unless its tag is the key's current epoch,
+--          i.e. unless Redis already holds it: after a restart, a flush or
+--          an eviction the key is gone or has a new epoch, and every count
+--          is written back, those made before the outage included.
 --
--- Dead buckets are skipped; buckets further ahead than ARGV[5] (a replica
--- whose clock estimate runs ahead) are counted in the last one allowed,
--- which is never earlier than where the take counted them. Returns
--- {epoch, written}.
+-- Dead counts are skipped; taken buckets further ahead than ARGV[5] (a
+-- replica whose clock estimate runs ahead) are counted in the last one
+-- allowed, which is never earlier than where the take counted them.
+-- Reservations are written where they start. Returns {epoch, written}.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local key = KEYS[1]
@@ -40,11 +41,18 @@ if m then
 end
 
 local written, newest = 0, nil
-for i = 6, #ARGV, 3 do
-  local tag, b, c = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+for i = 6, #ARGV, 4 do
+  local tag, kind, at, c = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local field, b = nil, at
+  if kind == '1' then
+    b = math.floor(at / width)
+    field = 'q' .. string.format('%.0f', at)
+  elseif b > cur + ahead then
+    b = cur + ahead
+  end
+  if field == nil then field = string.format('%.0f', b) end
   if tag ~= epoch and b >= first and c > 0 then
-    if b > cur + ahead then b = cur + ahead end
-    redis.call('HINCRBY', key, string.format('%.0f', b), c)
+    redis.call('HINCRBY', key, field, c)
     written = written + c
     if newest == nil or b > newest then newest = b end
   end

@@ -67,32 +67,43 @@ func (p Policy) BucketWidth() time.Duration {
 	return w
 }
 
-// Take asks a store for one slot.
+// Take asks a store for one slot: now, or reserved for later.
 type Take struct {
-	// Ahead is the number of requests queued in front of the caller. With
-	// Ahead > 0 nothing is counted: the store only says, in RetryAfter, when
-	// Ahead+1 slots will have freed, so a request can tell whether joining
-	// the queue is worth it.
-	Ahead int
+	// Wait is how long the caller can wait for its slot. When no slot is
+	// free now, the store reserves the earliest one that frees within
+	// Wait (Result.Delay), counted at once in the same atomic call, so
+	// every replica sees it and none promises it again. 0: now or never.
+	Wait time.Duration
+	// NotBefore is when the caller would rather send (its smoothing turn):
+	// a slot at or after it is chosen when one fits in Wait, an earlier one
+	// otherwise. Smoothing never makes the quota refuse.
+	NotBefore time.Duration
 	// Hold > 0 asks for a lease: up to Want slots (at least one) counted at
 	// once, for the caller and for requests of the same key that follow
 	// within Hold. The store counts every slot of a lease as if used Hold
 	// after the call, so a slot used at any moment within Hold of the call
 	// is held for a whole Span after that use, like any admission, and
-	// says in Result.Granted how many it counted. A store that does not
-	// lease (MemoryStore) answers an ordinary take with Granted 0: its
-	// slot is counted now and must be used now.
+	// says in Result.Granted how many it counted. A lease is granted only
+	// for a slot free now (no NotBefore, no reservation); a store that does
+	// not lease (MemoryStore) answers an ordinary take with Granted 0.
 	Want int
 	Hold time.Duration
+	// Peek counts nothing: the answer only reports the key's quota (the
+	// RateLimit headers of a request that is not charged).
+	Peek bool
 }
 
 // Result is a store's answer. A denial is a result, not an error.
 type Result struct {
-	Allowed   bool
-	Limit     int
-	Remaining int // slots left in the window after this answer
-	// RetryAfter is, when Allowed is false, how long until the slot the
-	// caller needs frees (0: it is free now, but others are queued first).
+	// Allowed: a slot was counted for the caller, to be used from Delay
+	// after the answer arrived until Usable after the call was sent.
+	Allowed bool
+	Limit   int
+	// Remaining is how many more slots the key could be granted now
+	// without taking one counted or reserved for later (by any replica).
+	Remaining int
+	// RetryAfter is, when Allowed is false, how long until a slot could be
+	// reserved, counting everything counted and reserved for the key.
 	RetryAfter time.Duration
 	// ResetAfter is how long until the oldest counted attempt stops
 	// counting, that is until Remaining next grows (0 when nothing counts).
@@ -103,6 +114,25 @@ type Result struct {
 	// Granted is how many slots an allowed lease counted (see Take.Hold);
 	// 0 for an ordinary take.
 	Granted int
+	// Delay is how long after the answer the slot may be used (0: now; a
+	// reservation otherwise), and Usable how long after the call it must
+	// have been used: the end of the sub-bucket it is counted in (of
+	// Take.Hold for a lease). A slot used later than that is not covered.
+	Delay, Usable time.Duration
+	// Slot names what was counted, for Store.Release.
+	Slot Reservation
+}
+
+// Reservation names one slot a store counted for a caller, so that a caller
+// who does not use it can give it back (Store.Release). Only the store that
+// made it reads its fields.
+type Reservation struct {
+	at       int64  // taken: its sub-bucket; reserved: its start (store units)
+	reserved bool   // a reservation (counted from its start) or a take
+	epoch    string // Redis: the key's incarnation that counted it
+	local    bool   // FallbackStore: counted by the local store
+	shadow   int64  // FallbackStore: the Redis-time bucket of a local count
+	ok       bool   // zero Reservation: nothing to release
 }
 
 // Store counts attempts per key. Implementations are safe for concurrent
@@ -111,6 +141,11 @@ type Result struct {
 // between replicas cannot over-admit.
 type Store interface {
 	Take(ctx context.Context, key string, t Take) (Result, error)
+	// Release gives back a slot a Take counted that was never used (the
+	// client left while waiting for it). It only ever lowers a count, and
+	// only one this store made: a release that fails leaves the slot
+	// counted until it ages out, which costs quota, never exceeds it.
+	Release(ctx context.Context, key string, r Reservation) error
 	// Block refuses every Take for key for d: the upstream answered 20005
 	// (or asked to pause with Retry-After) although the count said there was
 	// room.
