@@ -584,7 +584,7 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 		return true
 	}
 	// One bucket of slack: the Redis-time estimate errs late.
-	k.prune(floorDiv(rnow-f.span, f.width) - 1, f.width)
+	k.prune(floorDiv(rnow-f.span, f.width)-1, f.width)
 	snap := make([]shadowCount, 0, len(k.counts))
 	for ck, c := range k.counts {
 		snap = append(snap, shadowCount{tag: ck.tag, at: ck.bucket, reserved: ck.reserved, count: c})
