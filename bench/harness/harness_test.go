@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/fusioosim"
 )
 
 func TestPercentiles(t *testing.T) {
@@ -136,13 +138,13 @@ func TestQuotaUse(t *testing.T) {
 			ts = append(ts, t0.Add(time.Duration(k)*w+time.Duration(i)*time.Millisecond))
 		}
 	}
-	if u := QuotaUse(ts, t0, t0.Add(60*time.Second), w, 10); math.Abs(u-1) > 1e-9 {
+	if u := fusioosim.QuotaUse(ts, t0, t0.Add(60*time.Second), w, 10); math.Abs(u-1) > 1e-9 {
 		t.Fatalf("full use: %v", u)
 	}
-	if u := QuotaUse(ts, t0, t0.Add(60*time.Second), w, 20); math.Abs(u-0.5) > 1e-9 {
+	if u := fusioosim.QuotaUse(ts, t0, t0.Add(60*time.Second), w, 20); math.Abs(u-0.5) > 1e-9 {
 		t.Fatalf("half use: %v", u)
 	}
-	if u := QuotaUse(ts, t0, t0.Add(5*time.Second), w, 10); !math.IsNaN(u) {
+	if u := fusioosim.QuotaUse(ts, t0, t0.Add(5*time.Second), w, 10); !math.IsNaN(u) {
 		t.Fatalf("no window fits: %v", u)
 	}
 }

@@ -3,6 +3,8 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -41,6 +43,7 @@ type SimOptions struct {
 	Latency time.Duration // added to every answer
 	Jitter  time.Duration
 	Seed    int64
+	History bool // keep every charge time (/_sim/history)
 }
 
 // Launcher starts the services of a scenario, as processes (ProcLauncher)
@@ -78,6 +81,9 @@ func (l *ProcLauncher) Sim(o SimOptions) (*Service, error) {
 	}
 	args := []string{"-listen", addr, "-limit", strconv.Itoa(o.Limit), "-window", window.String(),
 		"-latency", o.Latency.String(), "-jitter", o.Jitter.String(), "-seed", strconv.FormatInt(o.Seed, 10)}
+	if o.History {
+		args = append(args, "-history")
+	}
 	p, err := StartProc("fusioo-sim", filepath.Join(l.BinDir, "fusioo-sim"), args, nil, l.Logs)
 	if err != nil {
 		return nil, err
@@ -166,7 +172,7 @@ func serve(h http.Handler) (string, func(), error) {
 
 // Sim implements Launcher.
 func (l *InprocLauncher) Sim(o SimOptions) (*Service, error) {
-	sim := fusioosim.New(fusioosim.Config{Limit: o.Limit, Window: o.Window, Seed: o.Seed,
+	sim := fusioosim.New(fusioosim.Config{Limit: o.Limit, Window: o.Window, Seed: o.Seed, History: o.History,
 		Faults: fusioosim.Faults{Latency: o.Latency, Jitter: o.Jitter}})
 	u, stop, err := serve(sim)
 	if err != nil {
@@ -229,6 +235,32 @@ func SimLedger(ctx context.Context, simURL string) (fusioosim.Ledger, error) {
 		return l, fmt.Errorf("ledger: status %d", resp.StatusCode)
 	}
 	return l, json.NewDecoder(resp.Body).Decode(&l)
+}
+
+// SimHistory reads the simulator's charge times per scope (GET
+// /_sim/history; SimOptions.History must be set).
+func SimHistory(ctx context.Context, simURL string) (map[string][]time.Time, error) {
+	var h map[string][]time.Time
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, simURL+"/_sim/history", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := adminClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("history: status %d", resp.StatusCode)
+	}
+	return h, json.NewDecoder(resp.Body).Decode(&h)
+}
+
+// SimScope is the key the simulator's ledger and history use for a
+// token's scope: the first 12 hex digits of its SHA-256.
+func SimScope(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:6])
 }
 
 // SimFaults replaces the simulator's faults (PUT /_sim/faults) with the

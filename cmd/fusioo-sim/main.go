@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		retryAfter = fs.Bool("retry-after", false, "send Retry-After with 20005 answers (Fusioo does not)")
 		seed       = fs.Int64("seed", 1, "seed of the fault dice")
 		shared     = fs.Bool("shared-quota", false, "all tokens share one quota scope")
+		history    = fs.Bool("history", false, "keep every charge time for /_sim/history (memory grows per request)")
 		f          fusioosim.Faults
 	)
 	fs.Float64Var(&f.Unavailable, "fault-503", 0, "fraction of requests answered 503/10004")
@@ -93,6 +94,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		RetryAfter: *retryAfter,
 		Seed:       *seed,
 		Faults:     f,
+		History:    *history,
 	}
 	if *shared {
 		cfg.Scope = func(string) string { return "shared" }

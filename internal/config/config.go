@@ -153,7 +153,7 @@ func Default() Config {
 		Quota: Quota{
 			Limit:          1000,
 			Window:         Duration{time.Hour},
-			Margin:         Duration{5 * time.Second},
+			Margin:         Duration{0}, // derived: QuotaMargin
 			Buckets:        60,
 			Store:          "memory",
 			FallbackShare:  0.5,
@@ -477,7 +477,7 @@ func (c *Config) validate() Errors {
 	}
 	positive("quota.window", c.Quota.Window)
 	if c.Quota.Margin.Duration < 0 {
-		add("quota.margin", "must not be negative, got %s", c.Quota.Margin)
+		add("quota.margin", "must not be negative (0 = derived from the window), got %s", c.Quota.Margin)
 	} else if c.Quota.Window.Duration > 0 && c.Quota.Margin.Duration >= c.Quota.Window.Duration {
 		add("quota.margin", "must be shorter than quota.window (%s), got %s", c.Quota.Window, c.Quota.Margin)
 	}
@@ -606,6 +606,26 @@ func (c *Config) validate() Errors {
 		}
 	}
 	return errs
+}
+
+// Bounds of the derived quota.margin: MarginShare of the window, at most
+// MaxDerivedMargin.
+const (
+	MarginShare      = 50 // the window's 1/50th: 2% of the quota
+	MaxDerivedMargin = 5 * time.Second
+)
+
+// QuotaMargin returns quota.margin: configured, or derived so it fits the
+// window: 1/MarginShare of it, at most MaxDerivedMargin (an hour: 5 s; a
+// minute: 1.2 s; 10 s: 200 ms; 6 s: 120 ms). A counted slot is held for
+// window + margin, so a fixed margin would cost short windows most of
+// their quota (5 s on a 6 s window: 45%), while 5 s is ample for the send
+// time of a request to Fusioo across the internet.
+func (c *Config) QuotaMargin() time.Duration {
+	if m := c.Quota.Margin.Duration; m > 0 {
+		return m
+	}
+	return min(c.Quota.Window.Duration/MarginShare, MaxDerivedMargin)
 }
 
 // SmoothingRate returns the local per-key rate (per second) and burst:

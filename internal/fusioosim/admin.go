@@ -23,6 +23,11 @@ func (s *Sim) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, s.Ledger())
+	case "/_sim/history":
+		if !allow(w, r, http.MethodGet) {
+			return
+		}
+		writeJSON(w, http.StatusOK, s.History())
 	case "/_sim/faults":
 		switch r.Method {
 		case http.MethodGet, http.MethodHead:

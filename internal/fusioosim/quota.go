@@ -3,6 +3,9 @@ package fusioosim
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
+	"slices"
+	"sort"
 	"time"
 )
 
@@ -14,6 +17,7 @@ type quota struct {
 	overQuota   int
 	maxInWindow int
 	perScope    map[string]int
+	history     map[string][]int64 // Config.History: charge times per scope, Unix ns
 }
 
 // scopeState is one scope's counts. log holds the Unix-nanosecond times of
@@ -30,7 +34,7 @@ type scopeState struct {
 const unlimitedLog = 1 << 16
 
 func newQuota() quota {
-	return quota{scopes: map[[32]byte]*scopeState{}, perScope: map[string]int{}}
+	return quota{scopes: map[[32]byte]*scopeState{}, perScope: map[string]int{}, history: map[string][]int64{}}
 }
 
 // charge counts a request of token's scope if the quota allows it. When it
@@ -91,6 +95,49 @@ func (s *Sim) charge(token string) (bool, time.Duration) {
 		q.maxInWindow = len(st.log)
 	}
 	q.charged++
-	q.perScope[hex.EncodeToString(key[:6])]++
+	scopeID := hex.EncodeToString(key[:6])
+	q.perScope[scopeID]++
+	if s.hist {
+		q.history[scopeID] = append(q.history[scopeID], now)
+	}
 	return true, 0
+}
+
+// History returns, per scope (keyed like Ledger.PerScope), the times of
+// the charged requests in the order they were charged; empty unless
+// Config.History is set.
+func (s *Sim) History() map[string][]time.Time {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	out := make(map[string][]time.Time, len(s.q.history))
+	for k, ts := range s.q.history {
+		tt := make([]time.Time, len(ts))
+		for i, t := range ts {
+			tt[i] = time.Unix(0, t)
+		}
+		out[k] = tt
+	}
+	return out
+}
+
+// QuotaUse is the mean, over every rolling window of length w that lies
+// inside [from, to) (stepped by w/100), of the number of times in ts that
+// fall in it, divided by limit: how much of a rolling quota was used. NaN
+// when no window fits.
+func QuotaUse(ts []time.Time, from, to time.Time, w time.Duration, limit int) float64 {
+	s := slices.SortedFunc(slices.Values(ts), time.Time.Compare)
+	count := func(a, b time.Time) int {
+		return sort.Search(len(s), func(i int) bool { return !s[i].Before(b) }) -
+			sort.Search(len(s), func(i int) bool { return !s[i].Before(a) })
+	}
+	step := w / 100
+	var sum, n float64
+	for a := from; !a.Add(w).After(to); a = a.Add(step) {
+		sum += float64(count(a, a.Add(w)))
+		n++
+	}
+	if n == 0 {
+		return math.NaN()
+	}
+	return sum / n / float64(limit)
 }

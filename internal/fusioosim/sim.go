@@ -46,6 +46,7 @@
 // case, "_" and "-", so "GatewayTimeout" and "gateway_timeout" both work):
 //
 //	GET  /_sim/ledger   the Ledger
+//	GET  /_sim/history  the charge times per scope (Config.History)
 //	GET  /_sim/faults   the faults in effect
 //	PUT  /_sim/faults   replace the faults (absent keys become zero) and
 //	                    answer the faults now in effect. Fractions are numbers
@@ -117,6 +118,11 @@ type Config struct {
 	Seed int64
 	// Faults are the faults in effect at start; see Sim.SetFaults.
 	Faults Faults
+	// History keeps the time of every charged request, per scope, for
+	// Sim.History (tests and benchmarks judge a quota's use by every
+	// rolling window the upstream saw). Its memory grows with every
+	// charged request: for bounded runs only.
+	History bool
 }
 
 // Faults says which faults the simulator injects. Fractions are in [0,1]
@@ -162,6 +168,7 @@ type Sim struct {
 	limit  int
 	fixed  bool
 	retry  bool
+	hist   bool
 	scope  func(string) string
 	now    func() time.Time
 	seed   int64
@@ -213,6 +220,7 @@ func New(cfg Config) *Sim {
 		limit:      cfg.Limit,
 		fixed:      cfg.Fixed,
 		retry:      cfg.RetryAfter,
+		hist:       cfg.History,
 		scope:      cfg.Scope,
 		now:        cfg.Now,
 		seed:       cfg.Seed,

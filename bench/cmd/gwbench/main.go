@@ -54,8 +54,9 @@ func run() int {
 	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (closed loop: >= 0.9x throughput, <= 1.2x p99)")
 	// quota
-	qDuration := fs.Duration("quota-duration", 60*time.Second, "quota: how long clients demand")
+	qDuration := fs.Duration("quota-duration", 40*time.Second, "quota: how long clients demand")
 	qDemand := fs.Float64("quota-demand", 3, "quota: demand as a multiple of the quota")
+	qReplicas := fs.Int("quota-replicas", 3, "quota: gateway replicas on the one Redis")
 	// faults
 	short := fs.Bool("short", false, "faults: shorter phases (a quick check, not the documented run)")
 	fs.Usage = func() {
@@ -110,7 +111,11 @@ func run() int {
 			v = r.Verdicts
 		}
 	case "quota":
-		v, err = harness.RunQuota(ctx, l, harness.QuotaOptions{Duration: *qDuration, Demand: *qDemand, Out: out})
+		var r *harness.QuotaReport
+		r, err = harness.RunQuota(ctx, l, harness.QuotaOptions{Duration: *qDuration, Demand: *qDemand, Replicas: *qReplicas, Env: gwEnv, Out: out})
+		if r != nil {
+			v = r.Verdicts
+		}
 	case "faults":
 		for _, name := range harness.FaultNames {
 			fmt.Fprintf(out, "\n===== %s\n", name)

@@ -116,7 +116,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	policy := limiter.Policy{
 		Limit:   cfg.Quota.Limit,
 		Window:  cfg.Quota.Window.Duration,
-		Margin:  cfg.Quota.Margin.Duration,
+		Margin:  cfg.QuotaMargin(),
 		Buckets: cfg.Quota.Buckets,
 	}
 	var store limiter.Store
