@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestFleetIsOneLimiter is issue 12's run as a test, in process on a real
@@ -18,12 +19,16 @@ func TestFleetIsOneLimiter(t *testing.T) {
 		t.Skip("two runs of 40 s of load")
 	}
 	for _, tc := range []struct {
-		name     string
-		replicas int
-	}{{"3 replicas", 3}, {"1 replica", 1}} {
+		name string
+		o    QuotaOptions
+	}{
+		{"3 replicas", QuotaOptions{Replicas: 3}},
+		{"1 replica", QuotaOptions{Replicas: 1}},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out strings.Builder
-			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{Replicas: tc.replicas, Out: &out})
+			tc.o.Out = &out
+			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, tc.o)
 			t.Log("\n" + out.String())
 			if err != nil {
 				t.Fatal(err)
@@ -34,5 +39,29 @@ func TestFleetIsOneLimiter(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDerivedMarginFitsTheWindow: a file that sets only quota.limit and
+// quota.window = "6s" (the memory store, the derived margin of 120 ms, the
+// default smoothing) uses at least 95% of the quota, as the upstream
+// counts it, and never breaches it.
+func TestDerivedMarginFitsTheWindow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("30 s of load")
+	}
+	var out strings.Builder
+	r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
+		Memory: true, DeriveMargin: true, Tokens: 3, Limit: 30, Window: 6 * time.Second, Duration: 30 * time.Second,
+		Target: 0.95, Out: &out,
+	})
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range r.Verdicts {
+		if !v.Pass {
+			t.Errorf("%s: %s", v.Name, v.Got)
+		}
 	}
 }

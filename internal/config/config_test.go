@@ -45,6 +45,30 @@ window = "10s"
 	}
 }
 
+// TestDerivedMargin: left out, quota.margin is a fiftieth of the window, at
+// most 5 s, so an hour keeps today's 5 s and short windows most of their
+// quota; a configured margin is kept.
+func TestDerivedMargin(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want time.Duration
+	}{
+		{"[quota]\nlimit = 1000\n", 5 * time.Second},
+		{"[quota]\nwindow = \"1m\"\n", 1200 * time.Millisecond},
+		{"[quota]\nwindow = \"10s\"\n", 200 * time.Millisecond},
+		{"[quota]\nwindow = \"6s\"\n", 120 * time.Millisecond},
+		{"[quota]\nwindow = \"6s\"\nmargin = \"1s\"\n", time.Second},
+	} {
+		cfg, err := Parse([]byte(tc.file), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.QuotaMargin(); got != tc.want {
+			t.Errorf("%q: margin %s, want %s", tc.file, got, tc.want)
+		}
+	}
+}
+
 func TestEnvOverrides(t *testing.T) {
 	cfg, err := Parse([]byte(`[quota]
 limit = 5`), []string{

@@ -536,3 +536,65 @@ func TestFallbackSweep(t *testing.T) {
 		t.Fatalf("%d keys tracked after a window idle, want 0", n)
 	}
 }
+
+// TestFallbackReleases: a reservation Redis made is given back to Redis; one
+// made locally while Redis is away is given back locally and never written
+// back, while what was admitted locally is.
+func TestFallbackReleases(t *testing.T) {
+	verifyNoRedisLeaks(t)
+	srv := redistest.Start(t)
+	p := Policy{Limit: 4, Window: time.Minute}
+	clock := clockwork.NewFakeClockAt(time.Now())
+	r := newFallbackRig(t, srv, p, 100*time.Millisecond, FallbackOptions{Share: 0.5, Clock: clock, OpenFor: 50 * time.Millisecond})
+	ctx := context.Background()
+	key, other := redisTestKey(t, "k"), redisTestKey(t, "other")
+	pending := func(key string) (reserved int) {
+		sh := r.store.shard(key)
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		if k := sh.keys[key]; k != nil {
+			for ck, n := range k.counts {
+				if ck.reserved {
+					reserved += n
+				}
+			}
+		}
+		return reserved
+	}
+
+	// Through Redis.
+	if n := r.takeN(t, other, 4); n != 4 {
+		t.Fatalf("%d of 4 admitted", n)
+	}
+	res, err := r.store.Take(ctx, other, Take{Wait: 2 * time.Minute})
+	if err != nil || !res.Allowed || !res.Slot.reserved || res.Slot.local || pending(other) != 1 {
+		t.Fatalf("reservation through Redis: %+v %v, shadow %d", res, err, pending(other))
+	}
+	if err := r.store.Release(ctx, other, res.Slot); err != nil {
+		t.Fatal(err)
+	}
+	if sum := bucketSum(t, r.client, r.redis.Key(other)); sum != 4 || pending(other) != 0 {
+		t.Fatalf("after the release Redis holds %d (want 4), the shadow %d reserved", sum, pending(other))
+	}
+
+	// Locally: a share of floor(0.5*4) = 2, then a reservation.
+	srv.Kill()
+	if n := r.takeN(t, key, 2); n != 2 {
+		t.Fatalf("%d of 2 admitted locally", n)
+	}
+	res, err = r.store.Take(ctx, key, Take{Wait: 2 * time.Minute})
+	if err != nil || !res.Allowed || !res.Slot.reserved || !res.Slot.local || pending(key) != 1 {
+		t.Fatalf("local reservation: %+v %v, shadow %d", res, err, pending(key))
+	}
+	if err := r.store.Release(ctx, key, res.Slot); err != nil {
+		t.Fatal(err)
+	}
+	if c := r.store.Local().Counted()[key]; len(c) != 1 || c[0].Count != 2 || c[0].Reserved {
+		t.Fatalf("local store after the release: %+v, want the 2 takes", c)
+	}
+	srv.Restart()
+	pollUntil(t, 10*time.Second, "recovery after restart", func() bool { return r.store.recover(ctx) })
+	if sum := bucketSum(t, r.client, r.redis.Key(key)); sum != 2 {
+		t.Fatalf("Redis holds %d after reconciliation, want the 2 local takes", sum)
+	}
+}
