@@ -9,7 +9,12 @@
 #      bare proxy's max; prints throughput and p50/p90/p99 as ratios to
 #      the bare proxy, plus CPU time per request by process;
 #   2. `gwbench quota`: 3 replicas on one Redis, a strict rolling window
-#      (300 / 10 s per token), 5 tokens, 3x the quota demanded for 60 s.
+#      (60 / 10 s per token), 5 tokens, 3x the quota demanded for 40 s,
+#      judged at the simulator (breaches, quota used, how fast 429s come).
+#
+#   scripts/bench.sh quota-compare [REV]  # the quota run with the gateway
+#                                    # built at REV (default 9ae3c03, before
+#                                    # fleet-wide reservations), then this tree
 # Exits non-zero when a pass/fail criterion failed.
 #
 #   scripts/bench.sh                 # both (about 6 minutes)
@@ -39,8 +44,20 @@ case "$what" in
   bench|quota)
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-$what" "$@" "$what" || status=$?
     ;;
+  quota-compare)
+    base=${1:-9ae3c03}
+    [ $# -gt 0 ] && shift
+    git worktree add --quiet --detach "$tmp/base-src" "$base"
+    (cd "$tmp/base-src" && go build -o "$tmp/base-bin/" ./cmd/gateway)
+    git worktree remove --force "$tmp/base-src"
+    cp "$tmp/bin/fusioo-sim" "$tmp/bin/bareproxy" "$tmp/base-bin/"
+    echo "== quota run, gateway at $base"
+    "$tmp/bin/gwbench" -bin "$tmp/base-bin" -logs "$tmp/logs-quota-base" "$@" quota || true
+    echo "== quota run, gateway of this tree ($(git rev-parse --short HEAD))"
+    "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-quota" "$@" quota || status=$?
+    ;;
   *)
-    echo "usage: $0 [all|bench|quota] [gwbench flags]" >&2; exit 2 ;;
+    echo "usage: $0 [all|bench|quota|quota-compare [REV]] [gwbench flags]" >&2; exit 2 ;;
 esac
 echo "logs: $tmp"
 exit $status

@@ -68,10 +68,11 @@ type RedisOptions struct {
 
 // RedisStore is the quota store shared by every gateway replica: each Take
 // is one Lua script, run atomically by Redis, that applies exactly
-// MemoryStore's algorithm (sub-buckets of Policy.BucketWidth, the oldest
-// live bucket counted whole, Ahead, Block) to a HASH per key. Any number of
-// replicas therefore never admit more than Policy.Limit in any rolling
-// Policy.Window between them.
+// MemoryStore's algorithm (window.go: takes per sub-bucket of
+// Policy.BucketWidth, reservations for waiting requests, leases, Block) to
+// a HASH per key. Any number of replicas therefore never admit more than
+// Policy.Limit in any rolling Policy.Window between them, and a slot
+// reserved for a waiter at one replica is seen by all.
 //
 // Time source: the scripts read Redis TIME, never the gateway's clock. Every
 // replica's admission is stamped by the one clock that also decides what
@@ -83,9 +84,10 @@ type RedisOptions struct {
 // Keys: one HASH per key, PREFIX:{KEY}:q. The braces make KEY the Redis
 // Cluster hash tag, so every script touches one slot; KEY is the hash of a
 // token (the proxy never passes a token). Fields are the live buckets'
-// counts plus one field "m" holding the key's epoch and the end of a block,
-// so a key holds at most Buckets+2 fields. The scripts remove dead buckets
-// and set the key's TTL to the moment its last bucket (or block) stops
+// counts, the live reservations (one field per distinct start, as many as
+// the requests waiting for the key at most) and one field "m" holding the
+// key's epoch and the end of a block. The scripts remove dead fields and
+// keep the key's TTL at the moment its last count (or block) stops
 // counting: an idle token costs nothing.
 //
 // RedisStore does no I/O until used and starts no goroutine. Wrap it in a
