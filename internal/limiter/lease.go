@@ -120,8 +120,8 @@ func (l *Limiter) leasing() bool { return l.cfg.Lease > 0 && l.cfg.LeaseMax > 1 
 // (starting a background refill when the batch is half used), otherwise
 // from the store, now or reserved within wait, asking for a batch sized to
 // the demand the last one saw when nobody else of the key is asking
-// already. A nil slot is the store's refusal, res says why.
-func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time.Time, turn, wait time.Duration) (*slot, Result, error) {
+// already. ok false is the store's refusal, and s.res says why.
+func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time.Time, turn, wait time.Duration) (s slot, ok bool, _ error) {
 	t := Take{Wait: wait, NotBefore: turn}
 	fetch, gen := false, uint64(0)
 	if l.leasing() && turn == 0 {
@@ -136,7 +136,7 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 			if due {
 				l.startRefill(ks, key, want, hold, now, gen)
 			}
-			return &slot{notBefore: now, notAfter: until, res: res}, res, nil
+			return slot{notBefore: now, notAfter: until, res: res}, true, nil
 		}
 		// While another request of the key asks for a batch, take a
 		// single slot rather than leasing a second batch; and with demand
@@ -170,13 +170,13 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 		ks.mu.Unlock()
 	}
 	if err != nil {
-		return nil, res, fmt.Errorf("quota store: %w", err)
+		return slot{}, false, fmt.Errorf("quota store: %w", err)
 	}
 	if !res.Allowed {
-		return nil, res, nil
+		return slot{res: res}, false, nil
 	}
 	res.Granted = 0
-	return &slot{notBefore: recv.Add(res.Delay), notAfter: sent.Add(res.Usable), res: res, give: res.Slot}, res, nil
+	return slot{notBefore: recv.Add(res.Delay), notAfter: sent.Add(res.Usable), res: res, give: res.Slot}, true, nil
 }
 
 // startRefill fetches the key's next batch in the background. The refill

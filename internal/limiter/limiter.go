@@ -218,27 +218,29 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 		wait = 0 // no room to wait: a slot now, or a refusal
 	}
 	turn, sr := l.turn(ks, now, wait)
-	s, res, err := l.obtain(ctx, ks, key, now, turn, wait)
-	if err != nil || s == nil {
+	s, ok, err := l.obtain(ctx, ks, key, now, turn, wait)
+	if err != nil || !ok {
 		cancelTurn(sr, l.clock.Now())
 		if err != nil {
 			return Decision{}, false, err
 		}
-		reason := reasonFor(res)
-		if full && !res.Blocked && res.RetryAfter <= deadline.Sub(now) {
+		reason := reasonFor(s.res)
+		if full && !s.res.Blocked && s.res.RetryAfter <= deadline.Sub(now) {
 			reason = ReasonQueueFull
 		}
-		return l.refuse(res, reason, start), false, nil
+		return l.refuse(s.res, reason, start), false, nil
 	}
 
 	ks.mu.Lock()
 	if !s.notBefore.After(l.clock.Now()) && (ks.queue.Len() == 0 || full) {
 		ks.mu.Unlock()
-		return l.admitted(s, start), false, nil
+		return l.admitted(&s, start), false, nil
 	}
 	w := &waiter{wake: make(chan struct{}, 1)}
 	el := ks.queue.PushBack(w)
-	ks.insert(s)
+	held := new(slot)
+	*held = s
+	ks.insert(held)
 	ks.mu.Unlock()
 	l.queued.Add(1)
 	l.obs.QueueDepth(1)

@@ -54,7 +54,7 @@ local function fmt(n) return string.format('%.0f', n) end
 local flat = redis.call('HGETALL', key)
 local taken, reserved, tb, rs, dead = {}, {}, {}, {}, {}
 local epoch, blocked_until = nil, 0
-local used, future, reset = 0, false, -1
+local used, future, reset, newest = 0, false, -1, 0
 for i = 1, #flat, 2 do
   local f, n = flat[i], tonumber(flat[i + 1]) or 0
   if f == 'm' then
@@ -70,6 +70,7 @@ for i = 1, #flat, 2 do
       if s > now then future = true else used = used + n end
       local e = ends(bucket(s))
       if reset < 0 or e < reset then reset = e end
+      if e > newest then newest = e end
     end
   else
     local b = tonumber(f)
@@ -81,6 +82,7 @@ for i = 1, #flat, 2 do
       used = used + n
       local e = ends(b)
       if reset < 0 or e < reset then reset = e end
+      if e > newest then newest = e end
     end
   end
 end
@@ -96,15 +98,17 @@ local take_at = cur
 if lease then take_at = bucket(now + hold) end
 
 -- The key lives as long as its newest count (or a block) does: an idle
--- token costs nothing once its window has passed.
+-- token costs nothing once its window has passed. Its TTL was set to the
+-- newest live count's end (newest) or the block's, whichever is later.
 local function keep(e)
   if epoch == nil then
     epoch = t[1] .. string.format('%06d', tonumber(t[2]))
     redis.call('HSET', key, 'm', epoch .. ':' .. fmt(blocked_until))
   end
-  local ttl = e - now
-  if blocked_until - now > ttl then ttl = blocked_until - now end
-  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  if e > newest and e > blocked_until then
+    redis.call('PEXPIRE', key, e - now)
+    newest = e
+  end
 end
 
 local function grant(room)
