@@ -15,6 +15,8 @@ import (
 
 	"github.com/fusioo-gateway/gateway/internal/config"
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
+
+	"github.com/fusioo-gateway/gateway/internal/testutil/faultproxy"
 )
 
 // FaultOptions configure the fault runs.
@@ -306,10 +308,10 @@ func runRedisDelay(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, e
 	w := o.Out
 	var c stack
 	defer c.run()
-	var dp *DelayProxy
+	var dp *faultproxy.Proxy
 	_, _, gw, err := startRedisFault(l, &c, func(rs *Redis) (string, error) {
 		var err error
-		if dp, err = NewDelayProxy(rs.Addr()); err != nil {
+		if dp, err = faultproxy.New(rs.Addr()); err != nil {
 			return "", err
 		}
 		c.push(dp.Close)
@@ -343,9 +345,9 @@ func runRedisDelay(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, e
 	}()
 	sleepUntil(ctx, start.Add(before))
 	slowAt := time.Now()
-	dp.SetDelay(delay)
+	dp.SetLatency(delay)
 	sleepUntil(ctx, slowAt.Add(slow))
-	dp.SetDelay(0)
+	dp.SetLatency(0)
 	fastAt := time.Now()
 	<-done
 	_, recOK := WaitFor(ctx, gw.AdminURL, 10*time.Second, func(s Snapshot) bool {

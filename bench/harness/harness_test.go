@@ -149,31 +149,6 @@ func TestQuotaUse(t *testing.T) {
 	}
 }
 
-func TestDelayProxy(t *testing.T) {
-	rs, err := StartRedis(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rs.Stop()
-	p, err := NewDelayProxy(rs.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := Ping(p.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	p.SetDelay(100 * time.Millisecond)
-	start := time.Now()
-	if err := Ping(p.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	// Both directions are delayed.
-	if d := time.Since(start); d < 200*time.Millisecond {
-		t.Fatalf("PING through a 100ms delay each way took %v", d)
-	}
-}
-
 // TestBenchSmoke runs the whole comparison briefly in process: the
 // simulator, the bare proxy and both gateways (a real redis-server), the
 // closed and open loops, the CPU table's absence in process, and the
