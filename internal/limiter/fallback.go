@@ -136,6 +136,7 @@ type FallbackStore struct {
 	maxCounts  int // shadow entries per key before an inline prune
 
 	degraded atomic.Bool
+	lostKeys atomic.Int64 // takes that found a key Redis had lost (LostKeys)
 	since    atomic.Int64 // local unix ns when the fallback became active
 	lastErr  atomic.Pointer[errBox]
 	offset   atomic.Int64 // Redis ms minus local ms, from the last success
@@ -279,14 +280,36 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		}
 		return f.takeLocal(ctx, key, t, true)
 	}
-	sent := f.clock.Now()
-	var res Result
-	var info takeInfo
-	_, err := f.cb.Execute(func() (struct{}, error) {
-		var err error
-		res, info, err = f.primary.take(ctx, key, t)
-		return struct{}{}, f.classify(ctx, err)
-	})
+	var (
+		res  Result
+		info takeInfo
+		sent time.Time
+		err  error
+	)
+	// A key Redis lost while this replica holds counts of it admits
+	// nothing until they are written back (the script says lost): one
+	// write-back, then the take again, on the key as it is now.
+	for range 2 {
+		known := f.held(key)
+		sent = f.clock.Now()
+		_, err = f.cb.Execute(func() (struct{}, error) {
+			var err error
+			res, info, err = f.primary.takeKnowing(ctx, key, t, known)
+			return struct{}{}, f.classify(ctx, err)
+		})
+		if err != nil || !info.lost {
+			break
+		}
+		f.lostKeys.Add(1)
+		if !f.writeBack(ctx, key) {
+			err = fmt.Errorf("write-back of a key Redis lost: %w", f.lastError())
+			break
+		}
+	}
+	if err == nil && info.lost {
+		// Lost again at once (another flush): answered locally this time.
+		err = errors.New("redis lost the key twice in a row")
+	}
 	if err == nil {
 		f.recordRedis(key, res, info, sent)
 		return res, nil
@@ -299,6 +322,36 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		return Result{}, f.unavailable(err)
 	}
 	return f.takeLocal(ctx, key, t, false)
+}
+
+// held returns the epoch of key's incarnation in Redis that this replica
+// holds live counts of ("" when none): what a take tells the script, so a
+// key Redis lost is written back before anything is admitted on it.
+func (f *FallbackStore) held(key string) string {
+	sh := f.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	k := sh.keys[key]
+	if k == nil || k.epoch == "" {
+		return ""
+	}
+	for ck := range k.counts {
+		if ck.tag == k.epoch {
+			return k.epoch
+		}
+	}
+	return ""
+}
+
+// LostKeys counts the takes that found a key Redis had lost while this
+// replica held counts of it (each written back before any admission).
+func (f *FallbackStore) LostKeys() int64 { return f.lostKeys.Load() }
+
+func (f *FallbackStore) lastError() error {
+	if e := f.lastErr.Load(); e != nil {
+		return e.err
+	}
+	return errors.New("unknown")
 }
 
 // Block implements Store: in Redis when it answers, and always in the

@@ -598,3 +598,43 @@ func TestFallbackReleases(t *testing.T) {
 		t.Fatalf("Redis holds %d after reconciliation, want the 2 local takes", sum)
 	}
 }
+
+// TestFallbackWritesBackBeforeAdmitting: Redis loses its data (FLUSHALL
+// and SCRIPT FLUSH) while two replicas hold counts of a key: each writes
+// its counts back before its next admission, so the limit still holds
+// (without it, the replica that comes second would admit on top of the
+// first one's write-back only).
+func TestFallbackWritesBackBeforeAdmitting(t *testing.T) {
+	verifyNoRedisLeaks(t)
+	srv := redistest.Start(t)
+	p := Policy{Limit: 10, Window: time.Minute}
+	a := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
+	b := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
+	ctx := context.Background()
+	key := redisTestKey(t, "k")
+	if n := a.takeN(t, key, 5); n != 5 {
+		t.Fatalf("a: %d of 5", n)
+	}
+	if n := b.takeN(t, key, 4); n != 4 {
+		t.Fatalf("b: %d of 4", n)
+	}
+	for _, cmd := range [][]any{{"flushall"}, {"script", "flush"}} {
+		if err := a.client.Do(ctx, cmd...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b writes back its 4, then takes the 5th slot of the new key.
+	if res := b.take(t, key); !res.Allowed || res.Remaining != 10-4-1 {
+		t.Fatalf("b after the flush: %+v, want admitted on its 4 written back (remaining 5)", res)
+	}
+	// a writes back its 5: the key is full, a refuses.
+	if res := a.take(t, key); res.Allowed {
+		t.Fatalf("a after the flush: %+v, want refused: 5 + 4 + 1 counted", res)
+	}
+	if sum := bucketSum(t, a.client, a.redis.Key(key)); sum != 10 {
+		t.Fatalf("Redis holds %d, want 10", sum)
+	}
+	if a.store.LostKeys() != 1 || b.store.LostKeys() != 1 || a.store.Degraded() || b.store.Degraded() {
+		t.Fatalf("lost keys a %d b %d, degraded a %v b %v", a.store.LostKeys(), b.store.LostKeys(), a.store.Degraded(), b.store.Degraded())
+	}
+}

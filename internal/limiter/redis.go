@@ -103,7 +103,7 @@ type RedisStore struct {
 
 	autoPipe bool
 	apOnce   sync.Once
-	ap       redis.Scripter // the autopipeliner, made on first use
+	ap       *redis.AutoPipeliner // made on first use (pipeliner)
 
 	// now, when set (tests only), replaces Redis TIME in the scripts so
 	// they can be compared step by step with MemoryStore on a fake clock.
@@ -148,6 +148,7 @@ type takeInfo struct {
 	reserved bool   // at is a reservation's start
 	now      int64  // Redis time of the script, ms
 	epoch    string // the key's epoch ("" when the key does not exist)
+	lost     bool   // the epoch the caller knew is gone: nothing was admitted
 }
 
 // Take implements Store with one script call (one round trip).
@@ -157,6 +158,13 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
+	return s.takeKnowing(ctx, key, t, "")
+}
+
+// takeKnowing is take by a caller that holds counts of the key's
+// incarnation known (see FallbackStore): if Redis lost it, nothing is
+// admitted and info.lost says so.
+func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known string) (Result, takeInfo, error) {
 	want, hold := 1, int64(0)
 	if t.Hold > 0 && t.Hold <= s.maxHold {
 		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
@@ -169,13 +177,13 @@ func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, take
 	defer cancel()
 	// The wait is rounded down and the smoothing turn up: a slot is never
 	// later than the caller can wait, nor earlier than it asked.
-	vals, err := takeScript.Run(ctx, s.scripter(), []string{s.Key(key)},
+	vals, err := s.runTake(ctx, s.Key(key),
 		s.policy.Limit, s.width, s.span, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
-		ceilMillis(max(t.NotBefore, 0)), peek).Slice()
+		ceilMillis(max(t.NotBefore, 0)), peek, known)
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
 	}
-	const nvals = 12
+	const nvals = 13
 	if len(vals) != nvals {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
 	}
@@ -201,7 +209,7 @@ func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, take
 		Blocked:    n[4] == 1,
 		Granted:    int(n[8]),
 	}
-	info := takeInfo{at: n[5], reserved: n[11] == 1, now: n[6], epoch: epoch}
+	info := takeInfo{at: n[5], reserved: n[11] == 1, now: n[6], epoch: epoch, lost: n[12] == 1}
 	if res.Allowed {
 		res.Delay, res.Usable = ms(n[9]), ms(n[10])
 		res.Slot = Reservation{at: info.at, reserved: info.reserved, epoch: epoch, ok: true}
@@ -231,22 +239,47 @@ func slotField(at int64, reserved bool) string {
 	return strconv.FormatInt(at, 10)
 }
 
-// scripter is what takes run their script on: the client, or its
-// autopipeliner when enabled. The autopipeliner starts goroutines, so it is
-// made on the first take, not in the constructor; closing the client
-// closes it.
-func (s *RedisStore) scripter() redis.Scripter {
+// runTake runs the take script on key. Without autopipelining it is the
+// client's EVALSHA (EVAL on NOSCRIPT), bounded by ctx like any command.
+// With it, the command is submitted to go-redis's asynchronous
+// autopipeliner and waited for with ctx: go-redis does not honour a
+// command's deadline once it is queued there (a batch stuck on a Redis
+// that stopped answering holds every command behind it), so the wait is
+// what enforces redis.timeout. A command given up on may still run later;
+// it then counts a slot nobody uses, which costs quota, never exceeds it.
+func (s *RedisStore) runTake(ctx context.Context, key string, args ...any) ([]any, error) {
+	ap := s.pipeliner()
+	if ap == nil {
+		return takeScript.Run(ctx, s.client, []string{key}, args...).Slice()
+	}
+	eval := func(cmd string, script string) (*redis.Cmd, error) {
+		c := redis.NewCmd(ctx, append([]any{cmd, script, 1, key}, args...)...)
+		return c, ap.Submit(ctx, c).WaitContext(ctx)
+	}
+	c, err := eval("evalsha", takeScript.Hash())
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Redis lost its script cache (a restart, SCRIPT FLUSH): EVAL
+		// loads it again.
+		c, err = eval("eval", takeLua)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c.Slice()
+}
+
+// pipeliner is the client's asynchronous autopipeliner when autopipelining
+// is on (nil otherwise). It starts goroutines, so it is made on the first
+// take, not in the constructor; closing the client closes it.
+func (s *RedisStore) pipeliner() *redis.AutoPipeliner {
 	if !s.autoPipe {
-		return s.client
+		return nil
 	}
 	s.apOnce.Do(func() {
-		if ap, err := s.client.AutoPipeline(); err == nil {
+		if ap, err := s.client.AsyncAutoPipeline(); err == nil {
 			s.ap = ap
 		}
 	})
-	if s.ap == nil {
-		return s.client
-	}
 	return s.ap
 }
 

@@ -25,11 +25,17 @@
 --          of now + hold
 -- ARGV[8]  not before, ms: the caller's smoothing turn (0: none)
 -- ARGV[9]  1: peek, count nothing
+-- ARGV[10] the epoch the caller holds counts of ("" : none). When the key
+--          does not have it, Redis lost those counts (a restart without
+--          persistence, a flush, a failover to a replica that never got
+--          them): nothing is admitted, and lost = 1 tells the caller to
+--          write its counts back first.
 --
 -- Returns {allowed, remaining, retry_after_ms, reset_after_ms, blocked,
---          at, now_ms, epoch, granted, delay_ms, usable_ms, reserved}: at
+--          at, now_ms, epoch, granted, delay_ms, usable_ms, reserved,
+--          lost}: at
 --          is the bucket taken in, or the start reserved from (reserved =
---          1); epoch is "" when the key does not exist.
+--          1); epoch is "" when the key does not exist; lost as above.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local key = KEYS[1]
@@ -91,6 +97,11 @@ for i = 1, #dead, 500 do
 end
 if reset >= 0 then reset = reset - now else reset = 0 end
 
+local known = ARGV[10] or ''
+if known ~= '' and not peek and epoch ~= known then
+  return {0, 0, 0, 0, 0, 0, now, epoch or '', 0, 0, 0, 0, 1}
+end
+
 local cur = bucket(now)
 local is_blocked = blocked_until > now
 local lease = hold > 0 and not peek
@@ -131,14 +142,14 @@ local function take(at, k, remaining)
   if lease then usable = hold end
   local granted = 0
   if lease then granted = k end
-  return {1, remaining, 0, reset, 0, at, now, epoch, granted, 0, usable, 0}
+  return {1, remaining, 0, reset, 0, at, now, epoch, granted, 0, usable, 0, 0}
 end
 
 if not future and not is_blocked and notbefore == 0 then
   -- Nothing is reserved for later: count only falls from now on, so what
   -- counts now is the most that ever will.
   local room = limit - used
-  if peek then return {0, math.max(room, 0), 0, reset, 0, cur, now, epoch or '', 0, 0, 0, 0} end
+  if peek then return {0, math.max(room, 0), 0, reset, 0, cur, now, epoch or '', 0, 0, 0, 0, 0} end
   if room >= 1 then
     local k = grant(room)
     return take(take_at, k, room - k)
@@ -214,7 +225,7 @@ end
 if peek then
   local retry = 0
   if is_blocked then retry = reset end
-  return {0, remaining, retry, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0}
+  return {0, remaining, retry, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0, 0}
 end
 if not is_blocked and notbefore == 0 then
   local room = limit - max_with(now, ends(take_at), 0, 0, 0)
@@ -230,7 +241,7 @@ if start - now > wait and notbefore > 0 then
   start = earliest(start_from)
 end
 if start - now > wait then
-  return {0, remaining, earliest(start_from) - now, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0}
+  return {0, remaining, earliest(start_from) - now, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0, 0}
 end
 if start == now then
   -- Free now (only reached when the smoothing turn was given up).
@@ -243,4 +254,4 @@ if not is_blocked then
   remaining = math.max(limit - max_with(now, ends(cur), start, ends(b), 1), 0)
   reset = reset_with(ends(b))
 end
-return {1, remaining, 0, reset, blocked_flag, start, now, epoch, 0, start - now, (b + 1) * width - now, 1}
+return {1, remaining, 0, reset, blocked_flag, start, now, epoch, 0, start - now, (b + 1) * width - now, 1, 0}
