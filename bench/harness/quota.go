@@ -1,16 +1,20 @@
 package harness
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
+	"github.com/fusioo-gateway/gateway/internal/testutil/faultproxy"
 )
 
 // QuotaOptions configure the quota-efficiency run (issue 12's): Replicas
@@ -40,7 +44,45 @@ type QuotaOptions struct {
 	Target float64
 	// Env is added to every gateway's environment (FUSIOO_GATEWAY_*=…).
 	Env []string
-	Out io.Writer
+	// Faults happen during the run, each At after the load starts. With
+	// faults, the quota use and refusal-speed criteria are reported, not
+	// judged: a fault may send replicas to their local share.
+	Faults []QuotaFault
+	// ViaProxy connects each replica to Redis through a fault proxy of its
+	// own (QuotaTargets.Proxies), so a fault can cut off one replica.
+	ViaProxy bool
+	Out      io.Writer
+}
+
+// QuotaFault is something done to the run's Redis or proxies.
+type QuotaFault struct {
+	At   time.Duration
+	Name string
+	Do   func(QuotaTargets) error
+}
+
+// QuotaTargets is what a fault can act on.
+type QuotaTargets struct {
+	Redis   *Redis
+	Proxies []*faultproxy.Proxy // one per replica, with ViaProxy
+}
+
+// FlushRedis is a fault: Redis loses every key and its script cache
+// (FLUSHALL, SCRIPT FLUSH), as an operator or a failover to an empty
+// replica would make it.
+func FlushRedis(t QuotaTargets) error {
+	for _, cmd := range []string{"FLUSHALL", "SCRIPT FLUSH"} {
+		if err := redisCommand(t.Redis.Addr(), cmd); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RestartRedis is a fault: kill -9, then an empty restart on the same port.
+func RestartRedis(t QuotaTargets) error {
+	t.Redis.Kill()
+	return t.Redis.Restart()
 }
 
 func (o *QuotaOptions) defaults() {
@@ -151,8 +193,9 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	cleanup = append(cleanup, sim.Stop)
 	env := append([]string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL}, o.Env...)
 	store := "the memory store"
+	var rs *Redis
 	if !o.Memory {
-		rs, err := StartRedis(l.LogDir())
+		rs, err = StartRedis(l.LogDir())
 		if err != nil {
 			return nil, err
 		}
@@ -160,9 +203,25 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 		env = append(env, "FUSIOO_GATEWAY_REDIS_URL="+rs.URL())
 		store = "one Redis"
 	}
-	var gws []*Service
+	var (
+		gws     []*Service
+		targets QuotaTargets
+	)
+	if !o.Memory {
+		targets.Redis = rs
+	}
 	for i := range o.Replicas {
-		g, err := l.Gateway(fmt.Sprintf("gateway-%d", i+1), QuotaGatewayConfig(o.Limit, o.Window, o.Margin, o.Buckets, o.MaxWait, o.Memory), env)
+		genv := env
+		if o.ViaProxy && rs != nil {
+			px, err := faultproxy.New(rs.Addr())
+			if err != nil {
+				return nil, err
+			}
+			cleanup = append(cleanup, px.Close)
+			targets.Proxies = append(targets.Proxies, px)
+			genv = append(append([]string(nil), env...), "FUSIOO_GATEWAY_REDIS_URL=redis://"+px.Addr()+"/0")
+		}
+		g, err := l.Gateway(fmt.Sprintf("gateway-%d", i+1), QuotaGatewayConfig(o.Limit, o.Window, o.Margin, o.Buckets, o.MaxWait, o.Memory), genv)
 		if err != nil {
 			return nil, err
 		}
@@ -191,8 +250,24 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 		return req, strconv.Itoa(tok)
 	}
 	start := time.Now()
-	run := RunRate(ctx, client, build, RateOptions{Rate: rate, Duration: o.Duration, Timeout: o.MaxWait + 10*time.Second})
+	var run *Run
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		run = RunRate(ctx, client, build, RateOptions{Rate: rate, Duration: o.Duration, Timeout: o.MaxWait + 10*time.Second})
+	}()
+	var faultErr error
+	for _, f := range o.Faults {
+		sleepUntil(ctx, start.Add(f.At))
+		err := f.Do(targets)
+		fmt.Fprintf(w, "  %5.1fs %s: %s\n", time.Since(start).Seconds(), f.Name, errOrOK(err))
+		faultErr = errors.Join(faultErr, err)
+	}
+	<-loaded
 	end := start.Add(o.Duration)
+	if faultErr != nil {
+		return nil, faultErr
+	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -277,16 +352,46 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 		Ms(p[0]), Ms(p[1]), Ms(p[2]), Ms(p[3]), r.LateOK, AnswerAllowance)
 
 	v := &r.Verdicts
+	judged := len(o.Faults) == 0
 	v.Check(fmt.Sprintf("quota used >= %.0f%% (mean over rolling windows at the simulator, all tokens)", 100*o.Target),
-		r.QuotaUse >= o.Target, "%.1f%% (lowest token %.1f%%)", 100*r.QuotaUse, 100*r.MinQuotaUse)
+		r.QuotaUse >= o.Target || !judged, "%.1f%% (lowest token %.1f%%)%s", 100*r.QuotaUse, 100*r.MinQuotaUse, notJudged(judged))
 	v.Check("upstream 20005 seen = 0", led.OverQuota == 0 && up20005 == 0, "simulator %d, gateways %.0f", led.OverQuota, up20005)
 	v.Check("no rolling window over the limit", led.MaxInWindow <= o.Limit, "max %d in one window, limit %d", led.MaxInWindow, o.Limit)
 	v.Check("demand exceeded the quota (client 429s)", r.Limited > 0, "%d", r.Limited)
-	v.Check(fmt.Sprintf(">= %.0f%% of 429s answered within %s", 100*FastRefusalsTarget, FastRefusal), r.FastRefusals >= FastRefusalsTarget,
-		"%.1f%%", 100*r.FastRefusals)
+	v.Check(fmt.Sprintf(">= %.0f%% of 429s answered within %s", 100*FastRefusalsTarget, FastRefusal), r.FastRefusals >= FastRefusalsTarget || !judged,
+		"%.1f%%%s", 100*r.FastRefusals, notJudged(judged))
 	v.Check("every client 429 is 20005 with Retry-After >= 1", r.LimitedRA == r.Limited, "%d of %d", r.LimitedRA, r.Limited)
 	v.Check("no 200 later than max_wait after it was due", r.LateOK == 0, "max %s (max_wait %s + %s for the answer)", Ms(r.MaxOK), o.MaxWait, AnswerAllowance)
 	v.Check("no other failure", r.Other == 0 && r.Errors == 0, "%d other statuses, %d transport errors", r.Other, r.Errors)
 	v.Write(w, "quota")
 	return r, nil
+}
+
+func notJudged(judged bool) string {
+	if judged {
+		return ""
+	}
+	return " (reported, not judged: faults)"
+}
+
+// redisCommand sends one inline command to the Redis at addr and expects
+// +OK.
+func redisCommand(addr, cmd string) error {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+OK") {
+		return fmt.Errorf("redis %s: %s", cmd, strings.TrimSpace(line))
+	}
+	return nil
 }

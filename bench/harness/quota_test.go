@@ -65,3 +65,35 @@ func TestDerivedMarginFitsTheWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetSurvivesRedisDataLoss: the fleet run while Redis loses its data
+// mid-run: FLUSHALL + SCRIPT FLUSH twice, or kill -9 and an empty restart.
+// Every replica holds counts of every token; none admits on a key Redis
+// lost before writing them back, so the upstream never answers 20005.
+// (scripts/faults.sh redis-loss repeats each 10 times.)
+func TestFleetSurvivesRedisDataLoss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two runs of 20 s of load")
+	}
+	for _, tc := range []struct {
+		name   string
+		faults []QuotaFault
+	}{
+		{"flush twice", []QuotaFault{{7 * time.Second, "FLUSHALL + SCRIPT FLUSH", FlushRedis}, {14 * time.Second, "FLUSHALL + SCRIPT FLUSH", FlushRedis}}},
+		{"kill -9 and empty restart", []QuotaFault{{10 * time.Second, "kill -9, empty restart", RestartRedis}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{Duration: 20 * time.Second, Faults: tc.faults, Out: &out})
+			t.Log("\n" + out.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range r.Verdicts {
+				if !v.Pass {
+					t.Errorf("%s: %s", v.Name, v.Got)
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -137,6 +138,10 @@ type FallbackStore struct {
 
 	degraded atomic.Bool
 	lostKeys atomic.Int64 // takes that found a key Redis had lost (LostKeys)
+	// instance is the instance epoch last seen (a string), lostInstances
+	// how often a new one followed another.
+	instance      atomic.Value
+	lostInstances atomic.Int64
 	since    atomic.Int64 // local unix ns when the fallback became active
 	lastErr  atomic.Pointer[errBox]
 	offset   atomic.Int64 // Redis ms minus local ms, from the last success
@@ -290,13 +295,23 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 	// nothing until they are written back (the script says lost): one
 	// write-back, then the take again, on the key as it is now.
 	for range 2 {
-		known := f.held(key)
+		known, pending := f.held(key)
+		if pending && !f.writeBack(ctx, key) {
+			// Counts Redis may not hold are written back before anything
+			// more is admitted on the key; failing that, locally.
+			err = fmt.Errorf("write-back before a take: %w", f.lastError())
+			break
+		}
+		instance, _ := f.instance.Load().(string)
 		sent = f.clock.Now()
 		_, err = f.cb.Execute(func() (struct{}, error) {
 			var err error
-			res, info, err = f.primary.takeKnowing(ctx, key, t, known)
+			res, info, err = f.primary.takeKnowing(ctx, key, t, known, instance)
 			return struct{}{}, f.classify(ctx, err)
 		})
+		if err == nil {
+			f.sawInstance(info.instance)
+		}
 		if err != nil || !info.lost {
 			break
 		}
@@ -325,23 +340,88 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 }
 
 // held returns the epoch of key's incarnation in Redis that this replica
-// holds live counts of ("" when none): what a take tells the script, so a
-// key Redis lost is written back before anything is admitted on it.
-func (f *FallbackStore) held(key string) string {
+// holds live counts of ("" when none), what a take tells the script so that
+// a key Redis lost is written back before anything is admitted on it; and
+// whether it holds counts Redis is known not to hold (pending: tagged with
+// another epoch, or admitted locally), which are written back first.
+func (f *FallbackStore) held(key string) (known string, pending bool) {
 	sh := f.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	k := sh.keys[key]
-	if k == nil || k.epoch == "" {
-		return ""
+	if k == nil {
+		return "", false
 	}
 	for ck := range k.counts {
-		if ck.tag == k.epoch {
-			return k.epoch
+		if ck.tag == k.epoch && k.epoch != "" {
+			known = k.epoch
+		} else {
+			pending = true
 		}
 	}
-	return ""
+	return known, pending
 }
+
+// sawInstance records the instance epoch a take returned. A new one after
+// another means Redis lost all its data: every key this replica holds
+// counts of is written back (the script holds admissions off meanwhile,
+// for RedisOptions.Settle).
+func (f *FallbackStore) sawInstance(instance string) {
+	if instance == "" {
+		return
+	}
+	prev, _ := f.instance.Swap(instance).(string)
+	if prev == "" || prev == instance {
+		return
+	}
+	f.lostInstances.Add(1)
+	for i := range f.shards {
+		sh := &f.shards[i]
+		sh.mu.Lock()
+		keys := make([]string, 0, len(sh.keys))
+		for key, k := range sh.keys {
+			if len(k.counts) > 0 || k.blockUntil != 0 {
+				keys = append(keys, key)
+			}
+		}
+		sh.mu.Unlock()
+		for _, key := range keys {
+			f.markDirty(key)
+		}
+	}
+}
+
+// checkInstance looks, between takes, whether Redis lost all its data, so
+// that a replica holding counts of keys it does not take any more writes
+// them back too.
+func (f *FallbackStore) checkInstance(ctx context.Context) {
+	prev, _ := f.instance.Load().(string)
+	if prev == "" {
+		return
+	}
+	var (
+		epoch string
+		ok    bool
+	)
+	_, err := f.cb.Execute(func() (struct{}, error) {
+		var err error
+		epoch, ok, err = f.primary.instanceEpoch(ctx)
+		return struct{}{}, f.classify(ctx, err)
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			f.failed(StoreOpPing, err)
+		}
+		return
+	}
+	if ok && epoch != prev {
+		// Gone ("") or replaced: the next take settles the new instance.
+		f.sawInstance(cmp.Or(epoch, "lost"))
+	}
+}
+
+// LostInstances counts the times Redis was seen to have lost all its data.
+func (f *FallbackStore) LostInstances() int64 { return f.lostInstances.Load() }
 
 // LostKeys counts the takes that found a key Redis had lost while this
 // replica held counts of it (each written back before any admission).
@@ -555,6 +635,7 @@ func (f *FallbackStore) Run(ctx context.Context) error {
 		if f.degraded.Load() {
 			f.recover(ctx)
 		} else {
+			f.checkInstance(ctx)
 			f.reconcile(ctx)
 		}
 		if now := f.clock.Now(); now.Sub(lastSweep) >= sweepEvery {

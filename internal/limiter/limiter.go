@@ -224,6 +224,14 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 		if err != nil {
 			return Decision{}, false, err
 		}
+		if s.res.Settling && fits(now, s.res.RetryAfter, deadline) {
+			// The store is taking the replicas' counts back after losing
+			// its data: wait for that, then ask again.
+			if err := l.sleep(ctx, s.res.RetryAfter); err != nil {
+				return Decision{}, false, err
+			}
+			return Decision{}, true, nil
+		}
 		reason := reasonFor(s.res)
 		if full && !s.res.Blocked && s.res.RetryAfter <= deadline.Sub(now) {
 			reason = ReasonQueueFull

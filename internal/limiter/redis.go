@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +65,13 @@ type RedisOptions struct {
 	// It also bounds how far ahead reconciliation writes buckets back.
 	// 0 disables leases.
 	MaxHold time.Duration
+	// Settle is how long no slot is used after Redis (a standalone server
+	// or a Sentinel-managed primary) lost all its data, so that every
+	// replica holding counts can write them back before anything is
+	// admitted on them (see redis_take.lua's instance key). 0 turns the
+	// instance key off; it is always off in a Redis Cluster, where a
+	// script may touch one hash slot only.
+	Settle time.Duration
 }
 
 // RedisStore is the quota store shared by every gateway replica: each Take
@@ -101,6 +109,9 @@ type RedisStore struct {
 	span    int64 // Policy.Span rounded up, ms
 	maxHold time.Duration
 
+	settle      time.Duration
+	instanceKey string // "" when Settle is 0 or in a Redis Cluster
+
 	autoPipe bool
 	apOnce   sync.Once
 	ap       *redis.AutoPipeliner // made on first use (pipeliner)
@@ -119,7 +130,7 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultRedisTimeout
 	}
-	return &RedisStore{
+	s := &RedisStore{
 		client:   client,
 		policy:   p,
 		prefix:   opts.KeyPrefix,
@@ -127,8 +138,13 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 		width:    p.BucketWidth().Milliseconds(),
 		span:     ceilMillis(p.Span()),
 		autoPipe: opts.AutoPipeline,
+		settle:   max(opts.Settle, 0),
 		maxHold:  max(opts.MaxHold, 0),
 	}
+	if _, cluster := client.(*redis.ClusterClient); !cluster && s.settle > 0 {
+		s.instanceKey = opts.KeyPrefix + ":instance"
+	}
+	return s
 }
 
 // Policy returns the policy the store enforces.
@@ -149,6 +165,7 @@ type takeInfo struct {
 	now      int64  // Redis time of the script, ms
 	epoch    string // the key's epoch ("" when the key does not exist)
 	lost     bool   // the epoch the caller knew is gone: nothing was admitted
+	instance string // the instance epoch ("" without an instance key)
 }
 
 // Take implements Store with one script call (one round trip).
@@ -158,13 +175,15 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
-	return s.takeKnowing(ctx, key, t, "")
+	return s.takeKnowing(ctx, key, t, "", "")
 }
 
 // takeKnowing is take by a caller that holds counts of the key's
-// incarnation known (see FallbackStore): if Redis lost it, nothing is
-// admitted and info.lost says so.
-func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known string) (Result, takeInfo, error) {
+// incarnation known and last saw the instance incarnation instance (see
+// FallbackStore): if Redis lost the key, nothing is admitted and info.lost
+// says so; if it lost everything (the instance key is gone), no slot is
+// used for Settle, so every replica can write back first.
+func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known, instance string) (Result, takeInfo, error) {
 	want, hold := 1, int64(0)
 	if t.Hold > 0 && t.Hold <= s.maxHold {
 		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
@@ -177,20 +196,24 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known 
 	defer cancel()
 	// The wait is rounded down and the smoothing turn up: a slot is never
 	// later than the caller can wait, nor earlier than it asked.
-	vals, err := s.runTake(ctx, s.Key(key),
+	keys := []string{s.Key(key)}
+	if s.instanceKey != "" {
+		keys = append(keys, s.instanceKey)
+	}
+	vals, err := s.runTake(ctx, keys,
 		s.policy.Limit, s.width, s.span, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
-		ceilMillis(max(t.NotBefore, 0)), peek, known)
+		ceilMillis(max(t.NotBefore, 0)), peek, known, instance, s.settle.Milliseconds())
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
 	}
-	const nvals = 13
+	const nvals = 14
 	if len(vals) != nvals {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
 	}
 	var n [nvals]int64
 	for i := range n {
-		if i == 7 {
-			continue // the epoch, a string
+		if i == 7 || i == 13 {
+			continue // the epochs, strings
 		}
 		v, ok := vals[i].(int64)
 		if !ok {
@@ -199,6 +222,7 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known 
 		n[i] = v
 	}
 	epoch, _ := vals[7].(string)
+	inst, _ := vals[13].(string)
 	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
 	res := Result{
 		Allowed:    n[0] == 1,
@@ -207,9 +231,10 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known 
 		RetryAfter: ms(n[2]),
 		ResetAfter: ms(n[3]),
 		Blocked:    n[4] == 1,
+		Settling:   n[4] == 2,
 		Granted:    int(n[8]),
 	}
-	info := takeInfo{at: n[5], reserved: n[11] == 1, now: n[6], epoch: epoch, lost: n[12] == 1}
+	info := takeInfo{at: n[5], reserved: n[11] == 1, now: n[6], epoch: epoch, lost: n[12] == 1, instance: inst}
 	if res.Allowed {
 		res.Delay, res.Usable = ms(n[9]), ms(n[10])
 		res.Slot = Reservation{at: info.at, reserved: info.reserved, epoch: epoch, ok: true}
@@ -247,13 +272,18 @@ func slotField(at int64, reserved bool) string {
 // that stopped answering holds every command behind it), so the wait is
 // what enforces redis.timeout. A command given up on may still run later;
 // it then counts a slot nobody uses, which costs quota, never exceeds it.
-func (s *RedisStore) runTake(ctx context.Context, key string, args ...any) ([]any, error) {
+func (s *RedisStore) runTake(ctx context.Context, keys []string, args ...any) ([]any, error) {
 	ap := s.pipeliner()
 	if ap == nil {
-		return takeScript.Run(ctx, s.client, []string{key}, args...).Slice()
+		return takeScript.Run(ctx, s.client, keys, args...).Slice()
 	}
 	eval := func(cmd string, script string) (*redis.Cmd, error) {
-		c := redis.NewCmd(ctx, append([]any{cmd, script, 1, key}, args...)...)
+		a := make([]any, 0, 3+len(keys)+len(args))
+		a = append(a, cmd, script, len(keys))
+		for _, k := range keys {
+			a = append(a, k)
+		}
+		c := redis.NewCmd(ctx, append(a, args...)...)
 		return c, ap.Submit(ctx, c).WaitContext(ctx)
 	}
 	c, err := eval("evalsha", takeScript.Hash())
@@ -295,6 +325,26 @@ func (s *RedisStore) Block(ctx context.Context, key string, d time.Duration) err
 		return fmt.Errorf("redis block: %w", err)
 	}
 	return nil
+}
+
+// instanceEpoch reads the instance key (see RedisOptions.Settle): the
+// instance epoch, "" when the key is missing (Redis lost its data, or no
+// take created it yet), or ok false when there is no instance key.
+func (s *RedisStore) instanceEpoch(ctx context.Context) (epoch string, ok bool, err error) {
+	if s.instanceKey == "" {
+		return "", false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	v, err := s.client.Get(ctx, s.instanceKey).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", true, nil
+	case err != nil:
+		return "", true, fmt.Errorf("redis get instance: %w", err)
+	}
+	epoch, _, _ = strings.Cut(v, ":")
+	return epoch, true, nil
 }
 
 // Ping checks that Redis answers within the store's timeout: /readyz and

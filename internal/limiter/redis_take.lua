@@ -12,6 +12,11 @@
 --                         when a script created it), so a replica can tell
 --                         that Redis lost what it wrote; blocked_until_ms
 --                         is 0 or the end of a Block.
+-- KEYS[2]  optional (never in a Redis Cluster): the instance key,
+--          PREFIX:instance = "<instance epoch>:<settle_until_ms>", which
+--          names this Redis's incarnation: it is gone after a restart
+--          without persistence or a FLUSHALL, so a replica learns that
+--          every count it holds may be lost.
 -- ARGV[1]  limit
 -- ARGV[2]  bucket width, ms
 -- ARGV[3]  span (window + margin), ms
@@ -30,12 +35,19 @@
 --          persistence, a flush, a failover to a replica that never got
 --          them): nothing is admitted, and lost = 1 tells the caller to
 --          write its counts back first.
+-- ARGV[11] the instance epoch the caller last saw ("" : none yet)
+-- ARGV[12] settle, ms: when the instance key is missing and the caller saw
+--          an earlier incarnation, Redis lost its data: no slot is placed
+--          (now or reserved) before now + settle, so that every replica
+--          holding counts can write them back first; takes meanwhile are
+--          told to ask again then (blocked = 2).
 --
 -- Returns {allowed, remaining, retry_after_ms, reset_after_ms, blocked,
 --          at, now_ms, epoch, granted, delay_ms, usable_ms, reserved,
---          lost}: at
+--          lost, instance}: at
 --          is the bucket taken in, or the start reserved from (reserved =
---          1); epoch is "" when the key does not exist; lost as above.
+--          1); epoch is "" when the key does not exist; lost as above;
+--          instance is the instance epoch ("" without KEYS[2]).
 if redis.replicate_commands then redis.replicate_commands() end
 
 local key = KEYS[1]
@@ -97,13 +109,35 @@ for i = 1, #dead, 500 do
 end
 if reset >= 0 then reset = reset - now else reset = 0 end
 
+-- The instance's incarnation, and the end of its settling after a loss.
+local instance, settle_until = '', 0
+if KEYS[2] then
+  local v = redis.call('GET', KEYS[2])
+  if v then
+    local e, u = string.match(v, '^(%d+):(%d+)$')
+    instance, settle_until = e or '', tonumber(u) or 0
+  else
+    instance = t[1] .. string.format('%06d', tonumber(t[2]))
+    if (ARGV[11] or '') ~= '' then settle_until = now + (tonumber(ARGV[12]) or 0) end
+    redis.call('SET', KEYS[2], instance .. ':' .. fmt(settle_until))
+  end
+end
+
 local known = ARGV[10] or ''
 if known ~= '' and not peek and epoch ~= known then
-  return {0, 0, 0, 0, 0, 0, now, epoch or '', 0, 0, 0, 0, 1}
+  return {0, 0, 0, 0, 0, 0, now, epoch or '', 0, 0, 0, 0, 1, instance}
 end
 
 local cur = bucket(now)
-local is_blocked = blocked_until > now
+if settle_until > now then
+  -- Redis lost its data moments ago and replicas are writing their counts
+  -- back: until they are in, no slot can be placed safely, not even for
+  -- later. The caller asks again when the settling ends (blocked = 2).
+  local d = settle_until - now
+  return {0, 0, d, d, 2, cur, now, epoch or '', 0, 0, 0, 0, 0, instance}
+end
+local gate = blocked_until
+local is_blocked = gate > now
 local lease = hold > 0 and not peek
 local take_at = cur
 if lease then take_at = bucket(now + hold) end
@@ -142,14 +176,14 @@ local function take(at, k, remaining)
   if lease then usable = hold end
   local granted = 0
   if lease then granted = k end
-  return {1, remaining, 0, reset, 0, at, now, epoch, granted, 0, usable, 0, 0}
+  return {1, remaining, 0, reset, 0, at, now, epoch, granted, 0, usable, 0, 0, instance}
 end
 
 if not future and not is_blocked and notbefore == 0 then
   -- Nothing is reserved for later: count only falls from now on, so what
   -- counts now is the most that ever will.
   local room = limit - used
-  if peek then return {0, math.max(room, 0), 0, reset, 0, cur, now, epoch or '', 0, 0, 0, 0, 0} end
+  if peek then return {0, math.max(room, 0), 0, reset, 0, cur, now, epoch or '', 0, 0, 0, 0, 0, instance} end
   if room >= 1 then
     local k = grant(room)
     return take(take_at, k, room - k)
@@ -218,14 +252,15 @@ end
 
 local remaining, blocked_flag, start_from = 0, 0, now
 if is_blocked then
-  blocked_flag, reset, start_from = 1, blocked_until - now, blocked_until
+  reset, start_from = gate - now, gate
+  if blocked_until > now then blocked_flag = 1 end
 else
   remaining = math.max(limit - max_with(now, ends(cur), 0, 0, 0), 0)
 end
 if peek then
   local retry = 0
   if is_blocked then retry = reset end
-  return {0, remaining, retry, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0, 0}
+  return {0, remaining, retry, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0, 0, instance}
 end
 if not is_blocked and notbefore == 0 then
   local room = limit - max_with(now, ends(take_at), 0, 0, 0)
@@ -241,7 +276,7 @@ if start - now > wait and notbefore > 0 then
   start = earliest(start_from)
 end
 if start - now > wait then
-  return {0, remaining, earliest(start_from) - now, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0, 0}
+  return {0, remaining, earliest(start_from) - now, reset, blocked_flag, cur, now, epoch or '', 0, 0, 0, 0, 0, instance}
 end
 if start == now then
   -- Free now (only reached when the smoothing turn was given up).
@@ -254,4 +289,4 @@ if not is_blocked then
   remaining = math.max(limit - max_with(now, ends(cur), start, ends(b), 1), 0)
   reset = reset_with(ends(b))
 end
-return {1, remaining, 0, reset, blocked_flag, start, now, epoch, 0, start - now, (b + 1) * width - now, 1, 0}
+return {1, remaining, 0, reset, blocked_flag, start, now, epoch, 0, start - now, (b + 1) * width - now, 1, 0, instance}

@@ -111,6 +111,10 @@ type Result struct {
 	// Blocked is set when the key was refused because the upstream said its
 	// quota is exhausted (see Store.Block), not because of local counting.
 	Blocked bool
+	// Settling is set when the store cannot place any slot until
+	// RetryAfter: it lost its data and waits for the replicas' counts to
+	// be written back. The caller asks again then, if it can wait.
+	Settling bool
 	// Granted is how many slots an allowed lease counted (see Take.Hold);
 	// 0 for an ordinary take.
 	Granted int

@@ -57,6 +57,12 @@ func leaseTime(cfg config.Config) time.Duration {
 	return min(cfg.Redis.LeaseTime.Duration, cfg.Quota.Window.Duration/300)
 }
 
+// redisSettle is how long no slot is used after Redis lost all its data,
+// for every replica holding counts to write them back first: a replica
+// learns of the loss from its next take or within the fallback's probe
+// tick (250 ms), and writes back in a few round trips.
+const redisSettle = 2 * time.Second
+
 // Gateway is the assembled gateway: the proxy handler, the admin handler
 // and what runs behind them.
 type Gateway struct {
@@ -147,6 +153,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 			Timeout:      cfg.Redis.Timeout.Duration,
 			AutoPipeline: cfg.Redis.AutoPipeline,
 			MaxHold:      3 * leaseTime(cfg), // a refill holds up to 2.5 lease times
+			Settle:       redisSettle,
 		})
 		reject := cfg.Quota.OnStoreFailure == "reject"
 		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
