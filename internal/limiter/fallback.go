@@ -142,9 +142,9 @@ type FallbackStore struct {
 	// how often a new one followed another.
 	instance      atomic.Value
 	lostInstances atomic.Int64
-	since    atomic.Int64 // local unix ns when the fallback became active
-	lastErr  atomic.Pointer[errBox]
-	offset   atomic.Int64 // Redis ms minus local ms, from the last success
+	since         atomic.Int64 // local unix ns when the fallback became active
+	lastErr       atomic.Pointer[errBox]
+	offset        atomic.Int64 // Redis ms minus local ms, from the last success
 	// switchMu is held shared by local takes and exclusively while the
 	// last reconciliation pass hands takes back to Redis, so no local
 	// admission slips in between the write-back and the switch.
