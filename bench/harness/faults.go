@@ -36,7 +36,7 @@ func (o *FaultOptions) pick(full, short time.Duration) time.Duration {
 }
 
 // FaultNames lists the fault runs, in the order "faults" runs them.
-var FaultNames = []string{"redis-kill", "redis-delay", "upstream-errors", "upstream-hang", "disconnect"}
+var FaultNames = []string{"redis-kill", "redis-delay", "redis-loss", "upstream-errors", "upstream-hang", "disconnect"}
 
 // RunFault runs one fault scenario by name and returns its verdicts.
 func RunFault(ctx context.Context, l Launcher, name string, o FaultOptions) (Verdicts, error) {
@@ -48,6 +48,8 @@ func RunFault(ctx context.Context, l Launcher, name string, o FaultOptions) (Ver
 		return runRedisKill(ctx, l, o)
 	case "redis-delay":
 		return runRedisDelay(ctx, l, o)
+	case "redis-loss":
+		return runRedisLoss(ctx, l, o)
 	case "upstream-errors":
 		return runUpstreamErrors(ctx, l, o)
 	case "upstream-hang":
@@ -880,4 +882,36 @@ func errOrOK(err error) string {
 		return "ok"
 	}
 	return err.Error()
+}
+
+// runRedisLoss repeats the fleet run (3 replicas, 3x the quota) through each
+// of DataLosses, 10 times (2 with -short), and counts what the upstream
+// answered 20005.
+func runRedisLoss(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, error) {
+	w := o.Out
+	n := 10
+	if o.Short {
+		n = 2
+	}
+	var v Verdicts
+	for _, sc := range DataLosses {
+		fmt.Fprintf(w, "redis-loss, %s: %d fleet runs of 20 s (3 replicas, 5 tokens of 60/10 s, 3x demand)\n", sc.Name, n)
+		breaches, bad := 0, 0
+		for i := range n {
+			r, err := RunQuota(ctx, l, QuotaOptions{Duration: 20 * time.Second, Faults: sc.Faults})
+			if err != nil {
+				return nil, err
+			}
+			breaches += r.Upstream20005
+			if !r.Passed() {
+				bad++
+			}
+			fmt.Fprintf(w, "  run %2d: upstream 20005 %d, quota used %.1f%%, 200 %d, 429 %d, other %d, errors %d\n",
+				i+1, r.Upstream20005, 100*r.QuotaUse, r.OK, r.Limited, r.Other, r.Errors)
+		}
+		v.Check(sc.Name+": 0 upstream 20005 in every run, every criterion met", breaches == 0 && bad == 0,
+			"%d upstream 20005 in %d runs, %d runs failing a criterion", breaches, n, bad)
+	}
+	v.Write(w, "redis-loss")
+	return v, nil
 }

@@ -79,6 +79,19 @@ func FlushRedis(t QuotaTargets) error {
 	return nil
 }
 
+// DataLoss is a scenario of the fleet run in which Redis loses its data.
+type DataLoss struct {
+	Name   string
+	Faults []QuotaFault
+}
+
+// DataLosses are issue 13's data-loss scenarios, for a 20 s fleet run:
+// FLUSHALL + SCRIPT FLUSH twice, and kill -9 with an empty restart.
+var DataLosses = []DataLoss{
+	{"flush twice", []QuotaFault{{7 * time.Second, "FLUSHALL + SCRIPT FLUSH", FlushRedis}, {14 * time.Second, "FLUSHALL + SCRIPT FLUSH", FlushRedis}}},
+	{"kill -9 and empty restart", []QuotaFault{{10 * time.Second, "kill -9, empty restart", RestartRedis}}},
+}
+
 // RestartRedis is a fault: kill -9, then an empty restart on the same port.
 func RestartRedis(t QuotaTargets) error {
 	t.Redis.Kill()

@@ -75,16 +75,10 @@ func TestFleetSurvivesRedisDataLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two runs of 20 s of load")
 	}
-	for _, tc := range []struct {
-		name   string
-		faults []QuotaFault
-	}{
-		{"flush twice", []QuotaFault{{7 * time.Second, "FLUSHALL + SCRIPT FLUSH", FlushRedis}, {14 * time.Second, "FLUSHALL + SCRIPT FLUSH", FlushRedis}}},
-		{"kill -9 and empty restart", []QuotaFault{{10 * time.Second, "kill -9, empty restart", RestartRedis}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range DataLosses {
+		t.Run(tc.Name, func(t *testing.T) {
 			var out strings.Builder
-			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{Duration: 20 * time.Second, Faults: tc.faults, Out: &out})
+			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{Duration: 20 * time.Second, Faults: tc.Faults, Out: &out})
 			t.Log("\n" + out.String())
 			if err != nil {
 				t.Fatal(err)
