@@ -24,6 +24,14 @@ import (
 type gatewayProc struct {
 	addrs started
 	stop  func()
+	logs  *syncWriter // what the gateway logged (a strings.Builder)
+}
+
+// logged returns what the gateway has logged so far.
+func (g *gatewayProc) logged() string {
+	g.logs.mu.Lock()
+	defer g.logs.mu.Unlock()
+	return g.logs.w.(*strings.Builder).String()
 }
 
 func startGateway(t *testing.T, config string, env ...string) *gatewayProc {
@@ -34,7 +42,7 @@ func startGateway(t *testing.T, config string, env ...string) *gatewayProc {
 	done := make(chan int, 1)
 	logs := &syncWriter{w: &strings.Builder{}}
 	go func() { done <- run(ctx, []string{"-config", p}, env, io.Discard, logs, ready) }()
-	g := &gatewayProc{}
+	g := &gatewayProc{logs: logs}
 	select {
 	case g.addrs = <-ready:
 	case code := <-done:
@@ -333,4 +341,47 @@ func testQuotaHeadersConsistent(t *testing.T, leases bool) {
 			}
 		}
 	}
+}
+
+// TestReadyOnlyOnceRedisAnswered: a gateway whose Redis refuses its
+// password is not ready, says why, and logs the reason (never the
+// password); with on_store_failure = "local" it starts on local counts,
+// ready and degraded; once Redis answers it is ready.
+func TestReadyOnlyOnceRedisAnswered(t *testing.T) {
+	rs := redistest.Start(t, "--requirepass", "right-password")
+	up := httptest.NewServer(fusioosim.New(fusioosim.Config{}))
+	defer up.Close()
+	wrong := strings.Replace(rs.URL(), "redis://", "redis://:wrong-password-123@", 1)
+	c := newClient(t)
+	readyz := func(g *gatewayProc) (int, string) {
+		st, _, body, err := c.get("http://"+g.addrs.AdminAddr+"/readyz", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st, body
+	}
+	cfg := strings.Replace(redisConfig(wrong, 100, "1h", "10ms"), `level = "error"`, `level = "warn"`, 1)
+	g := startGateway(t, cfg, "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	waitFor(t, func() bool { return strings.Contains(g.logged(), "WRONGPASS") })
+	if st, body := readyz(g); st != 503 || !strings.Contains(body, "not answered yet") || !strings.Contains(body, "WRONGPASS") {
+		t.Fatalf("readyz with a wrong password: %d %q", st, body)
+	}
+	if strings.Contains(g.logged(), "wrong-password-123") {
+		t.Fatalf("the password was logged:\n%s", g.logged())
+	}
+	g.stop()
+
+	g = startGateway(t, cfg, "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL, "FUSIOO_GATEWAY_QUOTA_ON_STORE_FAILURE=local")
+	waitFor(t, func() bool {
+		st, body := readyz(g)
+		return st == 200 && strings.Contains(body, "degraded") && strings.Contains(body, "WRONGPASS")
+	})
+	g.stop()
+
+	right := strings.Replace(rs.URL(), "redis://", "redis://:right-password@", 1)
+	g = startGateway(t, redisConfig(right, 100, "1h", "10ms"), "FUSIOO_GATEWAY_UPSTREAM_URL="+up.URL)
+	waitFor(t, func() bool {
+		st, body := readyz(g)
+		return st == 200 && body == "ready: quota store: redis\n"
+	})
 }

@@ -157,7 +157,7 @@ func Default() Config {
 			Buckets:        60,
 			Store:          "memory",
 			FallbackShare:  0.5,
-			OnStoreFailure: "local",
+			OnStoreFailure: "", // local once Redis has answered
 			PolicyName:     "hourly",
 		},
 		Redis: Redis{
@@ -496,8 +496,10 @@ func (c *Config) validate() Errors {
 	if c.Quota.FallbackShare <= 0 || c.Quota.FallbackShare > 1 || math.IsNaN(c.Quota.FallbackShare) {
 		add("quota.fallback_share", "must be in (0, 1], got %v", c.Quota.FallbackShare)
 	}
-	if c.Quota.OnStoreFailure != "local" && c.Quota.OnStoreFailure != "reject" {
-		add("quota.on_store_failure", "want \"local\" or \"reject\", got %q", c.Quota.OnStoreFailure)
+	switch c.Quota.OnStoreFailure {
+	case "", "local", "reject":
+	default:
+		add("quota.on_store_failure", "want \"\" (local once Redis has answered), \"local\" or \"reject\", got %q", c.Quota.OnStoreFailure)
 	}
 	if c.Quota.PolicyName == "" || strings.ContainsAny(c.Quota.PolicyName, "\"\\;,= ") {
 		add("quota.policy_name", "must be a non-empty token without quotes, spaces or ;,=, got %q", c.Quota.PolicyName)

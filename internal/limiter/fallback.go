@@ -46,8 +46,9 @@ var StoreOps = []string{StoreOpTake, StoreOpBlock, StoreOpPing, StoreOpReconcile
 // be quick and must not call back into the store.
 type FallbackObserver interface {
 	// StoreError is called for each failed Redis call with one of the
-	// StoreOp constants.
-	StoreError(op string)
+	// StoreOp constants and the error (which names no secret: go-redis
+	// errors carry addresses and Redis's replies, never credentials).
+	StoreError(op string, err error)
 	// FallbackActive is called with true when takes start being answered
 	// locally (Redis unavailable) and with false when Redis has them again.
 	FallbackActive(active bool)
@@ -137,6 +138,7 @@ type FallbackStore struct {
 	maxCounts  int // shadow entries per key before an inline prune
 
 	degraded atomic.Bool
+	answered atomic.Bool  // Redis answered a call (Answered)
 	lostKeys atomic.Int64 // takes that found a key Redis had lost (LostKeys)
 	// instance is the instance epoch last seen (a string), lostInstances
 	// how often a new one followed another.
@@ -266,13 +268,29 @@ func (f *FallbackStore) Degraded() bool { return f.degraded.Load() }
 // unavailable since …)", or "reject (redis unavailable since …)".
 func (f *FallbackStore) Status() string {
 	if !f.degraded.Load() {
+		if !f.answered.Load() {
+			return "redis (not answered yet" + f.lastReason() + ")"
+		}
 		return "redis"
 	}
 	mode := "local"
 	if f.reject {
 		mode = "reject"
 	}
-	return mode + " (redis unavailable since " + time.Unix(0, f.since.Load()).UTC().Format(time.RFC3339) + ")"
+	return mode + " (redis unavailable since " + time.Unix(0, f.since.Load()).UTC().Format(time.RFC3339) + f.lastReason() + ")"
+}
+
+// Answered reports whether Redis has answered a call since the store was
+// made: until then /readyz is not ready, unless a cold start on local
+// counts was asked for (quota.on_store_failure = "local").
+func (f *FallbackStore) Answered() bool { return f.answered.Load() }
+
+// lastReason is ": <last Redis error>" for Status, or "".
+func (f *FallbackStore) lastReason() string {
+	if e := f.lastErr.Load(); e != nil {
+		return "; last error: " + e.err.Error()
+	}
+	return ""
 }
 
 // Take implements Store: through Redis while it answers, locally (or with
@@ -389,6 +407,21 @@ func (f *FallbackStore) sawInstance(instance string) {
 			f.markDirty(key)
 		}
 	}
+}
+
+// probe pings Redis through the breaker.
+func (f *FallbackStore) probe(ctx context.Context) bool {
+	_, err := f.cb.Execute(func() (struct{}, error) {
+		return struct{}{}, f.classify(ctx, f.primary.Ping(ctx))
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			f.failed(StoreOpPing, err)
+		}
+		return false
+	}
+	f.answered.Store(true)
+	return true
 }
 
 // checkInstance looks, between takes, whether Redis lost all its data, so
@@ -571,6 +604,7 @@ func (f *FallbackStore) localResult(r Result) Result {
 
 // recordRedis updates the shadow after Redis answered a take.
 func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent time.Time) {
+	f.answered.Store(true)
 	f.offset.Store(info.now - sent.UnixMilli())
 	now := f.clock.Now()
 	sh := f.shard(key)
@@ -632,9 +666,12 @@ func (f *FallbackStore) Run(ctx context.Context) error {
 		case <-tick.Chan():
 		case <-f.wake:
 		}
-		if f.degraded.Load() {
+		switch {
+		case f.degraded.Load():
 			f.recover(ctx)
-		} else {
+		case !f.answered.Load():
+			f.probe(ctx) // a cold start learns Redis answers without traffic
+		default:
 			f.checkInstance(ctx)
 			f.reconcile(ctx)
 		}
@@ -652,13 +689,7 @@ func (f *FallbackStore) recover(ctx context.Context) bool {
 	case gobreaker.StateOpen:
 		return false // not yet time to probe: Redis is not touched
 	case gobreaker.StateHalfOpen:
-		_, err := f.cb.Execute(func() (struct{}, error) {
-			return struct{}{}, f.classify(ctx, f.primary.Ping(ctx))
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				f.failed(StoreOpPing, err)
-			}
+		if !f.probe(ctx) {
 			return false
 		}
 	}
@@ -824,7 +855,7 @@ func (f *FallbackStore) failed(op string, err error) {
 		return
 	}
 	f.lastErr.Store(&errBox{err})
-	f.obs.StoreError(op)
+	f.obs.StoreError(op, err)
 }
 
 func (f *FallbackStore) enterDegraded() {
@@ -906,5 +937,5 @@ func (k *fbKey) pending() bool {
 
 type nopFallbackObserver struct{}
 
-func (nopFallbackObserver) StoreError(string)   {}
-func (nopFallbackObserver) FallbackActive(bool) {}
+func (nopFallbackObserver) StoreError(string, error) {}
+func (nopFallbackObserver) FallbackActive(bool)      {}

@@ -40,7 +40,7 @@ type fallbackRecorder struct {
 	active []bool
 }
 
-func (o *fallbackRecorder) StoreError(op string) {
+func (o *fallbackRecorder) StoreError(op string, _ error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.errs == nil {

@@ -159,11 +159,17 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
 			Share:    cfg.Quota.FallbackShare,
 			Reject:   reject,
-			Observer: storeObserver{m: m, log: log.Named("quota")},
+			Observer: storeObserver{m: m, log: log.Named("quota"), every: rate.NewLimiter(1, 3), suppressed: new(atomic.Int64)},
 		})
 		store, g.fallback = fb, fb
+		// A cold start waits for Redis's first answer, unless local counts
+		// from the start were asked for explicitly.
+		coldLocal := cfg.Quota.OnStoreFailure == "local"
 		g.health = func() (bool, string) {
 			status := "quota store: " + fb.Status()
+			if !fb.Answered() && !coldLocal {
+				return false, "quota store has not answered yet: " + status
+			}
 			if fb.Degraded() {
 				// Degraded but serving from the local count is ready (and
 				// says so); rejecting every request is not.
@@ -318,11 +324,23 @@ func offIfZero[T int64 | float64 | time.Duration](v, off T) T {
 // storeObserver exports the quota store's failures as metrics and logs the
 // switches to and from the local fallback (once each, not per request).
 type storeObserver struct {
-	m   *metrics.Metrics
-	log *zap.Logger
+	m          *metrics.Metrics
+	log        *zap.Logger
+	every      *rate.Limiter // of error lines
+	suppressed *atomic.Int64 // error lines not written since the last one
 }
 
-func (o storeObserver) StoreError(op string) { o.m.StoreError(op) }
+// StoreError counts the failure and logs it with its reason, at most
+// about once a second (a Redis that is down fails every call): the lines
+// in between are counted in the next one's "suppressed".
+func (o storeObserver) StoreError(op string, err error) {
+	o.m.StoreError(op)
+	if !o.every.Allow() {
+		o.suppressed.Add(1)
+		return
+	}
+	o.log.Warn("quota store call failed", zap.String("op", op), zap.Error(err), zap.Int64("suppressed", o.suppressed.Swap(0)))
+}
 
 func (o storeObserver) FallbackActive(active bool) {
 	o.m.FallbackActive(active)
