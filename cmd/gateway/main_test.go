@@ -66,6 +66,42 @@ x = 1
 	}
 }
 
+// TestCheckRefusesWhatStartupRefuses: -check and a start refuse the same
+// Redis options, exit 2, each problem named once, no doubled prefix, no
+// secret echoed.
+func TestCheckRefusesWhatStartupRefuses(t *testing.T) {
+	p := writeConfig(t, `
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[quota]
+store = "redis"
+[redis]
+url = "redis://alice:hunter2-secret@127.0.0.1:1/x"
+password = "another-secret"
+sentinel_password = "third-secret"
+ca_file = "/nonexistent/ca.pem"
+`)
+	for _, args := range [][]string{{"-check", "-config", p}, {"-config", p}} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), args, nil, &out, &errb, nil)
+		msg := errb.String()
+		if code != exitConfig {
+			t.Fatalf("%v: exit %d, want %d:\n%s", args, code, exitConfig, msg)
+		}
+		for _, want := range []string{"redis.sentinel_password: only applies", "redis.url: ", "redis.tls: "} {
+			if strings.Count(msg, want) != 1 {
+				t.Errorf("%v: %q named %d times, want once:\n%s", args, want, strings.Count(msg, want), msg)
+			}
+		}
+		for _, secret := range []string{"hunter2-secret", "another-secret", "third-secret", "redis: redis:"} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("%v: stderr shows %q:\n%s", args, secret, msg)
+			}
+		}
+	}
+}
+
 func TestFlags(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run(context.Background(), []string{"-version"}, nil, &out, &errb, nil); code != 0 || !strings.Contains(out.String(), "fusioo-gateway") {

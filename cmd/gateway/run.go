@@ -47,8 +47,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 		printf(stderr, "gateway: -config is required (try -config config.example.toml)\n")
 		return exitConfig
 	}
-	cfg, err := config.Load(*cfgPath, env)
-	if err != nil {
+	invalid := func(err error) int {
 		printf(stderr, "gateway: invalid configuration %s:\n", *cfgPath)
 		var errs config.Errors
 		if errors.As(err, &errs) {
@@ -60,7 +59,18 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 		}
 		return exitConfig
 	}
+	cfg, err := config.Load(*cfgPath, env)
+	if err != nil {
+		return invalid(err)
+	}
 	if *checkOnly {
+		// Everything startup checks, without starting: the assembly does
+		// no I/O (but for reading the TLS files).
+		g, err := app.New(cfg, zap.NewNop(), buildVersion())
+		if err != nil {
+			return invalid(err)
+		}
+		g.Close()
 		printf(stdout, "configuration %s is valid\n", *cfgPath)
 		return exitOK
 	}
@@ -74,7 +84,11 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 		return exitConfig
 	}
 	defer func() { _ = log.Sync() }()
-	if err := serve(ctx, cfg, log, ready); err != nil {
+	g, err := app.New(cfg, log, buildVersion())
+	if err != nil {
+		return invalid(err)
+	}
+	if err := serve(ctx, g, cfg, log, ready); err != nil {
 		log.Error("gateway stopped", zap.Error(err))
 		return exitFailed
 	}
@@ -108,11 +122,7 @@ func buildVersion() string {
 }
 
 // serve runs the gateway until ctx is done, then shuts down gracefully.
-func serve(ctx context.Context, cfg config.Config, log *zap.Logger, ready chan<- started) error {
-	g, err := app.New(cfg, log, buildVersion())
-	if err != nil {
-		return err
-	}
+func serve(ctx context.Context, g *app.Gateway, cfg config.Config, log *zap.Logger, ready chan<- started) error {
 	log.Info("starting", zap.String("version", buildVersion()), zap.Any("config", cfg.Redacted()))
 	app.SetRedisLogger(log.Named("redis"))
 

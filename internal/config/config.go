@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/fusioo-gateway/gateway/internal/limiter"
 )
 
 // EnvPrefix starts every environment override: FUSIOO_GATEWAY_REDIS_URL
@@ -83,6 +85,10 @@ type Redis struct {
 	Username         string   `toml:"username"`
 	Password         string   `toml:"password" secret:"true"`
 	TLS              bool     `toml:"tls"`
+	CAFile           string   `toml:"ca_file"`
+	CertFile         string   `toml:"cert_file"`
+	KeyFile          string   `toml:"key_file"`
+	ServerName       string   `toml:"server_name"`
 	KeyPrefix        string   `toml:"key_prefix"`
 	Timeout          Duration `toml:"timeout"`
 	PoolSize         int      `toml:"pool_size"`
@@ -487,8 +493,14 @@ func (c *Config) validate() Errors {
 	switch c.Quota.Store {
 	case "memory":
 	case "redis":
-		if c.Redis.URL == "" && len(c.Redis.SentinelAddrs) == 0 && len(c.Redis.ClusterAddrs) == 0 {
-			add("redis.url", "quota.store is \"redis\": set redis.url, redis.sentinel_addrs or redis.cluster_addrs")
+		// The client's rules are the client's (limiter): what startup
+		// refuses, -check refuses, each problem once.
+		if err := c.RedisClientOptions().Validate(); err != nil {
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = append(errs, j.Unwrap()...)
+			} else {
+				errs = append(errs, err)
+			}
 		}
 	default:
 		add("quota.store", "want \"memory\" or \"redis\", got %q", c.Quota.Store)
@@ -505,35 +517,10 @@ func (c *Config) validate() Errors {
 		add("quota.policy_name", "must be a non-empty token without quotes, spaces or ;,=, got %q", c.Quota.PolicyName)
 	}
 
-	if c.Redis.URL != "" {
-		if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-			add("redis.url", "want redis://, rediss:// or unix:// URL")
-		}
-	}
-	if len(c.Redis.SentinelAddrs) > 0 && c.Redis.SentinelMaster == "" {
-		add("redis.sentinel_master", "required with redis.sentinel_addrs")
-	}
-	topologies := 0
-	for _, set := range []bool{c.Redis.URL != "", len(c.Redis.SentinelAddrs) > 0, len(c.Redis.ClusterAddrs) > 0} {
-		if set {
-			topologies++
-		}
-	}
-	if topologies > 1 {
-		add("redis", "set only one of redis.url, redis.sentinel_addrs and redis.cluster_addrs")
-	}
-	for i, a := range append(append([]string{}, c.Redis.SentinelAddrs...), c.Redis.ClusterAddrs...) {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			add("redis", "address %d %q: want host:port", i, a)
-		}
-	}
 	if c.Redis.KeyPrefix == "" || strings.ContainsAny(c.Redis.KeyPrefix, "{} ") {
 		add("redis.key_prefix", "must be non-empty without braces or spaces, got %q", c.Redis.KeyPrefix)
 	}
 	positive("redis.timeout", c.Redis.Timeout)
-	if c.Redis.PoolSize < 0 {
-		add("redis.pool_size", "must not be negative (0 = go-redis default), got %d", c.Redis.PoolSize)
-	}
 	if c.Redis.LeaseTime.Duration < 0 || c.Redis.LeaseTime.Duration > time.Second {
 		add("redis.lease_time", "must be between 0 (no leases) and 1s, got %s", c.Redis.LeaseTime)
 	}
@@ -608,6 +595,28 @@ func (c *Config) validate() Errors {
 		}
 	}
 	return errs
+}
+
+// RedisClientOptions are the redis.* settings as the Redis client takes
+// them.
+func (c *Config) RedisClientOptions() limiter.RedisClientOptions {
+	r := c.Redis
+	return limiter.RedisClientOptions{
+		URL:              r.URL,
+		SentinelMaster:   r.SentinelMaster,
+		SentinelAddrs:    r.SentinelAddrs,
+		SentinelPassword: r.SentinelPassword,
+		ClusterAddrs:     r.ClusterAddrs,
+		Username:         r.Username,
+		Password:         r.Password,
+		TLS:              r.TLS,
+		CAFile:           r.CAFile,
+		CertFile:         r.CertFile,
+		KeyFile:          r.KeyFile,
+		ServerName:       r.ServerName,
+		PoolSize:         r.PoolSize,
+		Timeout:          r.Timeout.Duration,
+	}
 }
 
 // Bounds of the derived quota.margin: MarginShare of the window, at most

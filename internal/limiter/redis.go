@@ -1,13 +1,16 @@
 package limiter
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	_ "embed" // the Lua scripts
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -435,8 +438,14 @@ type RedisClientOptions struct {
 	// DB selects a database (standalone and Sentinel only; with URL it may
 	// be given in the URL path instead).
 	DB int
-	// TLS connects with TLS (implied by rediss://).
-	TLS bool
+	// TLS connects with TLS (implied by rediss://). CAFile is a PEM file
+	// of the CAs to trust instead of the system's; CertFile and KeyFile a
+	// client certificate for mutual TLS; ServerName the name to verify the
+	// server's certificate against (default: the host dialled).
+	TLS               bool
+	CAFile            string
+	CertFile, KeyFile string
+	ServerName        string
 
 	// PoolSize is the number of connections per node (0: go-redis default,
 	// 10 per GOMAXPROCS).
@@ -446,13 +455,12 @@ type RedisClientOptions struct {
 	Timeout time.Duration
 }
 
-// NewRedisClient builds a go-redis client from o without any I/O (go-redis
-// connects lazily). The client is tuned for a quota store behind a circuit
-// breaker: no command retries (a retry would double the time a dead Redis
-// holds a request; the breaker and the fallback decide instead), one dial
-// attempt, context deadlines honoured, and maintenance notifications off
-// (they would relax the timeouts during a failover).
-func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
+// Validate reports every problem of o, each naming its redis.* key (never
+// a secret's value): what both -check and startup refuse. It reads the TLS
+// files to check them.
+func (o RedisClientOptions) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	modes := 0
 	for _, set := range []bool{o.URL != "", o.SentinelMaster != "" || len(o.SentinelAddrs) > 0, len(o.ClusterAddrs) > 0} {
 		if set {
@@ -461,23 +469,128 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 	}
 	switch {
 	case modes == 0:
-		return nil, errors.New("redis: set one of redis.url, redis.sentinel_master (with redis.sentinel_addrs) or redis.cluster_addrs")
+		bad("redis.url: set one of redis.url, redis.sentinel_master (with redis.sentinel_addrs) or redis.cluster_addrs")
 	case modes > 1:
-		return nil, errors.New("redis: redis.url, redis.sentinel_* and redis.cluster_addrs are exclusive: set only one")
-	case o.SentinelMaster != "" && len(o.SentinelAddrs) == 0:
-		return nil, errors.New("redis: redis.sentinel_master needs redis.sentinel_addrs")
-	case len(o.SentinelAddrs) > 0 && o.SentinelMaster == "":
-		return nil, errors.New("redis: redis.sentinel_addrs needs redis.sentinel_master")
-	case o.SentinelPassword != "" && o.SentinelMaster == "":
-		return nil, errors.New("redis: redis.sentinel_password only applies with redis.sentinel_master")
-	case len(o.ClusterAddrs) > 0 && o.DB != 0:
-		return nil, errors.New("redis: Redis Cluster has only database 0")
-	case o.DB < 0:
-		return nil, fmt.Errorf("redis: database must not be negative, got %d", o.DB)
-	case o.PoolSize < 0:
-		return nil, fmt.Errorf("redis: pool size must not be negative, got %d", o.PoolSize)
-	case o.Timeout < 0:
-		return nil, fmt.Errorf("redis: timeout must not be negative, got %s", o.Timeout)
+		bad("redis.url: redis.url, redis.sentinel_* and redis.cluster_addrs are exclusive: set only one")
+	}
+	if o.SentinelMaster != "" && len(o.SentinelAddrs) == 0 {
+		bad("redis.sentinel_addrs: required with redis.sentinel_master")
+	}
+	if len(o.SentinelAddrs) > 0 && o.SentinelMaster == "" {
+		bad("redis.sentinel_master: required with redis.sentinel_addrs")
+	}
+	if o.SentinelPassword != "" && o.SentinelMaster == "" {
+		bad("redis.sentinel_password: only applies with redis.sentinel_master")
+	}
+	if len(o.ClusterAddrs) > 0 && o.DB != 0 {
+		bad("redis.url: Redis Cluster has only database 0")
+	}
+	if o.DB < 0 {
+		bad("redis.url: database must not be negative, got %d", o.DB)
+	}
+	if o.PoolSize < 0 {
+		bad("redis.pool_size: must not be negative (0 = go-redis default), got %d", o.PoolSize)
+	}
+	if o.Timeout < 0 {
+		bad("redis.timeout: must not be negative, got %s", o.Timeout)
+	}
+	for _, a := range o.SentinelAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad("redis.sentinel_addrs: %q: want host:port", a)
+		}
+	}
+	for _, a := range o.ClusterAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad("redis.cluster_addrs: %q: want host:port", a)
+		}
+	}
+	if o.URL != "" {
+		// The URL may hold a password: no error quotes it.
+		u, err := url.Parse(o.URL)
+		switch {
+		case err != nil:
+			bad("redis.url: not a URL")
+		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
+			bad("redis.url: scheme must be redis://, rediss:// or unix://, got %q", u.Scheme)
+		default:
+			opt, err := redis.ParseURL(o.URL)
+			if err != nil {
+				bad("redis.url: %s", strings.TrimPrefix(redactURLError(err, u), "redis: "))
+				break
+			}
+			if (o.Username != "" || o.Password != "") && (opt.Username != "" || opt.Password != "") {
+				bad("redis.password: credentials given both in redis.url and in redis.username/redis.password: use one")
+			}
+			if o.DB != 0 && opt.DB != 0 {
+				bad("redis.url: database given twice: use one")
+			}
+		}
+	}
+	if _, err := o.tlsConfig(""); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// redactURLError is err's text without the URL's password.
+func redactURLError(err error, u *url.URL) string {
+	msg := err.Error()
+	if p, ok := u.User.Password(); ok && p != "" {
+		msg = strings.ReplaceAll(msg, p, "xxxxx")
+	}
+	return msg
+}
+
+// usesTLS reports whether o connects with TLS.
+func (o RedisClientOptions) usesTLS() bool {
+	return o.TLS || strings.HasPrefix(o.URL, "rediss://")
+}
+
+// tlsConfig is the client's TLS configuration (nil without TLS): the CA
+// file's pool instead of the system roots, the client certificate, the
+// server name (host when ServerName is empty).
+func (o RedisClientOptions) tlsConfig(host string) (*tls.Config, error) {
+	files := o.CAFile != "" || o.CertFile != "" || o.KeyFile != "" || o.ServerName != ""
+	if !o.usesTLS() {
+		if files {
+			return nil, errors.New("redis.tls: redis.ca_file, cert_file, key_file and server_name need redis.tls = true (or a rediss:// URL)")
+		}
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cmp.Or(o.ServerName, host)}
+	var errs []error
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("redis.ca_file: %w", err))
+		} else if c.RootCAs = x509.NewCertPool(); !c.RootCAs.AppendCertsFromPEM(pem) {
+			errs = append(errs, fmt.Errorf("redis.ca_file: %s holds no PEM certificate", o.CAFile))
+		}
+	}
+	switch {
+	case (o.CertFile == "") != (o.KeyFile == ""):
+		errs = append(errs, errors.New("redis.cert_file: redis.cert_file and redis.key_file go together"))
+	case o.CertFile != "":
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("redis.cert_file: %w", err))
+		} else {
+			c.Certificates = []tls.Certificate{cert}
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// NewRedisClient builds a go-redis client from o without network I/O
+// (go-redis connects lazily; the TLS files are read). The client is tuned
+// for a quota store behind a circuit breaker: no command retries (a retry
+// would double the time a dead Redis holds a request; the breaker and the
+// fallback decide instead), one dial attempt, context deadlines honoured,
+// and maintenance notifications off (they would relax the timeouts during
+// a failover). Its errors are Validate's.
+func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	timeout := o.Timeout
 	if timeout == 0 {
@@ -488,38 +601,17 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 	dial := min(max(10*timeout, 100*time.Millisecond), 5*time.Second)
 	off := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 
-	for _, a := range append(append([]string{}, o.SentinelAddrs...), o.ClusterAddrs...) {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("redis: address %q: %w", a, err)
-		}
-	}
-
 	if o.URL != "" {
-		u, err := url.Parse(o.URL)
-		if err != nil {
-			return nil, fmt.Errorf("redis: redis.url: %w", err)
-		}
-		if u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix" {
-			return nil, fmt.Errorf("redis: redis.url scheme must be redis://, rediss:// or unix://, got %q", u.Scheme)
-		}
-		opt, err := redis.ParseURL(o.URL)
-		if err != nil {
-			return nil, fmt.Errorf("redis: redis.url: %w", err)
-		}
+		u, _ := url.Parse(o.URL) // checked by Validate
+		opt, _ := redis.ParseURL(o.URL)
 		if o.Username != "" || o.Password != "" {
-			if opt.Username != "" || opt.Password != "" {
-				return nil, errors.New("redis: credentials given both in redis.url and in redis.username/redis.password: use one")
-			}
 			opt.Username, opt.Password = o.Username, o.Password
 		}
 		if o.DB != 0 {
-			if opt.DB != 0 {
-				return nil, errors.New("redis: database given both in redis.url and in redis.db: use one")
-			}
 			opt.DB = o.DB
 		}
-		if o.TLS && opt.TLSConfig == nil && opt.Network != "unix" {
-			opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.Hostname()}
+		if opt.Network != "unix" {
+			opt.TLSConfig, _ = o.tlsConfig(u.Hostname())
 		}
 		opt.PoolSize = o.PoolSize
 		opt.MaxRetries = -1 // -1, not 0: 0 means go-redis's default of 3
@@ -533,6 +625,7 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 		return redis.NewClient(opt), nil
 	}
 
+	tc, _ := o.tlsConfig("")
 	uo := &redis.UniversalOptions{
 		Username:              o.Username,
 		Password:              o.Password,
@@ -545,9 +638,7 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 		WriteTimeout:          timeout,
 		PoolTimeout:           timeout,
 		ContextTimeoutEnabled: true,
-	}
-	if o.TLS {
-		uo.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		TLSConfig:             tc,
 	}
 	if o.SentinelMaster != "" {
 		uo.MasterName = o.SentinelMaster

@@ -645,15 +645,20 @@ func TestNewRedisClient(t *testing.T) {
 		{name: "nothing", opts: RedisClientOptions{}, wantErr: "set one of"},
 		{name: "url and cluster", opts: RedisClientOptions{URL: "redis://h:1", ClusterAddrs: []string{"h:2"}}, wantErr: "exclusive"},
 		{name: "url and sentinel", opts: RedisClientOptions{URL: "redis://h:1", SentinelMaster: "m", SentinelAddrs: []string{"h:2"}}, wantErr: "exclusive"},
-		{name: "sentinel without addrs", opts: RedisClientOptions{SentinelMaster: "m"}, wantErr: "needs redis.sentinel_addrs"},
-		{name: "sentinel addrs without master", opts: RedisClientOptions{SentinelAddrs: []string{"h:1"}}, wantErr: "needs redis.sentinel_master"},
+		{name: "sentinel without addrs", opts: RedisClientOptions{SentinelMaster: "m"}, wantErr: "redis.sentinel_addrs: required"},
+		{name: "sentinel addrs without master", opts: RedisClientOptions{SentinelAddrs: []string{"h:1"}}, wantErr: "redis.sentinel_master: required"},
 		{name: "sentinel password alone", opts: RedisClientOptions{URL: "redis://h:1", SentinelPassword: "x"}, wantErr: "only applies"},
 		{name: "cluster db", opts: RedisClientOptions{ClusterAddrs: []string{"h:1"}, DB: 1}, wantErr: "database 0"},
 		{name: "bad scheme", opts: RedisClientOptions{URL: "http://h:1"}, wantErr: "scheme"},
 		{name: "bad db", opts: RedisClientOptions{URL: "redis://h:1/x"}, wantErr: "database"},
 		{name: "credentials twice", opts: RedisClientOptions{URL: "redis://:a@h:1", Password: "b"}, wantErr: "both"},
-		{name: "db twice", opts: RedisClientOptions{URL: "redis://h:1/2", DB: 3}, wantErr: "both"},
-		{name: "bad address", opts: RedisClientOptions{ClusterAddrs: []string{"no-port"}}, wantErr: "address"},
+		{name: "db twice", opts: RedisClientOptions{URL: "redis://h:1/2", DB: 3}, wantErr: "database given twice"},
+		{name: "bad address", opts: RedisClientOptions{ClusterAddrs: []string{"no-port"}}, wantErr: "redis.cluster_addrs"},
+		{name: "sentinel password without master, credentials twice, bad db: all of them",
+			opts: RedisClientOptions{URL: "redis://u:secret-pw@h:1/x", Password: "b", SentinelPassword: "s"}, wantErr: "redis.sentinel_password: only applies"},
+		{name: "tls files without tls", opts: RedisClientOptions{URL: "redis://h:1", CAFile: "/x"}, wantErr: "need redis.tls"},
+		{name: "cert without key", opts: RedisClientOptions{URL: "rediss://h:1", CertFile: "/x"}, wantErr: "go together"},
+		{name: "missing ca file", opts: RedisClientOptions{URL: "rediss://h:1", CAFile: "/nonexistent/ca.pem"}, wantErr: "redis.ca_file"},
 		{name: "negative timeout", opts: RedisClientOptions{URL: "redis://h:1", Timeout: -time.Second}, wantErr: "timeout"},
 	}
 	for _, tc := range cases {
@@ -662,6 +667,9 @@ func TestNewRedisClient(t *testing.T) {
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				if msg := err.Error(); strings.Contains(msg, "secret-pw") || strings.Contains(msg, "redis: redis:") {
+					t.Fatalf("error %q echoes a password or doubles its prefix", msg)
 				}
 				return
 			}

@@ -132,20 +132,10 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		store = g.mem
 		g.health = func() (bool, string) { return true, "quota store: memory" }
 	case "redis":
-		client, err := limiter.NewRedisClient(limiter.RedisClientOptions{
-			URL:              cfg.Redis.URL,
-			SentinelMaster:   cfg.Redis.SentinelMaster,
-			SentinelAddrs:    cfg.Redis.SentinelAddrs,
-			SentinelPassword: cfg.Redis.SentinelPassword,
-			ClusterAddrs:     cfg.Redis.ClusterAddrs,
-			Username:         cfg.Redis.Username,
-			Password:         cfg.Redis.Password,
-			TLS:              cfg.Redis.TLS,
-			PoolSize:         cfg.Redis.PoolSize,
-			Timeout:          cfg.Redis.Timeout.Duration,
-		})
+		client, err := limiter.NewRedisClient(cfg.RedisClientOptions())
+
 		if err != nil {
-			return nil, fmt.Errorf("redis: %w", err)
+			return nil, err // names its redis.* keys
 		}
 		g.closers = append(g.closers, client.Close)
 		primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
