@@ -28,6 +28,9 @@ type Sample struct {
 	// Latency runs from Start to the end of the response body, or to the
 	// error.
 	Latency time.Duration
+	// Sent is when the request was handed to the client: later than Start
+	// when the load generator itself fell behind (a loaded machine).
+	Sent time.Time
 	Status  int         // 0 when Err is set
 	Code    fusioo.Code // Fusioo code of an error body (status >= 400)
 	// RetryAfter is the Retry-After header, if any.
@@ -160,7 +163,7 @@ func do(ctx context.Context, c *http.Client, build Builder, i int, due time.Time
 		defer cancel()
 	}
 	req, tag := build(ctx, i)
-	s := Sample{Start: due, Tag: tag}
+	s := Sample{Start: due, Tag: tag, Sent: time.Now()}
 	resp, err := c.Do(req)
 	if err != nil {
 		s.Err, s.Latency = err, time.Since(due)

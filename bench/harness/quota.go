@@ -92,6 +92,16 @@ var DataLosses = []DataLoss{
 	{"kill -9 and empty restart", []QuotaFault{{10 * time.Second, "kill -9, empty restart", RestartRedis}}},
 }
 
+// CutOff returns faults that blackhole replica i from Redis (its proxy
+// stops forwarding without closing the sockets) at from, and restore it at
+// to: a partitioned pod, or one whose calls time out under CPU load.
+func CutOff(i int, from, to time.Duration) []QuotaFault {
+	return []QuotaFault{
+		{from, fmt.Sprintf("replica %d cut off from Redis", i+1), func(t QuotaTargets) error { t.Proxies[i].Pause(); return nil }},
+		{to, fmt.Sprintf("replica %d back", i+1), func(t QuotaTargets) error { t.Proxies[i].Resume(); return nil }},
+	}
+}
+
 // RestartRedis is a fault: kill -9, then an empty restart on the same port.
 func RestartRedis(t QuotaTargets) error {
 	t.Redis.Kill()
@@ -180,7 +190,9 @@ type QuotaReport struct {
 	// RefusalWait the client time all 429s took in total.
 	FastRefusals float64
 	RefusalWait  time.Duration
-	// MaxOK is the longest a 200 took from when it was due; LateOK counts
+	// OKByReplica counts the 200s each replica answered.
+	OKByReplica []int
+	// MaxOK is the longest a 200 took from when it was sent; LateOK counts
 	// those that took longer than max_wait + AnswerAllowance.
 	MaxOK  time.Duration
 	LateOK int
@@ -256,11 +268,10 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	client := NewClient(1024)
 	defer client.CloseIdleConnections()
 	build := func(ctx context.Context, i int) (*http.Request, string) {
-		tok := i % o.Tokens
-		g := gws[(i/o.Tokens)%len(gws)]
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.URL+"/v3/records/apps/app1/count", nil)
+		tok, rep := i%o.Tokens, (i/o.Tokens)%len(gws)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, gws[rep].URL+"/v3/records/apps/app1/count", nil)
 		req.Header.Set("Authorization", "Bearer "+Token(tok))
-		return req, strconv.Itoa(tok)
+		return req, strconv.Itoa(rep)
 	}
 	start := time.Now()
 	var run *Run
@@ -312,9 +323,18 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 			r.Errors++
 		case s.Status == http.StatusOK:
 			r.OK++
+			if rep, err := strconv.Atoi(s.Tag); err == nil {
+				if r.OKByReplica == nil {
+					r.OKByReplica = make([]int, len(gws))
+				}
+				r.OKByReplica[rep]++
+			}
 			okLat = append(okLat, s.Latency)
-			r.MaxOK = max(r.MaxOK, s.Latency)
-			if s.Latency > o.MaxWait+AnswerAllowance {
+			// From when the request was sent: the gateway's wait, not the
+			// load generator's lag on a loaded machine.
+			fromSent := s.Start.Add(s.Latency).Sub(s.Sent)
+			r.MaxOK = max(r.MaxOK, fromSent)
+			if fromSent > o.MaxWait+AnswerAllowance {
 				r.LateOK++
 			}
 		case s.Status == http.StatusTooManyRequests:
@@ -348,8 +368,8 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	tb.Rows = append(tb.Rows, []string{"all", strconv.Itoa(led.Charged), fmt.Sprintf("%.1f%%", 100*r.QuotaUse)})
 	fmt.Fprintln(w)
 	tb.Write(w)
-	fmt.Fprintf(w, "\nrequests %d: 200 %d, 429 %d (with Retry-After and code 20005: %d), other %d, transport errors %d\n",
-		r.Requests, r.OK, r.Limited, r.LimitedRA, r.Other, r.Errors)
+	fmt.Fprintf(w, "\nrequests %d: 200 %d (by replica %v), 429 %d (with Retry-After and code 20005: %d), other %d, transport errors %d\n",
+		r.Requests, r.OK, r.OKByReplica, r.Limited, r.LimitedRA, r.Other, r.Errors)
 	fmt.Fprintf(w, "simulator: charged %d, over quota (20005) %d, most in one rolling window %d (limit %d)\n",
 		led.Charged, led.OverQuota, led.MaxInWindow, o.Limit)
 	up20005 := m.Sum("fusioo_gateway_upstream_responses_total", "code", "20005")
@@ -374,7 +394,7 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	v.Check(fmt.Sprintf(">= %.0f%% of 429s answered within %s", 100*FastRefusalsTarget, FastRefusal), r.FastRefusals >= FastRefusalsTarget || !judged,
 		"%.1f%%%s", 100*r.FastRefusals, notJudged(judged))
 	v.Check("every client 429 is 20005 with Retry-After >= 1", r.LimitedRA == r.Limited, "%d of %d", r.LimitedRA, r.Limited)
-	v.Check("no 200 later than max_wait after it was due", r.LateOK == 0, "max %s (max_wait %s + %s for the answer)", Ms(r.MaxOK), o.MaxWait, AnswerAllowance)
+	v.Check("no 200 later than max_wait after it was sent", r.LateOK == 0, "max %s (max_wait %s + %s for the answer)", Ms(r.MaxOK), o.MaxWait, AnswerAllowance)
 	v.Check("no other failure", r.Other == 0 && r.Errors == 0, "%d other statuses, %d transport errors", r.Other, r.Errors)
 	v.Write(w, "quota")
 	return r, nil

@@ -91,3 +91,31 @@ func TestFleetSurvivesRedisDataLoss(t *testing.T) {
 		})
 	}
 }
+
+// TestFleetSurvivesAPartition: one of 3 replicas blackholed from Redis for
+// 25 s (its proxy stops forwarding, sockets open) under 3x the quota: the
+// others hold its share back once it is silent, it counts locally only
+// after that, so the upstream never answers 20005, and the cut-off replica
+// still serves its share meanwhile.
+func TestFleetSurvivesAPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("40 s of load")
+	}
+	var out strings.Builder
+	r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
+		Duration: 40 * time.Second, ViaProxy: true, Faults: CutOff(0, 5*time.Second, 30*time.Second), Out: &out,
+		Env: []string{"FUSIOO_GATEWAY_QUOTA_FALLBACK_SHARE=0.33"},
+	})
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range r.Verdicts {
+		if !v.Pass {
+			t.Errorf("%s: %s", v.Name, v.Got)
+		}
+	}
+	if len(r.OKByReplica) != 3 || r.OKByReplica[0] == 0 {
+		t.Errorf("200s by replica %v: the cut-off replica served nothing", r.OKByReplica)
+	}
+}

@@ -3,6 +3,7 @@ package limiter
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -24,6 +25,10 @@ const (
 	DefaultFallbackShare  = 0.5
 	DefaultFailuresToOpen = 3
 	DefaultOpenFor        = time.Second
+	// MinForget is the least time the replicas hold a silent replica's
+	// share back (three spans when longer): a replica cut off from Redis
+	// counts locally until then, less a span for its counts to age out.
+	MinForget = 10 * time.Minute
 )
 
 // Operations a FallbackObserver's StoreError names (the op label of
@@ -34,10 +39,11 @@ const (
 	StoreOpPing      = "ping"      // the recovery probe while degraded
 	StoreOpReconcile = "reconcile" // a write-back of counts Redis does not hold
 	StoreOpRelease   = "release"   // giving back a slot a client left unused
+	StoreOpHeartbeat = "heartbeat" // a replica's heartbeat into Redis
 )
 
 // StoreOps lists every op StoreError may name, to pre-initialise metrics.
-var StoreOps = []string{StoreOpTake, StoreOpBlock, StoreOpPing, StoreOpReconcile, StoreOpRelease}
+var StoreOps = []string{StoreOpTake, StoreOpBlock, StoreOpPing, StoreOpReconcile, StoreOpRelease, StoreOpHeartbeat}
 
 // FallbackObserver is told when the quota store fails and when the local
 // fallback takes over or hands back. cmd/gateway logs these and exports
@@ -83,6 +89,48 @@ type FallbackOptions struct {
 }
 
 // FallbackStore is the Redis quota store made safe against Redis outages.
+//
+// # The quota bound: who may spend which slots, under which fault
+//
+// L is the limit, n the replicas sharing Redis, s = quota.fallback_share
+// with n*s <= 1 (the operator's rule), h = floor(s*L) a replica's local
+// share. Counts occupy slots as window.go says; what the upstream can see
+// in a rolling window is at most the slots occupied at one moment, in
+// Redis and in every replica's local store together.
+//
+//   - Redis answers every replica: only the take script places slots, on
+//     one clock, so Redis's occupancy stays <= L - k*h, where k is the
+//     number of replicas silent in the heartbeat registry (below). Leased
+//     and reserved slots are counted when granted.
+//   - One replica R cut off, the others not (a partition, timeouts under
+//     load). R stops heartbeating. The others see it silent alive (4 probe
+//     ticks) after its last heartbeat could have landed (a heartbeat that
+//     reaches Redis after its own deadline is refused by the script), and
+//     from their next heartbeat on leave h slots to it. R counts locally
+//     only after that (localFrom; until then a take is told to ask again),
+//     at most h, and, for the span after its last answer for a key, at most
+//     s times the Remaining Redis gave it then. Sum: (L - h) + h = L. The
+//     one thing not covered: slots the others placed, without knowing R
+//     was cut off, in the second or so before they held its share back, if
+//     they took more than (1-s) of what R was told remained; under demand
+//     above the quota that remainder is about 0, and R's cap with it.
+//   - The others forget a silent replica forget (three spans, at least
+//     MinForget) after its last heartbeat; R stops counting locally a span
+//     before that (localUntil; then it answers unavailable), so its local
+//     counts have aged out when the others take its share back. A replica
+//     that stops gracefully leaves the registry at once; one that crashed
+//     is held back for until forgotten (quota lost, never exceeded).
+//   - Every replica cut off (Redis down): none heartbeats, each counts
+//     locally after the same wait, within h and the Remaining cap: n*h <= L.
+//   - Alone (the last heartbeat found no other replica, or none was made):
+//     local counting at once, within h, as no other admits.
+//   - Redis loses data (restart without persistence, FLUSHALL, failover to
+//     a replica that never got the key): a take that finds a key without
+//     the epoch this replica holds counts of admits nothing; the replica
+//     writes its counts back first. A missing instance key (RedisOptions
+//     Settle) means everything was lost: no slot is placed for Settle while
+//     every replica, told by its next take or probe, writes back all it
+//     holds. After that, Redis holds every live count again.
 //
 // Every call to Redis has the RedisStore's short timeout and goes through a
 // circuit breaker (github.com/sony/gobreaker): after FailuresToOpen
@@ -147,6 +195,18 @@ type FallbackStore struct {
 	since         atomic.Int64 // local unix ns when the fallback became active
 	lastErr       atomic.Pointer[errBox]
 	offset        atomic.Int64 // Redis ms minus local ms, from the last success
+
+	// The heartbeats (see the quota bound above): this replica's id, the
+	// latest moment (local unix ns) one of its heartbeats may have reached
+	// Redis, how many replicas its last heartbeat found (itself included),
+	// how many of the others were silent, and, once degraded, the span of
+	// local time in which it may count locally.
+	id                    string
+	alive, forget         time.Duration
+	beatUntil, beatOK     atomic.Int64
+	members, silent       atomic.Int64
+	localFrom, localUntil atomic.Int64
+
 	// switchMu is held shared by local takes and exclusively while the
 	// last reconciliation pass hands takes back to Redis, so no local
 	// admission slips in between the write-back and the switch.
@@ -229,6 +289,9 @@ func NewFallbackStore(primary *RedisStore, p Policy, opts FallbackOptions) *Fall
 		wake:       make(chan struct{}, 1),
 		dirty:      map[string]struct{}{},
 		seed:       maphash.MakeSeed(),
+		id:         rand.Text(),
+		alive:      4 * opts.ProbeEvery,
+		forget:     max(3*p.Span(), MinForget),
 	}
 	for i := range f.shards {
 		f.shards[i].keys = map[string]*fbKey{}
@@ -324,7 +387,7 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		sent = f.clock.Now()
 		_, err = f.cb.Execute(func() (struct{}, error) {
 			var err error
-			res, info, err = f.primary.takeKnowing(ctx, key, t, known, instance)
+			res, info, err = f.primary.takeKnowing(ctx, key, t, known, instance, f.holdBack())
 			return struct{}{}, f.classify(ctx, err)
 		})
 		if err == nil {
@@ -551,6 +614,12 @@ func (f *FallbackStore) takeLocal(ctx context.Context, key string, t Take, reche
 	defer f.switchMu.RUnlock()
 
 	now := f.clock.Now()
+	if wait, ok, err := f.localGate(now); !ok {
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Limit: f.policy.Limit, Settling: true, RetryAfter: wait, ResetAfter: wait}, nil
+	}
 	sh := f.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -670,8 +739,9 @@ func (f *FallbackStore) Run(ctx context.Context) error {
 		case f.degraded.Load():
 			f.recover(ctx)
 		case !f.answered.Load():
-			f.probe(ctx) // a cold start learns Redis answers without traffic
+			f.beat(ctx) // a cold start learns Redis answers without traffic
 		default:
+			f.beat(ctx)
 			f.checkInstance(ctx)
 			f.reconcile(ctx)
 		}
@@ -861,8 +931,89 @@ func (f *FallbackStore) failed(op string, err error) {
 func (f *FallbackStore) enterDegraded() {
 	if f.degraded.CompareAndSwap(false, true) {
 		f.since.Store(f.clock.Now().UnixNano())
+		// The others hold this replica's share back from alive after its
+		// last heartbeat could have landed, once they have beaten again
+		// (a heartbeat period, and one more for slack); they forget it
+		// forget after that, by when its local counts must have aged out.
+		// A heartbeat still in flight started before now.
+		if until := f.beatUntil.Load(); until != 0 {
+			until = max(until, f.clock.Now().Add(f.primary.timeout).UnixNano())
+			f.localFrom.Store(until + int64(f.alive+2*f.probeEvery))
+			f.localUntil.Store(f.beatOK.Load() + int64(f.forget-f.policy.Span()-f.alive))
+		}
 		f.obs.FallbackActive(true)
 	}
+}
+
+// localGate says whether a take may be answered locally now. Alone on
+// Redis, at once. When other replicas share it: only once the store is
+// degraded (a failure before the breaker opens is asked again shortly),
+// after they have surely started holding this replica's share back, and
+// until they forget it. Otherwise it says how long to wait, or errs when local
+// counting is over.
+func (f *FallbackStore) localGate(now time.Time) (time.Duration, bool, error) {
+	if f.members.Load() <= 1 {
+		// Alone on this Redis at the last heartbeat (or none made yet):
+		// nobody else admits, as a sidecar's.
+		return 0, true, nil
+	}
+	if !f.degraded.Load() {
+		return f.probeEvery, false, nil
+	}
+	n := now.UnixNano()
+	if from := f.localFrom.Load(); n < from {
+		return time.Duration(from - n), false, nil
+	}
+	if n >= f.localUntil.Load() {
+		return 0, false, f.unavailable(errors.New("cut off from Redis longer than the other replicas hold this one's share back"))
+	}
+	return 0, true, nil
+}
+
+// holdBack is how many slots of the limit are left to silent replicas.
+func (f *FallbackStore) holdBack() int {
+	return int(f.silent.Load()) * f.local.Policy().Limit
+}
+
+// beat heartbeats into Redis (Run calls it every tick while Redis answers):
+// a replica in the registry is held back for by the others as soon as it
+// goes silent. Not while degraded: a heartbeat says "I count through
+// Redis".
+func (f *FallbackStore) beat(ctx context.Context) {
+	sent := f.clock.Now()
+	// Counted as landed up to the call's timeout, which the script
+	// enforces on Redis's clock.
+	until := sent.Add(f.primary.timeout)
+	f.beatUntil.Store(until.UnixNano())
+	var (
+		silent, members int
+		now             int64
+		stale           bool
+	)
+	_, err := f.cb.Execute(func() (struct{}, error) {
+		var err error
+		silent, members, now, stale, err = f.primary.heartbeat(ctx, f.id, f.redisMillis(sent)+f.primary.timeout.Milliseconds(), f.alive, f.forget)
+		return struct{}{}, f.classify(ctx, err)
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			f.failed(StoreOpHeartbeat, err)
+		}
+		return
+	}
+	f.answered.Store(true)
+	f.offset.Store(now - sent.UnixMilli())
+	f.members.Store(int64(members))
+	if !stale {
+		f.silent.Store(int64(silent))
+		f.beatOK.Store(sent.UnixNano())
+	}
+}
+
+// Leave takes this replica out of the heartbeats (a graceful stop), so the
+// others do not hold its share back.
+func (f *FallbackStore) Leave(ctx context.Context) error {
+	return f.primary.leave(ctx, f.id)
 }
 
 // unavailable is reject mode's error: ErrStoreUnavailable, the cause, and

@@ -35,6 +35,8 @@ var (
 	writeBackLua string
 	//go:embed redis_release.lua
 	releaseLua string
+	//go:embed redis_heartbeat.lua
+	heartbeatLua string
 
 	// The scripts are shared by every RedisStore: go-redis's Script runs
 	// EVALSHA and falls back to EVAL (which caches the script) on NOSCRIPT,
@@ -43,6 +45,7 @@ var (
 	blockScript     = redis.NewScript(blockLua)
 	writeBackScript = redis.NewScript(writeBackLua)
 	releaseScript   = redis.NewScript(releaseLua)
+	heartbeatScript = redis.NewScript(heartbeatLua)
 )
 
 var (
@@ -178,15 +181,17 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 }
 
 func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
-	return s.takeKnowing(ctx, key, t, "", "")
+	return s.takeKnowing(ctx, key, t, "", "", 0)
 }
 
 // takeKnowing is take by a caller that holds counts of the key's
 // incarnation known and last saw the instance incarnation instance (see
 // FallbackStore): if Redis lost the key, nothing is admitted and info.lost
 // says so; if it lost everything (the instance key is gone), no slot is
-// used for Settle, so every replica can write back first.
-func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known, instance string) (Result, takeInfo, error) {
+// used for Settle, so every replica can write back first. holdBack slots
+// of the limit are left to replicas that went silent (they may be counting
+// locally): the script enforces limit - holdBack.
+func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known, instance string, holdBack int) (Result, takeInfo, error) {
 	want, hold := 1, int64(0)
 	if t.Hold > 0 && t.Hold <= s.maxHold {
 		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
@@ -204,7 +209,7 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known,
 		keys = append(keys, s.instanceKey)
 	}
 	vals, err := s.runTake(ctx, keys,
-		s.policy.Limit, s.width, s.span, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
+		max(s.policy.Limit-holdBack, 0), s.width, s.span, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
 		ceilMillis(max(t.NotBefore, 0)), peek, known, instance, s.settle.Milliseconds())
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
@@ -326,6 +331,38 @@ func (s *RedisStore) Block(ctx context.Context, key string, d time.Duration) err
 	defer cancel()
 	if err := blockScript.Run(ctx, s.client, []string{s.Key(key)}, ceilMillis(d), s.testNow()).Err(); err != nil {
 		return fmt.Errorf("redis block: %w", err)
+	}
+	return nil
+}
+
+// replicasKey is the ZSET of the replicas' heartbeats.
+func (s *RedisStore) replicasKey() string { return s.prefix + ":replicas" }
+
+// heartbeat records replica id as alive now, unless the call reaches Redis
+// after validUntil (Redis ms: stale), and returns how many other replicas
+// are silent (not heard from for alive, within forget), how many the
+// registry holds, and Redis's time (ms).
+func (s *RedisStore) heartbeat(ctx context.Context, id string, validUntil int64, alive, forget time.Duration) (silent, members int, now int64, stale bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	vals, err := heartbeatScript.Run(ctx, s.client, []string{s.replicasKey()}, id, validUntil,
+		alive.Milliseconds(), forget.Milliseconds(), s.testNow()).Int64Slice()
+	if err != nil {
+		return 0, 0, 0, false, fmt.Errorf("redis heartbeat: %w", err)
+	}
+	if len(vals) != 3 {
+		return 0, 0, 0, false, fmt.Errorf("redis heartbeat: script returned %d values, want 3", len(vals))
+	}
+	return int(max(vals[0], 0)), int(vals[1]), vals[2], vals[0] < 0, nil
+}
+
+// leave removes replica id from the heartbeats: a replica that stops
+// gracefully is not held back for.
+func (s *RedisStore) leave(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.client.ZRem(ctx, s.replicasKey(), id).Err(); err != nil {
+		return fmt.Errorf("redis leave: %w", err)
 	}
 	return nil
 }

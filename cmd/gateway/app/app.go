@@ -293,6 +293,11 @@ func (g *Gateway) Abort() {
 // has returned.
 func (g *Gateway) Close() {
 	g.Limiter.Close()
+	if g.fallback != nil {
+		// Out of the heartbeats: the other replicas need not hold this
+		// one's share back (bounded by redis.timeout).
+		_ = g.fallback.Leave(context.Background())
+	}
 	for _, c := range g.closers {
 		_ = c()
 	}
