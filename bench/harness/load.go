@@ -30,9 +30,9 @@ type Sample struct {
 	Latency time.Duration
 	// Sent is when the request was handed to the client: later than Start
 	// when the load generator itself fell behind (a loaded machine).
-	Sent time.Time
-	Status  int         // 0 when Err is set
-	Code    fusioo.Code // Fusioo code of an error body (status >= 400)
+	Sent   time.Time
+	Status int         // 0 when Err is set
+	Code   fusioo.Code // Fusioo code of an error body (status >= 400)
 	// RetryAfter is the Retry-After header, if any.
 	RetryAfter string
 	Err        error
