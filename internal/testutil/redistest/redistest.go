@@ -37,6 +37,13 @@ type Server struct {
 	port int
 	args []string
 
+	// sentinel, when set, runs redis-server as a sentinel with this
+	// configuration file (sentinels need one they may rewrite).
+	sentinel string
+	// maxPort bounds the port chosen (a Cluster node also listens on its
+	// port + 10000); 0: any.
+	maxPort int
+
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
@@ -63,17 +70,22 @@ func Start(t testing.TB, extraArgs ...string) *Server {
 // Launch is Start outside a test: the server keeps its files and logs in
 // dir, errors are returned, and the caller must Stop it.
 func Launch(dir string, extraArgs ...string) (*Server, error) {
+	return launchServer(&Server{dir: dir, args: extraArgs})
+}
+
+// launchServer starts s (dir, args and the options set) on a free port.
+func launchServer(s *Server) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server not found on PATH (%w); install it, e.g. `apt-get install -y redis-server` "+
 			"(Debian/Ubuntu), `apk add redis` (Alpine) or `brew install redis` (macOS): tests that need Redis never skip", err)
 	}
-	s := &Server{bin: bin, dir: dir, args: extraArgs}
+	s.bin = bin
 	// A free port can be taken by someone else between our probe and
 	// redis-server's bind: retry with another port a few times.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
+		port, err := freePort(s.maxPort)
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}
@@ -195,6 +207,10 @@ func (s *Server) launch() error {
 		"--daemonize", "no",
 		"--loglevel", "warning",
 	}
+	if s.sentinel != "" {
+		args = []string{s.sentinel, "--sentinel", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+			"--dir", s.dir, "--daemonize", "no", "--loglevel", "warning"}
+	}
 	args = append(args, s.args...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
@@ -277,17 +293,19 @@ func ping(addr string) error {
 }
 
 // freePort asks the kernel for a free loopback port, avoiding Redis's
-// default 6379 so a developer's own Redis is never touched.
-func freePort() (int, error) {
-	for {
+// default 6379 so a developer's own Redis is never touched, and at most
+// maxPort when that is not 0.
+func freePort(maxPort int) (int, error) {
+	for range 1000 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return 0, err
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		_ = l.Close()
-		if port != 6379 {
+		if port != 6379 && (maxPort == 0 || port <= maxPort) {
 			return port, nil
 		}
 	}
+	return 0, fmt.Errorf("no free port at most %d", maxPort)
 }

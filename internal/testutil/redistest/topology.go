@@ -1,0 +1,267 @@
+package redistest
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Sentinel is a Sentinel-managed primary: a master, a replica of it and
+// three sentinels (quorum 2), all redis-server processes on loopback. A
+// sentinel declares the master down after 1 s without an answer.
+type Sentinel struct {
+	Name      string // the master's name for the sentinels
+	Master    *Server
+	Replica   *Server
+	Sentinels []*Server
+}
+
+// StartSentinel starts a Sentinel topology and stops it when t ends.
+func StartSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	st := &Sentinel{Name: "fgw-master"}
+	st.Master = Start(t)
+	st.Replica = Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(st.Master.Port()))
+	for i := range 3 {
+		dir := t.TempDir()
+		conf := filepath.Join(dir, "sentinel.conf")
+		cfg := fmt.Sprintf("sentinel monitor %[1]s 127.0.0.1 %[2]d 2\nsentinel down-after-milliseconds %[1]s 1000\n"+
+			"sentinel failover-timeout %[1]s 10000\nsentinel parallel-syncs %[1]s 1\n", st.Name, st.Master.Port())
+		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := launchServer(&Server{dir: dir, sentinel: conf})
+		if err != nil {
+			t.Fatalf("redistest: sentinel %d: %v", i, err)
+		}
+		s.t = t
+		t.Cleanup(s.Stop)
+		st.Sentinels = append(st.Sentinels, s)
+	}
+	// Ready once every sentinel knows the replica and the other sentinels.
+	deadline := time.Now().Add(startTimeout)
+	for _, s := range st.Sentinels {
+		for {
+			out, err := Command(s.Addr(), "SENTINEL", "MASTER", st.Name)
+			if err == nil && strings.Contains(out, "num-slaves\n1\n") && strings.Contains(out, "num-other-sentinels\n2\n") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("redistest: sentinel %s not ready: %q %v", s.Addr(), out, err)
+			}
+			time.Sleep(50 * time.Millisecond) // polling the topology's observable state
+		}
+	}
+	return st
+}
+
+// Addrs are the sentinels' addresses (redis.sentinel_addrs).
+func (st *Sentinel) Addrs() []string {
+	var out []string
+	for _, s := range st.Sentinels {
+		out = append(out, s.Addr())
+	}
+	return out
+}
+
+// MasterAddr asks the first sentinel that answers which address the master
+// has now.
+func (st *Sentinel) MasterAddr() (string, error) {
+	var lastErr error
+	for _, s := range st.Sentinels {
+		out, err := Command(s.Addr(), "SENTINEL", "GET-MASTER-ADDR-BY-NAME", st.Name)
+		if err == nil {
+			if f := strings.Fields(out); len(f) == 2 {
+				return net.JoinHostPort(f[0], f[1]), nil
+			}
+			err = fmt.Errorf("answer %q", out)
+		}
+		lastErr = err
+	}
+	return "", lastErr
+}
+
+// Cluster is a Redis Cluster of masters with one replica each, every node
+// a redis-server on loopback with cluster-node-timeout 2000 (a master not
+// heard from for 2 s is failed over to its replica).
+type Cluster struct {
+	Nodes []*Server
+}
+
+// StartCluster starts a Cluster of masters masters (and as many replicas)
+// and stops it when t ends.
+func StartCluster(t testing.TB, masters int) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	for range 2 * masters {
+		dir := t.TempDir()
+		s, err := launchServer(&Server{dir: dir, maxPort: 55535, args: []string{
+			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"}})
+		if err != nil {
+			t.Fatalf("redistest: cluster node: %v", err)
+		}
+		s.t = t
+		t.Cleanup(s.Stop)
+		c.Nodes = append(c.Nodes, s)
+	}
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatalf("redistest: redis-cli not found (Debian's redis-tools, installed with redis-server): %v", err)
+	}
+	args := []string{"--cluster", "create"}
+	args = append(args, c.Addrs()...)
+	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
+	}
+	if err := c.WaitHealthy(startTimeout); err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	return c
+}
+
+// Addrs are the nodes' addresses (redis.cluster_addrs).
+func (c *Cluster) Addrs() []string {
+	var out []string
+	for _, s := range c.Nodes {
+		out = append(out, s.Addr())
+	}
+	return out
+}
+
+// WaitHealthy waits until every running node says cluster_state:ok and
+// every master holding slots has a replica in sync (so it can fail over).
+func (c *Cluster) WaitHealthy(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok := true
+		for _, s := range c.Nodes {
+			if s.Pid() < 0 {
+				continue
+			}
+			out, err := Command(s.Addr(), "CLUSTER", "INFO")
+			if err != nil || !strings.Contains(out, "cluster_state:ok") {
+				ok = false
+				break
+			}
+			repl, err := Command(s.Addr(), "INFO", "replication")
+			if err != nil || (strings.Contains(repl, "role:master") && !strings.Contains(repl, "state=online")) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster not healthy within %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the topology's observable state
+	}
+}
+
+// MasterOf returns the running node that is master of slot, or nil.
+func (c *Cluster) MasterOf(slot int) *Server {
+	for _, s := range c.Nodes {
+		if s.Pid() < 0 {
+			continue
+		}
+		out, err := Command(s.Addr(), "CLUSTER", "NODES")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
+				continue
+			}
+			for _, r := range f[8:] {
+				lo, hi, _ := strings.Cut(r, "-")
+				a, err1 := strconv.Atoi(lo)
+				b, err2 := strconv.Atoi(hi)
+				if hi == "" {
+					b, err2 = a, nil
+				}
+				if err1 == nil && err2 == nil && slot >= a && slot <= b {
+					addr, _, _ := strings.Cut(f[1], "@")
+					for _, n := range c.Nodes {
+						if n.Addr() == addr {
+							return n
+						}
+					}
+				}
+			}
+		}
+		return nil
+	}
+	return nil
+}
+
+// Command sends one command to addr and returns its reply flattened to
+// text (arrays one element per line).
+func Command(addr string, args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := conn.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	var out strings.Builder
+	err = readReply(bufio.NewReader(conn), &out)
+	return strings.TrimSuffix(out.String(), "\n"), err
+}
+
+func readReply(r *bufio.Reader, out *strings.Builder) error {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return fmt.Errorf("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		out.WriteString(line[1:] + "\n")
+	case '-':
+		return fmt.Errorf("redis: %s", line[1:])
+	case '$':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return err
+		}
+		out.Write(buf[:n])
+		out.WriteString("\n")
+	case '*':
+		n, _ := strconv.Atoi(line[1:])
+		for range n {
+			if err := readReply(r, out); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unexpected reply %q", line)
+	}
+	return nil
+}
