@@ -61,6 +61,10 @@ type Config struct {
 	// whose slot frees later is refused at once, with the honest
 	// RetryAfter.
 	MaxWait time.Duration
+	// Late is how long past its end (Result.Usable) a waiter woken late may
+	// still use its slot: the part of quota.margin the gateway's own timers
+	// may take (the rest covers the send to the upstream). 0: none.
+	Late time.Duration
 	// MaxDepth bounds each key's queue, MaxQueued all queues together.
 	MaxDepth  int
 	MaxQueued int
@@ -102,8 +106,9 @@ type Decision struct {
 // replica sharing the store sees it, so no two promise the same slot, and a
 // request that cannot be served within its wait is refused at once.
 //
-// A key's waiters form a FIFO queue holding their slots, earliest first:
-// the i-th waiter holds the i-th slot, so a slot that turns up early (a
+// A key's waiters form a queue, in arrival order as long as they can wait
+// as long (by deadline), holding their slots, earliest first: the i-th
+// waiter holds the i-th slot, so a slot that turns up early (a
 // lease, a slot another replica gave back) goes to the head, and a waiter
 // that leaves gives back the latest slot while everybody behind it moves
 // up. No goroutine runs per waiting request: the request's own goroutine
@@ -147,7 +152,8 @@ type slot struct {
 }
 
 type waiter struct {
-	slot *slot // guarded by keyState.mu; nil: withdrawn, ask again
+	deadline time.Time
+	slot     *slot // guarded by keyState.mu; nil: withdrawn, ask again
 	// withdrawn is the slot taken away by Exhaust, for the waiter to give
 	// back.
 	withdrawn *slot
@@ -239,13 +245,22 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 		return l.refuse(s.res, reason, start), false, nil
 	}
 
+	if s.notBefore.After(deadline) {
+		// The answer came back too late for the slot to be waited for
+		// (the store was slow): given back, refused with when it frees.
+		l.giveBack(ctx, key, &s)
+		cancelTurn(sr, l.clock.Now())
+		res := s.res
+		res.RetryAfter = max(s.notBefore.Sub(l.clock.Now()), 0)
+		return l.refuse(res, ReasonQuota, start), false, nil
+	}
 	ks.mu.Lock()
 	if !s.notBefore.After(l.clock.Now()) && (ks.queue.Len() == 0 || full) {
 		ks.mu.Unlock()
 		return l.admitted(&s, start), false, nil
 	}
-	w := &waiter{wake: make(chan struct{}, 1)}
-	el := ks.queue.PushBack(w)
+	w := &waiter{wake: make(chan struct{}, 1), deadline: deadline}
+	el := ks.enqueue(w)
 	held := new(slot)
 	*held = s
 	ks.insert(held)
@@ -288,7 +303,7 @@ func (l *Limiter) wait(ctx context.Context, ks *keyState, key string, el *list.E
 		if !now.Before(s.notBefore) {
 			ks.leave(el, s)
 			ks.mu.Unlock()
-			if now.Before(s.notAfter) {
+			if now.Before(s.notAfter.Add(l.cfg.Late)) {
 				return l.admitted(s, start), false, nil
 			}
 			// Woken too late to use it (a stalled process): it was never
@@ -343,6 +358,21 @@ func (l *Limiter) giveBack(ctx context.Context, key string, s *slot) {
 		return
 	}
 	_ = l.cfg.Store.Release(context.WithoutCancel(ctx), key, s.give)
+}
+
+// enqueue adds w to the key's queue, in order of deadline and, for equal
+// ones, of arrival: with every request's wait the same, that is arrival
+// order. Handing the i-th slot to the i-th waiter then never gives one a
+// slot later than its deadline (the i-th deadline has at least i slots
+// before it: the waiters' own); a waiter with a shorter wait (a retry, a
+// client deadline) goes before those that can wait longer. ks.mu is held.
+func (ks *keyState) enqueue(w *waiter) *list.Element {
+	for el := ks.queue.Back(); el != nil; el = el.Prev() {
+		if !el.Value.(*waiter).deadline.After(w.deadline) {
+			return ks.queue.InsertAfter(w, el)
+		}
+	}
+	return ks.queue.PushFront(w)
 }
 
 // insert adds s to the key's slots, earliest first, and hands the slots

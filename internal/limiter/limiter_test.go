@@ -3,6 +3,8 @@ package limiter
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -399,4 +401,52 @@ func TestSweepKeepsBusyKeys(t *testing.T) {
 	if n := l.Sweep(); n != 1 {
 		t.Fatalf("%d keys left, want 1", n)
 	}
+}
+
+// TestNoWaiterPastItsDeadline: requests with waits of every length,
+// arriving over time, some leaving early: whatever the queue hands around
+// (slots move up on every departure), none is admitted after its deadline,
+// and the quota holds.
+func TestNoWaiterPastItsDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := Policy{Limit: 3, Window: 10 * time.Second, Buckets: 10}
+		l, _, _ := newTestLimiter(nil, p, func(c *Config) { c.MaxDepth, c.MaxWait = 100, time.Minute })
+		rng := rand.New(rand.NewPCG(7, 7))
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var admitted []time.Time
+		for i := range 120 {
+			wait := time.Duration(1+rng.IntN(30)) * time.Second
+			leaveAfter := time.Duration(rng.IntN(40)) * time.Second
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), leaveAfter)
+				defer cancel()
+				start := time.Now()
+				d, err := l.Admit(ctx, "k", start.Add(wait))
+				if err == nil && d.Allowed {
+					if now := time.Now(); now.After(start.Add(wait)) {
+						t.Errorf("request %d admitted %s after arriving, its wait %s", i, now.Sub(start), wait)
+					}
+					mu.Lock()
+					admitted = append(admitted, time.Now())
+					mu.Unlock()
+				}
+			})
+			time.Sleep(time.Duration(rng.IntN(800)) * time.Millisecond)
+		}
+		wg.Wait()
+		slices.SortFunc(admitted, time.Time.Compare)
+		j := 0
+		for i := range admitted {
+			for admitted[i].Sub(admitted[j]) >= p.Span() {
+				j++
+			}
+			if i-j+1 > p.Limit {
+				t.Fatalf("%d admitted within one span", i-j+1)
+			}
+		}
+		if len(admitted) < 10 {
+			t.Fatalf("only %d admitted", len(admitted))
+		}
+	})
 }

@@ -177,6 +177,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		AnonymousRate:  rate.Limit(cfg.Smoothing.AnonymousRate),
 		AnonymousBurst: cfg.Smoothing.AnonymousBurst,
 		MaxWait:        cfg.Queue.MaxWait.Duration,
+		Late:           cfg.QuotaMargin() / 2,
 		MaxDepth:       cfg.Queue.MaxDepth,
 		MaxQueued:      cfg.Queue.MaxQueued,
 		IdleAfter:      max(10*time.Minute, time.Duration(float64(burst)/r*float64(time.Second))),
