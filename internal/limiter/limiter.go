@@ -245,7 +245,7 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 		return l.refuse(s.res, reason, start), false, nil
 	}
 
-	if s.notBefore.After(deadline) {
+	if s.res.Delay > 0 && s.notBefore.After(deadline) {
 		// The answer came back too late for the slot to be waited for
 		// (the store was slow): given back, refused with when it frees.
 		l.giveBack(ctx, key, &s)
