@@ -3,18 +3,23 @@ package harness
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
 	"github.com/fusioo-gateway/gateway/internal/testutil/faultproxy"
+	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
 
 // QuotaOptions configure the quota-efficiency run (issue 12's): Replicas
@@ -51,6 +56,9 @@ type QuotaOptions struct {
 	// ViaProxy connects each replica to Redis through a fault proxy of its
 	// own (QuotaTargets.Proxies), so a fault can cut off one replica.
 	ViaProxy bool
+	// Topology is "" (one redis-server), "cluster" (3 masters with a
+	// replica each) or "sentinel" (a master, a replica, three sentinels).
+	Topology string
 	Out      io.Writer
 }
 
@@ -63,8 +71,132 @@ type QuotaFault struct {
 
 // QuotaTargets is what a fault can act on.
 type QuotaTargets struct {
-	Redis   *Redis
-	Proxies []*faultproxy.Proxy // one per replica, with ViaProxy
+	Redis    *Redis
+	Proxies  []*faultproxy.Proxy // one per replica, with ViaProxy
+	Cluster  *redistest.Cluster
+	Sentinel *redistest.Sentinel
+	// Note records when something happened (QuotaReport.Notes).
+	Note func(what string, at time.Time)
+}
+
+// TokenSlot is the Redis Cluster hash slot of token's quota key (as the
+// gateway names it without quota.key_secret).
+func TokenSlot(c *redistest.Cluster, token string) (int, error) {
+	sum := sha256.Sum256([]byte(token))
+	out, err := redistest.Command(c.Nodes[0].Addr(), "CLUSTER", "KEYSLOT", hex.EncodeToString(sum[:]))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(out)
+}
+
+// KillShardOf is a fault: kill -9 of the Cluster master serving token
+// tok's key, then it waits for the replica's promotion (noted "killed",
+// "promoted").
+func KillShardOf(tok int) func(QuotaTargets) error {
+	return func(t QuotaTargets) error {
+		slot, err := TokenSlot(t.Cluster, Token(tok))
+		if err != nil {
+			return err
+		}
+		m := t.Cluster.MasterOf(slot)
+		if m == nil {
+			return fmt.Errorf("no master for slot %d", slot)
+		}
+		for other := range 64 {
+			if s, err := TokenSlot(t.Cluster, Token(other)); err == nil && t.Cluster.MasterOf(s) == m {
+				t.Note(fmt.Sprintf("shard token %d", other), time.Now())
+			}
+		}
+		m.Kill()
+		t.Note("killed", time.Now())
+		return waitUntil(30*time.Second, func() bool {
+			n := t.Cluster.MasterOf(slot)
+			return n != nil && n != m
+		}, func() { t.Note("promoted", time.Now()) })
+	}
+}
+
+// KillSentinelMaster is a fault: kill -9 of the Sentinel-managed master,
+// then it waits for the sentinels to promote the replica.
+func KillSentinelMaster(t QuotaTargets) error {
+	t.Sentinel.Master.Kill()
+	t.Note("killed", time.Now())
+	return waitUntil(30*time.Second, func() bool {
+		a, err := t.Sentinel.MasterAddr()
+		return err == nil && a == t.Sentinel.Replica.Addr()
+	}, func() { t.Note("promoted", time.Now()) })
+}
+
+func waitUntil(timeout time.Duration, cond func() bool, then func()) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s", timeout)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the topology's observable state
+	}
+	then()
+	return nil
+}
+
+// ShardTokens splits the first n tokens into those a KillShardOf fault
+// found on the killed master and the others (all are "on" when the fault
+// noted none: a single master failed for every token).
+func (r *QuotaReport) ShardTokens(n int) (on, off []int) {
+	noted := false
+	for k := range r.Notes {
+		noted = noted || strings.HasPrefix(k, "shard token ")
+	}
+	for tok := range n {
+		if _, ok := r.Notes[fmt.Sprintf("shard token %d", tok)]; ok || !noted {
+			on = append(on, tok)
+		} else {
+			off = append(off, tok)
+		}
+	}
+	return on, off
+}
+
+// SlowAnswers counts the requests for tokens sent in [from, to) that took
+// longer than FastRefusal to be refused: they waited for the store.
+func (r *QuotaReport) SlowAnswers(tokens []int, from, to time.Time) (slow, all int) {
+	want := map[string]bool{}
+	for _, t := range tokens {
+		want[strconv.Itoa(t)] = true
+	}
+	for _, s := range r.Samples {
+		_, tok, _ := strings.Cut(s.Tag, "/")
+		if !want[tok] || s.Sent.Before(from) || !s.Sent.Before(to) || s.Status != http.StatusTooManyRequests {
+			continue
+		}
+		all++
+		if s.Start.Add(s.Latency).Sub(s.Sent) > FastRefusal {
+			slow++
+		}
+	}
+	return slow, all
+}
+
+// RecoveredAfter is how long after since the first request for one of
+// tokens sent after since got an answer within FastRefusal (decided by
+// Redis again, not waiting for it); ok false when none did.
+func (r *QuotaReport) RecoveredAfter(tokens []int, since time.Time) (time.Duration, bool) {
+	want := map[string]bool{}
+	for _, t := range tokens {
+		want[strconv.Itoa(t)] = true
+	}
+	var first time.Time
+	for _, s := range r.Samples {
+		_, tok, _ := strings.Cut(s.Tag, "/")
+		if !want[tok] || s.Sent.Before(since) || s.Err != nil || s.Start.Add(s.Latency).Sub(s.Sent) > FastRefusal {
+			continue
+		}
+		if end := s.Start.Add(s.Latency); first.IsZero() || end.Before(first) {
+			first = end
+		}
+	}
+	return first.Sub(since), !first.IsZero()
 }
 
 // FlushRedis is a fault: Redis loses every key and its script cache
@@ -192,6 +324,10 @@ type QuotaReport struct {
 	RefusalWait  time.Duration
 	// OKByReplica counts the 200s each replica answered.
 	OKByReplica []int
+	// Notes are when the faults' events happened ("killed", "promoted").
+	Notes map[string]time.Time
+	// Samples are the requests' outcomes, tagged "replica/token".
+	Samples []Sample
 	// MaxOK is the longest a 200 took from when it was sent; LateOK counts
 	// those that took longer than max_wait + AnswerAllowance.
 	MaxOK  time.Duration
@@ -219,7 +355,28 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	env := append([]string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + sim.URL}, o.Env...)
 	store := "the memory store"
 	var rs *Redis
-	if !o.Memory {
+	var (
+		cluster  *redistest.Cluster
+		sentinel *redistest.Sentinel
+	)
+	switch {
+	case o.Memory:
+	case o.Topology == "cluster":
+		if cluster, err = redistest.LaunchCluster(filepath.Join(l.LogDir(), "cluster"), 3); err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, cluster.Stop)
+		env = append(env, "FUSIOO_GATEWAY_REDIS_CLUSTER_ADDRS="+strings.Join(cluster.Addrs(), ","))
+		store = "a Redis Cluster (3 masters, 3 replicas)"
+	case o.Topology == "sentinel":
+		if sentinel, err = redistest.LaunchSentinel(filepath.Join(l.LogDir(), "sentinel")); err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, sentinel.Stop)
+		env = append(env, "FUSIOO_GATEWAY_REDIS_SENTINEL_MASTER="+sentinel.Name,
+			"FUSIOO_GATEWAY_REDIS_SENTINEL_ADDRS="+strings.Join(sentinel.Addrs(), ","))
+		store = "a Sentinel-managed Redis (master, replica, 3 sentinels)"
+	default:
 		rs, err = StartRedis(l.LogDir())
 		if err != nil {
 			return nil, err
@@ -234,6 +391,14 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	)
 	if !o.Memory {
 		targets.Redis = rs
+	}
+	r := &QuotaReport{Notes: map[string]time.Time{}}
+	var notesMu sync.Mutex
+	targets.Cluster, targets.Sentinel = cluster, sentinel
+	targets.Note = func(what string, at time.Time) {
+		notesMu.Lock()
+		r.Notes[what] = at
+		notesMu.Unlock()
 	}
 	for i := range o.Replicas {
 		genv := env
@@ -271,7 +436,7 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 		tok, rep := i%o.Tokens, (i/o.Tokens)%len(gws)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, gws[rep].URL+"/v3/records/apps/app1/count", nil)
 		req.Header.Set("Authorization", "Bearer "+Token(tok))
-		return req, strconv.Itoa(rep)
+		return req, fmt.Sprintf("%d/%d", rep, tok)
 	}
 	start := time.Now()
 	var run *Run
@@ -314,7 +479,7 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	}
 	m := Merge(pages...)
 
-	r := &QuotaReport{Requests: len(run.Samples), Upstream20005: led.OverQuota, MaxInWindow: led.MaxInWindow}
+	r.Requests, r.Upstream20005, r.MaxInWindow, r.Samples = len(run.Samples), led.OverQuota, led.MaxInWindow, run.Samples
 	var limitedLat, okLat []time.Duration
 	fast := 0
 	for _, s := range run.Samples {
@@ -323,7 +488,7 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 			r.Errors++
 		case s.Status == http.StatusOK:
 			r.OK++
-			if rep, err := strconv.Atoi(s.Tag); err == nil {
+			if rep, err := strconv.Atoi(strings.Split(s.Tag, "/")[0]); err == nil {
 				if r.OKByReplica == nil {
 					r.OKByReplica = make([]int, len(gws))
 				}

@@ -119,3 +119,55 @@ func TestFleetSurvivesAPartition(t *testing.T) {
 		t.Errorf("200s by replica %v: the cut-off replica served nothing", r.OKByReplica)
 	}
 }
+
+// TestFleetFollowsFailover: the fleet run on real topologies while a
+// master is killed (-9): a Redis Cluster of 3 masters and 3 replicas
+// (cluster-node-timeout 2000), and a Sentinel-managed master with its
+// replica. The upstream never answers 20005, no request fails, and within
+// 2 s of the replica's promotion the tokens it serves are decided by Redis
+// again (a request answered at once); in the Cluster, the tokens of the
+// other shards never leave Redis.
+func TestFleetFollowsFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two runs of 25 s of load")
+	}
+	for _, tc := range []struct {
+		topology string
+		fault    func(QuotaTargets) error
+	}{
+		{"cluster", KillShardOf(0)},
+		{"sentinel", KillSentinelMaster},
+	} {
+		t.Run(tc.topology, func(t *testing.T) {
+			var out strings.Builder
+			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
+				Topology: tc.topology, Duration: 25 * time.Second, Out: &out,
+				Faults: []QuotaFault{{8 * time.Second, "kill -9 of a master", tc.fault}},
+			})
+			t.Log("\n" + out.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range r.Verdicts {
+				if !v.Pass {
+					t.Errorf("%s: %s", v.Name, v.Got)
+				}
+			}
+			killed, promoted := r.Notes["killed"], r.Notes["promoted"]
+			t.Logf("promoted %s after the kill", promoted.Sub(killed))
+			on, off := r.ShardTokens(5)
+			if d, ok := r.RecoveredAfter(on, promoted); !ok || d > 2*time.Second {
+				t.Errorf("tokens %v back on Redis %s after the promotion (found %v), want within 2s", on, d, ok)
+			} else {
+				t.Logf("tokens %v (on the killed master) back on Redis %s after the promotion", on, d)
+			}
+			if len(off) > 0 {
+				slow, all := r.SlowAnswers(off, killed, promoted)
+				t.Logf("tokens %v (other shards): %d of %d refusals waited during the failover", off, slow, all)
+				if slow > all/50 {
+					t.Errorf("tokens on healthy shards waited for %d of %d refusals during the failover", slow, all)
+				}
+			}
+		})
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -171,14 +172,21 @@ type FallbackOptions struct {
 // Run must be running for recovery, reconciliation and sweeping; the
 // constructor starts nothing.
 type FallbackStore struct {
-	primary    *RedisStore
-	local      *MemoryStore
-	policy     Policy
-	share      float64
-	reject     bool
-	clock      clockwork.Clock
-	obs        FallbackObserver
-	cb         *gobreaker.CircuitBreaker[struct{}]
+	primary  *RedisStore
+	local    *MemoryStore
+	policy   Policy
+	share    float64
+	reject   bool
+	clock    clockwork.Clock
+	obs      FallbackObserver
+	cb       *gobreaker.CircuitBreaker[struct{}]
+	failures uint32        // consecutive failures that open a breaker
+	openFor  time.Duration // how long a breaker stays open
+	// cluster is the Redis Cluster client (nil otherwise), nodes the
+	// breakers of its masters by address (breakerFor).
+	cluster    *redis.ClusterClient
+	nodeMu     sync.Mutex
+	nodes      map[string]*gobreaker.CircuitBreaker[struct{}]
 	probeEvery time.Duration
 	width      int64 // bucket width, ms
 	span       int64 // span, ms
@@ -296,20 +304,28 @@ func NewFallbackStore(primary *RedisStore, p Policy, opts FallbackOptions) *Fall
 	for i := range f.shards {
 		f.shards[i].keys = map[string]*fbKey{}
 	}
-	failures := uint32(opts.FailuresToOpen)
-	f.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        "redis-quota",
-		MaxRequests: 1,
-		Timeout:     opts.OpenFor,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
-		IsExcluded:  func(err error) bool { return errors.As(err, new(callerGone)) },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				f.enterDegraded()
-			}
-		},
-	})
+	f.failures, f.openFor = uint32(opts.FailuresToOpen), opts.OpenFor
+	if cc, ok := primary.client.(*redis.ClusterClient); ok {
+		f.cluster, f.nodes = cc, map[string]*gobreaker.CircuitBreaker[struct{}]{}
+	}
+	f.cb = gobreaker.NewCircuitBreaker[struct{}](f.breakerSettings("redis-quota", func(to gobreaker.State) {
+		if to == gobreaker.StateOpen {
+			f.enterDegraded()
+		}
+	}))
 	return f
+}
+
+// breakerSettings are the settings of every breaker of the store.
+func (f *FallbackStore) breakerSettings(name string, changed func(to gobreaker.State)) gobreaker.Settings {
+	return gobreaker.Settings{
+		Name:          name,
+		MaxRequests:   1,
+		Timeout:       f.openFor,
+		ReadyToTrip:   func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= f.failures },
+		IsExcluded:    func(err error) bool { return errors.As(err, new(callerGone)) },
+		OnStateChange: func(_ string, _, to gobreaker.State) { changed(to) },
+	}
 }
 
 // callerGone marks an error caused by the caller's context, not by Redis:
@@ -385,7 +401,8 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		}
 		instance, _ := f.instance.Load().(string)
 		sent = f.clock.Now()
-		_, err = f.cb.Execute(func() (struct{}, error) {
+		cb := f.breakerFor(ctx, f.primary.Key(key))
+		_, err = cb.Execute(func() (struct{}, error) {
 			var err error
 			res, info, err = f.primary.takeKnowing(ctx, key, t, known, instance, f.holdBack())
 			return struct{}{}, f.classify(ctx, err)
@@ -413,11 +430,76 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 	if ctx.Err() != nil {
 		return Result{}, fmt.Errorf("quota take: %w", err)
 	}
-	f.failed(StoreOpTake, err)
+	if f.cluster != nil {
+		// One shard failing (a master died and its replica is not promoted
+		// yet, or the slot moved): its tokens wait for it rather than count
+		// locally, and the slot map is reloaded. Tokens on the other shards
+		// keep their Redis counts; only when every shard fails does the
+		// store go local.
+		f.cluster.ReloadState(ctx)
+		if !isOpenState(err) {
+			f.lastErr.Store(&errBox{err})
+			f.obs.StoreError(StoreOpTake, err)
+		}
+		if !f.degraded.Load() {
+			return Result{Limit: f.policy.Limit, Settling: true, RetryAfter: f.probeEvery, ResetAfter: f.probeEvery}, nil
+		}
+	} else {
+		f.failed(StoreOpTake, err)
+	}
 	if f.reject {
 		return Result{}, f.unavailable(err)
 	}
 	return f.takeLocal(ctx, key, t, false)
+}
+
+func isOpenState(err error) bool {
+	return errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
+}
+
+// breakerFor is the circuit breaker guarding calls for the Redis key name:
+// the store's one breaker, or in a Redis Cluster the breaker of the master
+// serving the key's slot, so one failing shard does not open the breaker
+// of the others. When every shard's breaker is open, the store is degraded
+// as with a single Redis down.
+func (f *FallbackStore) breakerFor(ctx context.Context, name string) *gobreaker.CircuitBreaker[struct{}] {
+	if f.cluster == nil {
+		return f.cb
+	}
+	node := "?"
+	if c, err := f.cluster.MasterForKey(ctx, name); err == nil {
+		node = c.Options().Addr
+	}
+	f.nodeMu.Lock()
+	defer f.nodeMu.Unlock()
+	cb := f.nodes[node]
+	if cb == nil {
+		cb = gobreaker.NewCircuitBreaker[struct{}](f.breakerSettings("redis-quota "+node, func(to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				// Called under this breaker's lock: the others (and this
+				// one) are looked at once it is released.
+				go func() {
+					if f.allNodesOpen() {
+						f.enterDegraded()
+					}
+				}()
+			}
+		}))
+		f.nodes[node] = cb
+	}
+	return cb
+}
+
+// allNodesOpen reports whether every shard's breaker is open.
+func (f *FallbackStore) allNodesOpen() bool {
+	f.nodeMu.Lock()
+	defer f.nodeMu.Unlock()
+	for _, cb := range f.nodes {
+		if cb.State() != gobreaker.StateOpen {
+			return false
+		}
+	}
+	return len(f.nodes) > 0
 }
 
 // held returns the epoch of key's incarnation in Redis that this replica
@@ -539,7 +621,7 @@ func (f *FallbackStore) Block(ctx context.Context, key string, d time.Duration) 
 	}
 	_ = f.local.Block(ctx, key, d) // never fails
 	if !f.degraded.Load() {
-		_, err := f.cb.Execute(func() (struct{}, error) {
+		_, err := f.breakerFor(ctx, f.primary.Key(key)).Execute(func() (struct{}, error) {
 			return struct{}{}, f.classify(ctx, f.primary.Block(ctx, key, d))
 		})
 		if err == nil {
@@ -582,7 +664,7 @@ func (f *FallbackStore) Release(ctx context.Context, key string, r Reservation) 
 		if f.degraded.Load() {
 			return nil
 		}
-		_, err := f.cb.Execute(func() (struct{}, error) {
+		_, err := f.breakerFor(ctx, f.primary.Key(key)).Execute(func() (struct{}, error) {
 			return struct{}{}, f.classify(ctx, f.primary.Release(ctx, key, r))
 		})
 		if err != nil {
@@ -834,7 +916,7 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 	}
 
 	var epoch string
-	_, err := f.cb.Execute(func() (struct{}, error) {
+	_, err := f.breakerFor(ctx, f.primary.Key(key)).Execute(func() (struct{}, error) {
 		var err error
 		epoch, _, err = f.primary.writeBack(ctx, key, snap, block)
 		return struct{}{}, f.classify(ctx, err)
@@ -918,10 +1000,13 @@ func (f *FallbackStore) classify(ctx context.Context, err error) error {
 
 // failed records a Redis failure (not a refusal by the open breaker).
 func (f *FallbackStore) failed(op string, err error) {
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+	if isOpenState(err) {
 		// The breaker refused without asking Redis; make sure the store
-		// knows it is degraded even if it raced with a recovery.
-		f.enterDegraded()
+		// knows it is degraded even if it raced with a recovery (in a
+		// Cluster, a shard's breaker says nothing of the others).
+		if f.cluster == nil {
+			f.enterDegraded()
+		}
 		return
 	}
 	f.lastErr.Store(&errBox{err})
@@ -990,7 +1075,7 @@ func (f *FallbackStore) beat(ctx context.Context) {
 		now             int64
 		stale           bool
 	)
-	_, err := f.cb.Execute(func() (struct{}, error) {
+	_, err := f.breakerFor(ctx, f.primary.replicasKey()).Execute(func() (struct{}, error) {
 		var err error
 		silent, members, now, stale, err = f.primary.heartbeat(ctx, f.id, f.redisMillis(sent)+f.primary.timeout.Milliseconds(), f.alive, f.forget)
 		return struct{}{}, f.classify(ctx, err)

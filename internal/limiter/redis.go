@@ -281,7 +281,7 @@ func slotField(at int64, reserved bool) string {
 // what enforces redis.timeout. A command given up on may still run later;
 // it then counts a slot nobody uses, which costs quota, never exceeds it.
 func (s *RedisStore) runTake(ctx context.Context, keys []string, args ...any) ([]any, error) {
-	ap := s.pipeliner()
+	ap := s.pipeliner(ctx, keys[0])
 	if ap == nil {
 		return takeScript.Run(ctx, s.client, keys, args...).Slice()
 	}
@@ -306,12 +306,27 @@ func (s *RedisStore) runTake(ctx context.Context, keys []string, args ...any) ([
 	return c.Slice()
 }
 
-// pipeliner is the client's asynchronous autopipeliner when autopipelining
-// is on (nil otherwise). It starts goroutines, so it is made on the first
-// take, not in the constructor; closing the client closes it.
-func (s *RedisStore) pipeliner() *redis.AutoPipeliner {
+// pipeliner is the asynchronous autopipeliner takes of the Redis key name
+// go through when autopipelining is on (nil otherwise). In a Redis Cluster
+// it is the pipeliner of the master serving name's slot: one shared by
+// every shard would make a batch wait for its slowest node, so a dead
+// master would hold the takes of the healthy ones. Pipeliners start
+// goroutines, so they are made on first use, not in the constructor;
+// closing the client closes them.
+func (s *RedisStore) pipeliner(ctx context.Context, name string) *redis.AutoPipeliner {
 	if !s.autoPipe {
 		return nil
+	}
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		node, err := cc.MasterForKey(ctx, name)
+		if err != nil {
+			return nil // the cluster client finds the node itself
+		}
+		ap, err := node.AsyncAutoPipeline()
+		if err != nil {
+			return nil
+		}
+		return ap
 	}
 	s.apOnce.Do(func() {
 		if ap, err := s.client.AsyncAutoPipeline(); err == nil {

@@ -27,23 +27,41 @@ type Sentinel struct {
 // StartSentinel starts a Sentinel topology and stops it when t ends.
 func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
-	st := &Sentinel{Name: "fgw-master"}
-	st.Master = Start(t)
-	st.Replica = Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(st.Master.Port()))
+	st, err := LaunchSentinel(t.TempDir())
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(st.Stop)
+	return st
+}
+
+// LaunchSentinel is StartSentinel outside a test, under dir; the caller
+// must Stop it.
+func LaunchSentinel(dir string) (st *Sentinel, err error) {
+	st = &Sentinel{Name: "fgw-master"}
+	defer func() {
+		if err != nil {
+			st.Stop()
+		}
+	}()
+	if st.Master, err = Launch(mkdir(dir, "master")); err != nil {
+		return st, err
+	}
+	if st.Replica, err = Launch(mkdir(dir, "replica"), "--replicaof", "127.0.0.1", strconv.Itoa(st.Master.Port())); err != nil {
+		return st, err
+	}
 	for i := range 3 {
-		dir := t.TempDir()
-		conf := filepath.Join(dir, "sentinel.conf")
+		d := mkdir(dir, fmt.Sprintf("sentinel-%d", i))
+		conf := filepath.Join(d, "sentinel.conf")
 		cfg := fmt.Sprintf("sentinel monitor %[1]s 127.0.0.1 %[2]d 2\nsentinel down-after-milliseconds %[1]s 1000\n"+
 			"sentinel failover-timeout %[1]s 10000\nsentinel parallel-syncs %[1]s 1\n", st.Name, st.Master.Port())
 		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
+			return st, err
 		}
-		s, err := launchServer(&Server{dir: dir, sentinel: conf})
+		s, err := launchServer(&Server{dir: d, sentinel: conf})
 		if err != nil {
-			t.Fatalf("redistest: sentinel %d: %v", i, err)
+			return st, fmt.Errorf("sentinel %d: %w", i, err)
 		}
-		s.t = t
-		t.Cleanup(s.Stop)
 		st.Sentinels = append(st.Sentinels, s)
 	}
 	// Ready once every sentinel knows the replica and the other sentinels.
@@ -55,12 +73,27 @@ func StartSentinel(t testing.TB) *Sentinel {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("redistest: sentinel %s not ready: %q %v", s.Addr(), out, err)
+				return st, fmt.Errorf("sentinel %s not ready: %q %v", s.Addr(), out, err)
 			}
 			time.Sleep(50 * time.Millisecond) // polling the topology's observable state
 		}
 	}
-	return st
+	return st, nil
+}
+
+// Stop ends every process of the topology.
+func (st *Sentinel) Stop() {
+	for _, s := range append([]*Server{st.Master, st.Replica}, st.Sentinels...) {
+		if s != nil {
+			s.Stop()
+		}
+	}
+}
+
+func mkdir(dir, name string) string {
+	d := filepath.Join(dir, name)
+	_ = os.MkdirAll(d, 0o755)
+	return d
 }
 
 // Addrs are the sentinels' addresses (redis.sentinel_addrs).
@@ -100,33 +133,51 @@ type Cluster struct {
 // and stops it when t ends.
 func StartCluster(t testing.TB, masters int) *Cluster {
 	t.Helper()
-	c := &Cluster{}
-	for range 2 * masters {
-		dir := t.TempDir()
-		s, err := launchServer(&Server{dir: dir, maxPort: 55535, args: []string{
-			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+	c, err := LaunchCluster(t.TempDir(), masters)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// LaunchCluster is StartCluster outside a test, under dir; the caller
+// must Stop it.
+func LaunchCluster(dir string, masters int) (c *Cluster, err error) {
+	c = &Cluster{}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	for i := range 2 * masters {
+		d := mkdir(dir, fmt.Sprintf("node-%d", i))
+		s, err := launchServer(&Server{dir: d, maxPort: 55535, args: []string{
+			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(d, "nodes.conf"),
 			"--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"}})
 		if err != nil {
-			t.Fatalf("redistest: cluster node: %v", err)
+			return c, fmt.Errorf("cluster node: %w", err)
 		}
-		s.t = t
-		t.Cleanup(s.Stop)
 		c.Nodes = append(c.Nodes, s)
 	}
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
-		t.Fatalf("redistest: redis-cli not found (Debian's redis-tools, installed with redis-server): %v", err)
+		return c, fmt.Errorf("redis-cli not found (Debian's redis-tools, installed with redis-server): %w", err)
 	}
 	args := []string{"--cluster", "create"}
 	args = append(args, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
-		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
+		return c, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
 	}
-	if err := c.WaitHealthy(startTimeout); err != nil {
-		t.Fatalf("redistest: %v", err)
+	return c, c.WaitHealthy(startTimeout)
+}
+
+// Stop ends every node.
+func (c *Cluster) Stop() {
+	for _, s := range c.Nodes {
+		s.Stop()
 	}
-	return c
 }
 
 // Addrs are the nodes' addresses (redis.cluster_addrs).
