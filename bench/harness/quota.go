@@ -117,6 +117,102 @@ func KillShardOf(tok int) func(QuotaTargets) error {
 	}
 }
 
+// FailoverShardOf is a fault: a graceful CLUSTER FAILOVER, on its replica,
+// of the master serving token tok's key (noted "promoted" when done).
+func FailoverShardOf(tok int) func(QuotaTargets) error {
+	return func(t QuotaTargets) error {
+		slot, err := TokenSlot(t.Cluster, Token(tok))
+		if err != nil {
+			return err
+		}
+		m := t.Cluster.MasterOf(slot)
+		if m == nil {
+			return fmt.Errorf("no master for slot %d", slot)
+		}
+		id, err := redistest.Command(m.Addr(), "CLUSTER", "MYID")
+		if err != nil {
+			return err
+		}
+		reps, err := redistest.Command(m.Addr(), "CLUSTER", "REPLICAS", id)
+		if err != nil {
+			return err
+		}
+		f := strings.Fields(reps)
+		if len(f) < 2 {
+			return fmt.Errorf("master %s has no replica: %q", m.Addr(), reps)
+		}
+		replica, _, _ := strings.Cut(f[1], "@")
+		if _, err := redistest.Command(replica, "CLUSTER", "FAILOVER"); err != nil {
+			return err
+		}
+		t.Note("killed", time.Now()) // the failover started
+		return waitUntil(30*time.Second, func() bool {
+			n := t.Cluster.MasterOf(slot)
+			return n != nil && n != m
+		}, func() { t.Note("promoted", time.Now()) })
+	}
+}
+
+// ReshardSlotOf is a fault: token tok's slot moves, keys and all, to
+// another master (IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE), as a
+// reshard does it, under load.
+func ReshardSlotOf(tok int) func(QuotaTargets) error {
+	return func(t QuotaTargets) error {
+		c := t.Cluster
+		slot, err := TokenSlot(c, Token(tok))
+		if err != nil {
+			return err
+		}
+		src := c.MasterOf(slot)
+		var dst *redistest.Server
+		for _, n := range c.Nodes {
+			if n != src && n.Pid() > 0 {
+				if repl, err := redistest.Command(n.Addr(), "INFO", "replication"); err == nil && strings.Contains(repl, "role:master") {
+					dst = n
+					break
+				}
+			}
+		}
+		if src == nil || dst == nil {
+			return fmt.Errorf("no source or destination for slot %d", slot)
+		}
+		srcID, err1 := redistest.Command(src.Addr(), "CLUSTER", "MYID")
+		dstID, err2 := redistest.Command(dst.Addr(), "CLUSTER", "MYID")
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		s := strconv.Itoa(slot)
+		steps := [][]string{{dst.Addr(), "CLUSTER", "SETSLOT", s, "IMPORTING", srcID}, {src.Addr(), "CLUSTER", "SETSLOT", s, "MIGRATING", dstID}}
+		for _, st := range steps {
+			if _, err := redistest.Command(st[0], st[1:]...); err != nil {
+				return fmt.Errorf("%v: %w", st[1:], err)
+			}
+		}
+		t.Note("killed", time.Now()) // the move started
+		keys, err := redistest.Command(src.Addr(), "CLUSTER", "GETKEYSINSLOT", s, "1000")
+		if err != nil {
+			return err
+		}
+		host, port, _ := net.SplitHostPort(dst.Addr())
+		for _, k := range strings.Fields(keys) {
+			if _, err := redistest.Command(src.Addr(), "MIGRATE", host, port, k, "0", "5000", "REPLACE"); err != nil && !strings.Contains(err.Error(), "NOKEY") {
+				return fmt.Errorf("migrate %s: %w", k, err)
+			}
+		}
+		for _, n := range c.Nodes {
+			if n.Pid() > 0 {
+				if repl, err := redistest.Command(n.Addr(), "INFO", "replication"); err == nil && strings.Contains(repl, "role:master") {
+					if _, err := redistest.Command(n.Addr(), "CLUSTER", "SETSLOT", s, "NODE", dstID); err != nil {
+						return fmt.Errorf("setslot node on %s: %w", n.Addr(), err)
+					}
+				}
+			}
+		}
+		t.Note("promoted", time.Now()) // the move is done
+		return nil
+	}
+}
+
 // KillSentinelMaster is a fault: kill -9 of the Sentinel-managed master,
 // then it waits for the sentinels to promote the replica.
 func KillSentinelMaster(t QuotaTargets) error {

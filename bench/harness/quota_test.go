@@ -121,28 +121,31 @@ func TestFleetSurvivesAPartition(t *testing.T) {
 }
 
 // TestFleetFollowsFailover: the fleet run on real topologies while a
-// master is killed (-9): a Redis Cluster of 3 masters and 3 replicas
-// (cluster-node-timeout 2000), and a Sentinel-managed master with its
-// replica. The upstream never answers 20005, no request fails, and within
+// master is killed (-9), a Redis Cluster of 3 masters and 3 replicas
+// (cluster-node-timeout 2000) and a Sentinel-managed master with its
+// replica; and while a Cluster master fails over gracefully (CLUSTER
+// FAILOVER) and while a slot moves to another master (a reshard). The upstream never answers 20005, no request fails, and within
 // 2 s of the replica's promotion the tokens it serves are decided by Redis
 // again (a request answered at once); in the Cluster, the tokens of the
 // other shards never leave Redis.
 func TestFleetFollowsFailover(t *testing.T) {
 	if testing.Short() {
-		t.Skip("two runs of 25 s of load")
+		t.Skip("four runs of 25 s of load")
 	}
 	for _, tc := range []struct {
-		topology string
-		fault    func(QuotaTargets) error
+		topology, name string
+		fault          func(QuotaTargets) error
 	}{
-		{"cluster", KillShardOf(0)},
-		{"sentinel", KillSentinelMaster},
+		{"cluster", "kill -9 of a master", KillShardOf(0)},
+		{"cluster", "CLUSTER FAILOVER", FailoverShardOf(0)},
+		{"cluster", "a slot moved to another master", ReshardSlotOf(0)},
+		{"sentinel", "kill -9 of the master", KillSentinelMaster},
 	} {
-		t.Run(tc.topology, func(t *testing.T) {
+		t.Run(tc.topology+", "+tc.name, func(t *testing.T) {
 			var out strings.Builder
 			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
 				Topology: tc.topology, Duration: 25 * time.Second, Out: &out,
-				Faults: []QuotaFault{{8 * time.Second, "kill -9 of a master", tc.fault}},
+				Faults: []QuotaFault{{8 * time.Second, tc.name, tc.fault}},
 			})
 			t.Log("\n" + out.String())
 			if err != nil {
