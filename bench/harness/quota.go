@@ -90,18 +90,27 @@ func TokenSlot(c *redistest.Cluster, token string) (int, error) {
 	return strconv.Atoi(out)
 }
 
+// shardOf is token tok's slot and the master serving it.
+func shardOf(c *redistest.Cluster, tok int) (int, *redistest.Server, error) {
+	slot, err := TokenSlot(c, Token(tok))
+	if err != nil {
+		return 0, nil, err
+	}
+	m := c.MasterOf(slot)
+	if m == nil {
+		return 0, nil, fmt.Errorf("no master for slot %d", slot)
+	}
+	return slot, m, nil
+}
+
 // KillShardOf is a fault: kill -9 of the Cluster master serving token
 // tok's key, then it waits for the replica's promotion (noted "killed",
 // "promoted").
 func KillShardOf(tok int) func(QuotaTargets) error {
 	return func(t QuotaTargets) error {
-		slot, err := TokenSlot(t.Cluster, Token(tok))
+		slot, m, err := shardOf(t.Cluster, tok)
 		if err != nil {
 			return err
-		}
-		m := t.Cluster.MasterOf(slot)
-		if m == nil {
-			return fmt.Errorf("no master for slot %d", slot)
 		}
 		for other := range 64 {
 			if s, err := TokenSlot(t.Cluster, Token(other)); err == nil && t.Cluster.MasterOf(s) == m {
@@ -121,13 +130,9 @@ func KillShardOf(tok int) func(QuotaTargets) error {
 // of the master serving token tok's key (noted "promoted" when done).
 func FailoverShardOf(tok int) func(QuotaTargets) error {
 	return func(t QuotaTargets) error {
-		slot, err := TokenSlot(t.Cluster, Token(tok))
+		slot, m, err := shardOf(t.Cluster, tok)
 		if err != nil {
 			return err
-		}
-		m := t.Cluster.MasterOf(slot)
-		if m == nil {
-			return fmt.Errorf("no master for slot %d", slot)
 		}
 		id, err := redistest.Command(m.Addr(), "CLUSTER", "MYID")
 		if err != nil {

@@ -26,18 +26,7 @@ func TestFleetIsOneLimiter(t *testing.T) {
 		{"1 replica", QuotaOptions{Replicas: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var out strings.Builder
-			tc.o.Out = &out
-			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, tc.o)
-			t.Log("\n" + out.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, v := range r.Verdicts {
-				if !v.Pass {
-					t.Errorf("%s: %s", v.Name, v.Got)
-				}
-			}
+			runFleet(t, tc.o)
 		})
 	}
 }
@@ -50,20 +39,10 @@ func TestDerivedMarginFitsTheWindow(t *testing.T) {
 	if testing.Short() {
 		t.Skip("30 s of load")
 	}
-	var out strings.Builder
-	r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
+	runFleet(t, QuotaOptions{
 		Memory: true, DeriveMargin: true, Tokens: 3, Limit: 30, Window: 6 * time.Second, Duration: 30 * time.Second,
-		Target: 0.95, Out: &out,
+		Target: 0.95,
 	})
-	t.Log("\n" + out.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range r.Verdicts {
-		if !v.Pass {
-			t.Errorf("%s: %s", v.Name, v.Got)
-		}
-	}
 }
 
 // TestFleetSurvivesRedisDataLoss: the fleet run while Redis loses its data
@@ -77,17 +56,7 @@ func TestFleetSurvivesRedisDataLoss(t *testing.T) {
 	}
 	for _, tc := range DataLosses {
 		t.Run(tc.Name, func(t *testing.T) {
-			var out strings.Builder
-			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{Duration: 20 * time.Second, Faults: tc.Faults, Out: &out})
-			t.Log("\n" + out.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, v := range r.Verdicts {
-				if !v.Pass {
-					t.Errorf("%s: %s", v.Name, v.Got)
-				}
-			}
+			runFleet(t, QuotaOptions{Duration: 20 * time.Second, Faults: tc.Faults})
 		})
 	}
 }
@@ -101,20 +70,10 @@ func TestFleetSurvivesAPartition(t *testing.T) {
 	if testing.Short() {
 		t.Skip("40 s of load")
 	}
-	var out strings.Builder
-	r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
-		Duration: 40 * time.Second, ViaProxy: true, Faults: CutOff(0, 5*time.Second, 30*time.Second), Out: &out,
+	r := runFleet(t, QuotaOptions{
+		Duration: 40 * time.Second, ViaProxy: true, Faults: CutOff(0, 5*time.Second, 30*time.Second),
 		Env: []string{"FUSIOO_GATEWAY_QUOTA_FALLBACK_SHARE=0.33"},
 	})
-	t.Log("\n" + out.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range r.Verdicts {
-		if !v.Pass {
-			t.Errorf("%s: %s", v.Name, v.Got)
-		}
-	}
 	if len(r.OKByReplica) != 3 || r.OKByReplica[0] == 0 {
 		t.Errorf("200s by replica %v: the cut-off replica served nothing", r.OKByReplica)
 	}
@@ -142,20 +101,10 @@ func TestFleetFollowsFailover(t *testing.T) {
 		{"sentinel", "kill -9 of the master", KillSentinelMaster},
 	} {
 		t.Run(tc.topology+", "+tc.name, func(t *testing.T) {
-			var out strings.Builder
-			r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, QuotaOptions{
-				Topology: tc.topology, Duration: 25 * time.Second, Out: &out,
+			r := runFleet(t, QuotaOptions{
+				Topology: tc.topology, Duration: 25 * time.Second,
 				Faults: []QuotaFault{{8 * time.Second, tc.name, tc.fault}},
 			})
-			t.Log("\n" + out.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, v := range r.Verdicts {
-				if !v.Pass {
-					t.Errorf("%s: %s", v.Name, v.Got)
-				}
-			}
 			killed, promoted := r.Notes["killed"], r.Notes["promoted"]
 			t.Logf("promoted %s after the kill", promoted.Sub(killed))
 			on, off := r.ShardTokens(5)
@@ -173,4 +122,23 @@ func TestFleetFollowsFailover(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runFleet runs the quota run with o, logs its figures, and fails t on
+// every criterion not met.
+func runFleet(t *testing.T, o QuotaOptions) *QuotaReport {
+	t.Helper()
+	var out strings.Builder
+	o.Out = &out
+	r, err := RunQuota(context.Background(), &InprocLauncher{Logs: t.TempDir()}, o)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range r.Verdicts {
+		if !v.Pass {
+			t.Errorf("%s: %s", v.Name, v.Got)
+		}
+	}
+	return r
 }
