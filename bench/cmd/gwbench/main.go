@@ -50,7 +50,7 @@ func run() int {
 	logLevel := fs.String("log-level", "info", "bench: the gateways' log.level")
 	tokens := fs.Int("tokens", 16, "bench: distinct client tokens the load is spread over")
 	var gwEnv envList
-	fs.Var(&gwEnv, "env", "bench: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
+	fs.Var(&gwEnv, "env", "bench, quota: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
 	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (closed loop: >= 0.9x throughput, <= 1.2x p99)")
 	// quota
@@ -60,7 +60,7 @@ func run() int {
 	// faults
 	short := fs.Bool("short", false, "faults: shorter phases (a quick check, not the documented run)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|quota|redis-kill|redis-delay|upstream-errors|upstream-hang|disconnect|faults")
+		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|quota|redis-kill|redis-delay|redis-loss|upstream-errors|upstream-hang|disconnect|faults")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
