@@ -48,6 +48,7 @@ type Server struct {
 	AdminListen       string   `toml:"admin_listen"`
 	ShutdownTimeout   Duration `toml:"shutdown_timeout"`
 	ReadHeaderTimeout Duration `toml:"read_header_timeout"`
+	BodyTimeout       Duration `toml:"body_timeout"`
 	IdleTimeout       Duration `toml:"idle_timeout"`
 	MaxBodyBytes      int64    `toml:"max_body_bytes"`
 	MaxHeaderBytes    int      `toml:"max_header_bytes"`
@@ -60,6 +61,8 @@ type Upstream struct {
 	Timeout             Duration `toml:"timeout"`
 	DialTimeout         Duration `toml:"dial_timeout"`
 	MaxIdleConnsPerHost int      `toml:"max_idle_conns_per_host"`
+	MaxPause            Duration `toml:"max_pause"`
+	BodyTimeout         Duration `toml:"body_timeout"`
 }
 
 // Quota is each token's allowance.
@@ -146,6 +149,7 @@ func Default() Config {
 			AdminListen:       "127.0.0.1:9090",
 			ShutdownTimeout:   Duration{25 * time.Second},
 			ReadHeaderTimeout: Duration{10 * time.Second},
+			BodyTimeout:       Duration{30 * time.Second},
 			IdleTimeout:       Duration{120 * time.Second},
 			MaxBodyBytes:      26 << 20,
 			MaxHeaderBytes:    64 << 10,
@@ -155,6 +159,8 @@ func Default() Config {
 			Timeout:             Duration{60 * time.Second},
 			DialTimeout:         Duration{5 * time.Second},
 			MaxIdleConnsPerHost: 256,
+			MaxPause:            Duration{time.Minute},
+			BodyTimeout:         Duration{30 * time.Second},
 		},
 		Quota: Quota{
 			Limit:          1000,
@@ -521,6 +527,9 @@ func (c *Config) validate() Errors {
 		add("redis.key_prefix", "must be non-empty without braces or spaces, got %q", c.Redis.KeyPrefix)
 	}
 	positive("redis.timeout", c.Redis.Timeout)
+	positive("upstream.max_pause", c.Upstream.MaxPause)
+	positive("upstream.body_timeout", c.Upstream.BodyTimeout)
+	positive("server.body_timeout", c.Server.BodyTimeout)
 	if c.Redis.LeaseTime.Duration < 0 || c.Redis.LeaseTime.Duration > time.Second {
 		add("redis.lease_time", "must be between 0 (no leases) and 1s, got %s", c.Redis.LeaseTime)
 	}

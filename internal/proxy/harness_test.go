@@ -41,15 +41,19 @@ type stack struct {
 }
 
 type stackOpts struct {
-	policy    limiter.Policy
-	maxWait   time.Duration
-	maxBody   int64
-	sim       *fusioosim.Config // nil with upstream set
-	upstream  http.Handler      // a custom upstream instead of the simulator
-	clock     clockwork.Clock
-	timeout   time.Duration // upstream response header timeout
-	transport http.RoundTripper
-	attempts  int // retry.max_attempts (default 1: no retries)
+	policy      limiter.Policy
+	maxWait     time.Duration
+	maxBody     int64
+	sim         *fusioosim.Config // nil with upstream set
+	upstream    http.Handler      // a custom upstream instead of the simulator
+	clock       clockwork.Clock
+	timeout     time.Duration // upstream response header timeout
+	transport   http.RoundTripper
+	attempts    int           // retry.max_attempts (default 1: no retries)
+	maxPause    time.Duration // upstream.max_pause (default 1 minute)
+	dial        time.Duration // upstream.dial_timeout (default the base transport's)
+	upstreamURL string        // forward there instead of the upstream started
+	bodyTimeout time.Duration // upstream.body_timeout and server.body_timeout
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -94,17 +98,24 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
 		Observer: m,
 	})
+	if o.maxPause == 0 {
+		o.maxPause = time.Minute
+	}
 	u, _ := url.Parse(s.upstream.URL)
+	if o.upstreamURL != "" {
+		u, _ = url.Parse(o.upstreamURL)
+	}
 	rt := o.transport
 	if rt == nil {
-		base := retry.NewBaseTransport(retry.BaseOptions{ResponseHeaderTimeout: o.timeout})
+		base := retry.NewBaseTransport(retry.BaseOptions{ResponseHeaderTimeout: o.timeout, DialTimeout: o.dial})
 		t.Cleanup(base.CloseIdleConnections)
-		rt = retry.New(retry.Config{Base: base, Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond})
+		rt = retry.New(retry.Config{Base: retry.WithBodyTimeout(base, o.bodyTimeout), Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond})
 	}
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
 	s.cfg = proxy.Config{
 		Upstream: u, Transport: rt, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,
-		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window,
+		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window, MaxPause: o.maxPause,
+		BodyTimeout: o.bodyTimeout, FlushInterval: 50 * time.Millisecond,
 	}
 	s.handler = proxy.New(s.cfg)
 	s.gw = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -8,12 +8,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,11 +68,18 @@ type Config struct {
 	Observer   Observer        // nil: nothing observed
 	Clock      clockwork.Clock // nil: the real clock
 
-	MaxBodyBytes int64         // larger request bodies get 413/30252
-	MaxWait      time.Duration // queue.max_wait: bound on waiting for quota, retries included
-	Limit        int           // quota.limit, for RateLimit-Policy
-	Window       time.Duration // quota.window: how long an upstream 20005 blocks a key
-	PolicyName   string        // the quota policy's name in RateLimit headers ("hourly")
+	MaxBodyBytes int64 // larger request bodies get 413/30252
+	// BodyTimeout bounds the wait for each read of a client's request body
+	// (server.body_timeout): a client that stops sending is answered
+	// 408/10002 and its connection freed. 0: no bound.
+	BodyTimeout time.Duration
+	MaxWait     time.Duration // queue.max_wait: bound on waiting for quota, retries included
+	Limit       int           // quota.limit, for RateLimit-Policy
+	Window      time.Duration // quota.window: how long an upstream 20005 blocks a key
+	// MaxPause caps how long an upstream 503/10004's Retry-After pauses
+	// sending to the upstream (upstream.max_pause; 0: no pause).
+	MaxPause   time.Duration
+	PolicyName string // the quota policy's name in RateLimit headers ("hourly")
 	// FlushInterval is passed to httputil.ReverseProxy (0: its default,
 	// which streams responses of unknown length at once).
 	FlushInterval time.Duration
@@ -91,6 +100,10 @@ type Handler struct {
 	samePath bool
 
 	inflight inflight // what Abort cancels
+	// pausedUntil is the end (unix ns) of a pause the upstream asked for
+	// with a 503/10004 and Retry-After: maintenance is the upstream's, not
+	// a token's, so it holds every request back, and costs no quota.
+	pausedUntil atomic.Int64
 }
 
 // New returns a handler for cfg. It does no I/O.
@@ -163,6 +176,33 @@ type reqState struct {
 	code       fusioo.Code
 	status     int
 	blockedFor time.Duration // set when an upstream 20005 blocked the key
+	written    bool          // the last attempt's request was written to the upstream
+	bodyErr    error         // reading the client's body failed (clientBody)
+}
+
+// clientBody is a request body that remembers a read failure, so that a
+// malformed body (bad chunked encoding) is answered as the client's error,
+// not the upstream's.
+type clientBody struct {
+	io.ReadCloser
+	rs   *reqState
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	if b.idle > 0 {
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	}
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.rs.mu.Lock()
+		if b.rs.bodyErr == nil {
+			b.rs.bodyErr = err
+		}
+		b.rs.mu.Unlock()
+	}
+	return n, err
 }
 
 // stateFrom returns the reqState of a request's context, or nil.
@@ -206,6 +246,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
 		}
 	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &clientBody{ReadCloser: r.Body, rs: rs, rc: http.NewResponseController(w), idle: h.cfg.BodyTimeout}
+	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	rs.cancel = cancel
@@ -242,6 +285,16 @@ func (h *Handler) refuse(r *http.Request) (fusioo.Code, string) {
 // admit charges the first attempt. It answers the client itself and
 // returns false when the request must not go upstream.
 func (h *Handler) admit(ctx context.Context, w http.ResponseWriter, rs *reqState) bool {
+	if wait, ok := h.awaitPause(ctx, rs.deadline); !ok {
+		if ctx.Err() == nil {
+			w.Header().Set("Retry-After", strconv.FormatInt(max(ceilSeconds(wait), 1), 10))
+			h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable,
+				"The upstream asked for a pause (maintenance); nothing was sent")
+		} else {
+			h.admitFailed(ctx, w, rs, ctx.Err())
+		}
+		return false
+	}
 	if !rs.route.Charged {
 		// Not charged, but the client still learns where its quota stands.
 		if rs.key != "" {
@@ -282,6 +335,9 @@ func (h *Handler) admitFailed(ctx context.Context, w http.ResponseWriter, rs *re
 // admitRetry charges a retry; the retry transport calls it before each
 // attempt after the first.
 func (h *Handler) admitRetry(ctx context.Context, rs *reqState, deadline time.Time) (bool, error) {
+	if _, ok := h.awaitPause(ctx, deadline); !ok {
+		return false, ctx.Err() // the client gets the last answer (the 503 that paused)
+	}
 	if !rs.route.Charged {
 		return true, nil
 	}
@@ -300,7 +356,8 @@ func (h *Handler) admitRetry(ctx context.Context, rs *reqState, deadline time.Ti
 
 // answered learns from each upstream attempt: an upstream 20005 blocks the
 // key for the rest of its window (or the upstream's Retry-After), and an
-// upstream Retry-After on 503 pauses the key's queue.
+// upstream Retry-After on 503/10004 pauses the upstream (upstream.max_pause
+// at most).
 func (h *Handler) answered(ctx context.Context, rs *reqState, a retry.Attempt) {
 	h.obs.Upstream(rs.route.Name(), a.Status, a.Code, a.Duration)
 	var block time.Duration
@@ -313,13 +370,14 @@ func (h *Handler) answered(ctx context.Context, rs *reqState, a retry.Attempt) {
 			// from now is the earliest time that is certainly safe.
 			block = h.cfg.Window
 		}
-	case a.Status != 0 && fusioo.Unavailable(a.Status, a.Code):
-		block = a.RetryAfter
+	case a.Status != 0 && fusioo.Unavailable(a.Status, a.Code) && a.RetryAfter > 0:
+		// Maintenance: the whole upstream pauses, no token's quota.
+		h.pause(min(a.RetryAfter, h.cfg.MaxPause))
 	}
 	rs.mu.Lock()
 	// The last attempt reported is the one whose answer the client gets
 	// (Final may be unset when the transport gave up after reporting it).
-	rs.attempts, rs.code = a.N, a.Code
+	rs.attempts, rs.code, rs.written = a.N, a.Code, a.Written
 	if block > 0 {
 		rs.blockedFor = block
 	}
@@ -359,25 +417,86 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// errorHandler answers a request whose upstream exchange failed.
+// pause holds every request back from the upstream for d from now (a
+// longer pause already set is kept).
+func (h *Handler) pause(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	until := h.clock.Now().Add(d).UnixNano()
+	for {
+		cur := h.pausedUntil.Load()
+		if cur >= until || h.pausedUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
+}
+
+// awaitPause waits out an upstream pause when it ends by deadline; ok is
+// false when it does not (wait: how long it lasts) or ctx ended first.
+func (h *Handler) awaitPause(ctx context.Context, deadline time.Time) (wait time.Duration, ok bool) {
+	until := h.pausedUntil.Load()
+	if until == 0 {
+		return 0, true
+	}
+	now := h.clock.Now()
+	wait = time.Duration(until - now.UnixNano())
+	if wait <= 0 {
+		return 0, true
+	}
+	if now.Add(wait).After(deadline) {
+		return wait, false
+	}
+	t := h.clock.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.Chan():
+		return 0, true
+	case <-ctx.Done():
+		return wait, false
+	}
+}
+
+// errorHandler answers a request whose upstream exchange failed, saying
+// whether it may have been applied: 503/10004 only when nothing reached
+// the upstream, 504/10001 when the request was written and its outcome is
+// unknown.
 func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	rs := stateFrom(r.Context())
+	rs.mu.Lock()
+	written, bodyErr := rs.written, rs.bodyErr
+	rs.mu.Unlock()
 	var mbe *http.MaxBytesError
 	var ne net.Error
 	switch {
-	case errors.Is(context.Cause(r.Context()), ErrShutdown):
-		h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "The gateway is shutting down")
 	case errors.As(err, &mbe):
 		h.writeError(w, rs, http.StatusRequestEntityTooLarge, fusioo.CodeFileTooLarge,
 			fmt.Sprintf("Request body exceeds the gateway's limit of %d bytes", mbe.Limit))
+	case errors.Is(context.Cause(r.Context()), ErrShutdown) && written:
+		h.writeError(w, rs, http.StatusGatewayTimeout, fusioo.CodeInternal,
+			"The gateway shut down while the request was at the upstream: it may have been applied")
+	case errors.Is(context.Cause(r.Context()), ErrShutdown):
+		h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "The gateway is shutting down; nothing was sent")
+	case bodyErr != nil && errors.Is(bodyErr, os.ErrDeadlineExceeded):
+		// Before the client-gone case: a failed body read ends the
+		// request's context too.
+		h.writeError(w, rs, http.StatusRequestTimeout, fusioo.CodeNotFound, "The request body was not received in time; nothing was applied")
+	case bodyErr != nil && r.Context().Err() == nil:
+		h.writeError(w, rs, http.StatusBadRequest, fusioo.CodeNotFound, "The request body is malformed")
 	case r.Context().Err() != nil:
 		// The client went away: there is nobody to answer.
 		rs.status = statusClientClosed
+	case !written:
+		// Refused, a dial error or a dial timeout: nothing was sent.
+		h.log.Debug("upstream unreachable", zap.Error(err))
+		h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "The upstream is unreachable; nothing was sent")
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		h.writeError(w, rs, http.StatusGatewayTimeout, fusioo.CodeInternal, "The upstream did not answer in time")
+		h.writeError(w, rs, http.StatusGatewayTimeout, fusioo.CodeInternal,
+			"The upstream did not answer in time: the request may have been applied")
 	default:
-		h.log.Debug("upstream exchange failed", zap.Error(err))
-		h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "The upstream is unreachable")
+		h.log.Debug("upstream exchange failed after the request was sent", zap.Error(err))
+		h.writeError(w, rs, http.StatusGatewayTimeout, fusioo.CodeInternal,
+			"The upstream connection failed after the request was sent: it may have been applied")
 	}
 }
 

@@ -2,9 +2,12 @@ package retry
 
 import (
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 )
 
@@ -73,4 +76,75 @@ func NewBaseTransport(o BaseOptions) *http.Transport {
 		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
 	return t
+}
+
+// ErrBodyStalled is the error of a response body read that waited longer
+// than the body timeout for the upstream's next bytes.
+var ErrBodyStalled = errors.New("upstream body stalled")
+
+// WithBodyTimeout returns rt with every response body bounded: a read that
+// waits longer than idle for the upstream's next bytes fails with
+// ErrBodyStalled and the connection is closed (upstream.body_timeout). The
+// time the caller takes between reads (a slow client) does not count. It
+// bounds the retry Transport's error-body peek as well as the copy to the
+// client. idle <= 0 returns rt unchanged.
+func WithBodyTimeout(rt http.RoundTripper, idle time.Duration) http.RoundTripper {
+	if idle <= 0 {
+		return rt
+	}
+	return bodyTimeout{rt, idle}
+}
+
+type bodyTimeout struct {
+	rt   http.RoundTripper
+	idle time.Duration
+}
+
+func (b bodyTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := b.rt.RoundTrip(req)
+	if err == nil && resp.Body != nil && resp.Body != http.NoBody {
+		ib := &idleBody{rc: resp.Body, idle: b.idle}
+		ib.timer = time.AfterFunc(time.Hour, ib.expire)
+		ib.timer.Stop()
+		resp.Body = ib
+	}
+	return resp, err
+}
+
+// CloseIdleConnections passes to the wrapped transport.
+func (b bodyTimeout) CloseIdleConnections() {
+	if c, ok := b.rt.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// idleBody is a response body whose reads each have idle to complete.
+type idleBody struct {
+	rc      io.ReadCloser
+	idle    time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+}
+
+func (b *idleBody) expire() {
+	b.stalled.Store(true)
+	_ = b.rc.Close() // unblocks the read in flight
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	if b.stalled.Load() {
+		return 0, ErrBodyStalled
+	}
+	b.timer.Reset(b.idle)
+	n, err := b.rc.Read(p)
+	b.timer.Stop()
+	if b.stalled.Load() {
+		return n, ErrBodyStalled
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.timer.Stop()
+	return b.rc.Close()
 }

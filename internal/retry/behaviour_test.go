@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"hash/maphash"
 	"io"
 	mrand "math/rand/v2"
 	"net/http"
@@ -299,7 +300,7 @@ func TestBufPoolBound(t *testing.T) {
 	p := newBufPool(1<<20, 1<<20)
 	var held []*buffer
 	for {
-		b := p.get(100 << 10) // a 128 KiB class
+		b := p.get("k", 100<<10) // a 128 KiB class
 		if b == nil {
 			break
 		}
@@ -308,7 +309,7 @@ func TestBufPoolBound(t *testing.T) {
 	if len(held) != 8 || p.inUse.Load() != 1<<20 {
 		t.Fatalf("%d buffers, %d bytes in use; want 8 and 1 MiB", len(held), p.inUse.Load())
 	}
-	if p.get(1) != nil {
+	if p.get("k", 1) != nil {
 		t.Fatal("got a buffer past the bound")
 	}
 	for _, b := range held {
@@ -317,8 +318,30 @@ func TestBufPoolBound(t *testing.T) {
 	if p.inUse.Load() != 0 {
 		t.Fatalf("%d bytes in use after release", p.inUse.Load())
 	}
-	if p.get(2<<20) != nil {
+	if p.get("k", 2<<20) != nil {
 		t.Fatal("got a buffer above MaxBodyBytes")
+	}
+}
+
+// TestBufPoolShareOfAKey: one key holds at most its share of the buffers
+// (an eighth of MaxBufferBytes, at least one body), so another key's
+// retries still get theirs.
+func TestBufPoolShareOfAKey(t *testing.T) {
+	p := newBufPool(1<<20, 16<<20) // a share of 2 MiB
+	n := 0
+	for p.get("slow", 100<<10) != nil {
+		n++
+	}
+	if n != 16 || p.inUse.Load() != 2<<20 {
+		t.Fatalf("one key got %d buffers, %d bytes; want 16 and 2 MiB", n, p.inUse.Load())
+	}
+	shard := func(k string) uint64 { return maphash.String(p.seed, k) % uint64(len(p.shares)) }
+	other := "other"
+	for i := 0; shard(other) == shard("slow"); i++ {
+		other = fmt.Sprintf("other-%d", i)
+	}
+	if p.get(other, 100<<10) == nil {
+		t.Fatal("another key got no buffer while one key held its share")
 	}
 }
 

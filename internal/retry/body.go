@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"math/bits"
 	"net/http"
@@ -37,7 +38,7 @@ type body struct {
 
 // prepareBody decides how req's body is sent and, when it may be retried,
 // reads it into a replay buffer. On error the request's body is closed.
-func (t *Transport) prepareBody(b *body, req *http.Request, rt *fusioo.Route) error {
+func (t *Transport) prepareBody(b *body, req *http.Request, rt *fusioo.Route, key string) error {
 	if req.Body == nil || req.Body == http.NoBody {
 		b.setEmpty(req)
 		return nil
@@ -46,7 +47,7 @@ func (t *Transport) prepareBody(b *body, req *http.Request, rt *fusioo.Route) er
 		b.setStream(req.Body, req.ContentLength)
 		return nil
 	}
-	return t.bufferBody(b, req)
+	return t.bufferBody(b, req, key)
 }
 
 // setEmpty prepares a request without a body. http.Transport replays a
@@ -153,10 +154,10 @@ func (b *body) release() {
 // bufferBody reads req's body into a pooled buffer. A body that turns out
 // larger than MaxBodyBytes, or that would take the buffers past
 // MaxBufferBytes, is streamed instead: what was read, then the rest.
-func (t *Transport) bufferBody(b *body, req *http.Request) error {
+func (t *Transport) bufferBody(b *body, req *http.Request, key string) error {
 	rc, cl := req.Body, req.ContentLength
 	if cl > 0 {
-		buf := t.bufs.get(int(cl))
+		buf := t.bufs.get(key, int(cl))
 		if buf == nil {
 			b.setStream(rc, cl)
 			return nil
@@ -174,7 +175,7 @@ func (t *Transport) bufferBody(b *body, req *http.Request) error {
 
 	// Unknown length: read, growing the buffer up to MaxBodyBytes.
 	max := int(t.maxBody)
-	buf := t.bufs.get(min(initialBuf, max))
+	buf := t.bufs.get(key, min(initialBuf, max))
 	if buf == nil {
 		b.setStream(rc, -1)
 		return nil
@@ -197,7 +198,7 @@ func (t *Transport) bufferBody(b *body, req *http.Request) error {
 				b.prefix = buf
 				return nil
 			}
-			nb := t.bufs.get(min(2*len(buf.data), max))
+			nb := t.bufs.get(key, min(2*len(buf.data), max))
 			if nb == nil {
 				b.setStream(&bufReader{buf: buf, n: buf.n, rest: rc}, -1)
 				b.prefix = buf
@@ -314,7 +315,8 @@ type buffer struct {
 	n        int    // bytes of body held
 	class    int
 	refs     atomic.Int32
-	reserved atomic.Bool // its size counts in the pool's inUse
+	reserved atomic.Bool   // its size counts in the pool's inUse
+	share    *atomic.Int64 // and in its key's share (bufPool.shares)
 	pool     *bufPool
 }
 
@@ -331,6 +333,7 @@ func (b *buffer) release() {
 func (b *buffer) unreserve() {
 	if b.reserved.CompareAndSwap(true, false) {
 		b.pool.inUse.Add(-int64(len(b.data)))
+		b.share.Add(-int64(len(b.data)))
 	}
 }
 
@@ -338,22 +341,29 @@ func (b *buffer) unreserve() {
 const minBufShift = 10
 
 // bufPool recycles replay buffers by power-of-two size class and bounds the
-// bytes held by buffers in use to max.
+// bytes held by buffers in use to max, and those of one key (a token, by
+// its share of keys: shares are sharded by hash, so their number is
+// bounded whatever the tokens) to perKey, so that one token's slow or many
+// bodies cannot take the buffers every other token's retries need.
 type bufPool struct {
-	max   int64
-	inUse atomic.Int64
+	max, perKey int64
+	inUse       atomic.Int64
+	shares      [256]atomic.Int64
+	seed        maphash.Seed
 	// allocs and recycled count the buffers made and those given back to
 	// the pool, for tests.
 	allocs, recycled atomic.Int64
 	pools            []sync.Pool // class i holds buffers of 1<<(minBufShift+i) bytes
 }
 
-func newBufPool(maxBody, max int64) *bufPool {
+func newBufPool(maxBody, limit int64) *bufPool {
 	classes := 1
 	if maxBody > 1<<minBufShift {
 		classes = bits.Len64(uint64(maxBody-1)) - minBufShift + 1
 	}
-	return &bufPool{max: max, pools: make([]sync.Pool, classes)}
+	// A key may hold an eighth of the budget, and at least one body.
+	perKey := max(limit/8, min(maxBody, limit))
+	return &bufPool{max: limit, perKey: perKey, seed: maphash.MakeSeed(), pools: make([]sync.Pool, classes)}
 }
 
 func classOf(size int) int {
@@ -363,16 +373,22 @@ func classOf(size int) int {
 	return bits.Len(uint(size-1)) - minBufShift
 }
 
-// get returns a buffer of at least size bytes with one reference, or nil
-// when holding it would exceed max.
-func (p *bufPool) get(size int) *buffer {
+// get returns a buffer of at least size bytes for key with one reference,
+// or nil when holding it would exceed max, or key's share.
+func (p *bufPool) get(key string, size int) *buffer {
 	c := classOf(size)
 	if c >= len(p.pools) {
 		return nil
 	}
 	sz := int64(1) << (minBufShift + c)
+	share := &p.shares[maphash.String(p.seed, key)%uint64(len(p.shares))]
+	if share.Add(sz) > p.perKey {
+		share.Add(-sz)
+		return nil
+	}
 	if p.inUse.Add(sz) > p.max {
 		p.inUse.Add(-sz)
+		share.Add(-sz)
 		return nil
 	}
 	b, _ := p.pools[c].Get().(*buffer)
@@ -382,6 +398,7 @@ func (p *bufPool) get(size int) *buffer {
 	}
 	b.n = 0
 	b.refs.Store(1)
+	b.share = share
 	b.reserved.Store(true)
 	return b
 }

@@ -257,7 +257,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.budget.request()
 
 	var b body
-	if err := t.prepareBody(&b, req, rt); err != nil {
+	if err := t.prepareBody(&b, req, rt, key); err != nil {
 		return nil, err
 	}
 	defer b.release()

@@ -198,7 +198,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	})
 	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
 	transport := retry.New(retry.Config{
-		Base:        base,
+		Base:        retry.WithBodyTimeout(base, cfg.Upstream.BodyTimeout.Duration),
 		Routes:      routes,
 		MaxAttempts: cfg.Retry.MaxAttempts,
 		BaseDelay:   cfg.Retry.BaseDelay.Duration,
@@ -226,7 +226,11 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		MaxWait:      cfg.Queue.MaxWait.Duration,
 		Limit:        cfg.Quota.Limit,
 		Window:       cfg.Quota.Window.Duration,
-		PolicyName:   cfg.Quota.PolicyName,
+		MaxPause:     cfg.Upstream.MaxPause.Duration,
+		BodyTimeout:  cfg.Server.BodyTimeout.Duration,
+		// Headers go out at once, before a body the upstream may stall.
+		FlushInterval: 100 * time.Millisecond,
+		PolicyName:    cfg.Quota.PolicyName,
 	})
 	return g, nil
 }
