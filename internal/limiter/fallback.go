@@ -323,7 +323,7 @@ func (f *FallbackStore) breakerSettings(name string, changed func(to gobreaker.S
 		MaxRequests:   1,
 		Timeout:       f.openFor,
 		ReadyToTrip:   func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= f.failures },
-		IsExcluded:    func(err error) bool { return errors.As(err, new(callerGone)) },
+		IsExcluded:    func(err error) bool { return err != nil && errors.As(err, new(callerGone)) },
 		OnStateChange: func(_ string, _, to gobreaker.State) { changed(to) },
 	}
 }

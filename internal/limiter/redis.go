@@ -117,6 +117,9 @@ type RedisStore struct {
 
 	settle      time.Duration
 	instanceKey string // "" when Settle is 0 or in a Redis Cluster
+	// The take script's fixed arguments, boxed once (each take would
+	// allocate them again).
+	limitAny, widthArg, spanArg, settleArg any
 
 	autoPipe bool
 	apOnce   sync.Once
@@ -147,6 +150,7 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 		settle:   max(opts.Settle, 0),
 		maxHold:  max(opts.MaxHold, 0),
 	}
+	s.limitAny, s.widthArg, s.spanArg, s.settleArg = int64(p.Limit), s.width, s.span, s.settle.Milliseconds()
 	if _, cluster := client.(*redis.ClusterClient); !cluster && s.settle > 0 {
 		s.instanceKey = opts.KeyPrefix + ":instance"
 	}
@@ -155,6 +159,15 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 
 // Policy returns the policy the store enforces.
 func (s *RedisStore) Policy() Policy { return s.policy }
+
+// limitArg is the limit the take script enforces: the policy's, less the
+// slots held back for silent replicas.
+func (s *RedisStore) limitArg(holdBack int) any {
+	if holdBack <= 0 {
+		return s.limitAny
+	}
+	return int64(max(s.policy.Limit-holdBack, 0))
+}
 
 // Client returns the client the store talks through.
 func (s *RedisStore) Client() redis.UniversalClient { return s.client }
@@ -209,8 +222,8 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known,
 		keys = append(keys, s.instanceKey)
 	}
 	vals, err := s.runTake(ctx, keys,
-		max(s.policy.Limit-holdBack, 0), s.width, s.span, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
-		ceilMillis(max(t.NotBefore, 0)), peek, known, instance, s.settle.Milliseconds())
+		s.limitArg(holdBack), s.widthArg, s.spanArg, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
+		ceilMillis(max(t.NotBefore, 0)), peek, known, instance, s.settleArg)
 	if err != nil {
 		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
 	}
