@@ -21,6 +21,7 @@ type Snapshot struct {
 	QueueDepth float64
 	Fallback   float64 // store_fallback_active
 	GCCycles   float64 // go_gc_duration_seconds_count
+	RSS        float64 // process_resident_memory_bytes
 	Ready      int     // /readyz status (0: no answer)
 	ReadyBody  string
 	Err        error
@@ -47,6 +48,7 @@ func Look(ctx context.Context, adminURL string) Snapshot {
 	s.QueueDepth = m.Sum("fusioo_gateway_queue_depth")
 	s.Fallback = m.Sum("fusioo_gateway_store_fallback_active")
 	s.GCCycles = m.Sum("go_gc_duration_seconds_count")
+	s.RSS = m.Sum("process_resident_memory_bytes")
 	s.Ready, s.ReadyBody, s.Err = Readyz(ctx, adminURL)
 	return s
 }
