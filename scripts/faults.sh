@@ -14,6 +14,9 @@
 #                    gateway 504s in time, no goroutine growth
 #   disconnect       10k clients queued over quota go away: no quota used,
 #                    queue empty, goroutines and memory back to baseline
+#   slow-bodies      10k clients stall their request bodies: answered 408
+#                    within server.body_timeout, memory back, another
+#                    token's retries unaffected
 #
 #   scripts/faults.sh                 # all of them (about 12 minutes)
 #   scripts/faults.sh redis-kill ...  # some of them
@@ -30,7 +33,7 @@ echo "building into $tmp/bin"
 go build -o "$tmp/bin/" ./cmd/gateway ./cmd/fusioo-sim ./bench/cmd/bareproxy ./bench/cmd/gwbench
 
 runs=("$@")
-[ ${#runs[@]} -eq 0 ] && runs=(redis-kill redis-delay redis-loss upstream-errors upstream-hang disconnect)
+[ ${#runs[@]} -eq 0 ] && runs=(redis-kill redis-delay redis-loss upstream-errors upstream-hang disconnect slow-bodies)
 flags=()
 [ -n "${SHORT:-}" ] && flags+=(-short)
 failed=()
