@@ -222,38 +222,31 @@ func (l *InprocLauncher) Gateway(name, cfg string, env []string) (*Service, erro
 // SimLedger reads the simulator's ledger.
 func SimLedger(ctx context.Context, simURL string) (fusioosim.Ledger, error) {
 	var l fusioosim.Ledger
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, simURL+"/_sim/ledger", nil)
-	if err != nil {
-		return l, err
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return l, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return l, fmt.Errorf("ledger: status %d", resp.StatusCode)
-	}
-	return l, json.NewDecoder(resp.Body).Decode(&l)
+	return l, getJSON(ctx, simURL+"/_sim/ledger", &l)
 }
 
 // SimHistory reads the simulator's charge times per scope (GET
 // /_sim/history; SimOptions.History must be set).
 func SimHistory(ctx context.Context, simURL string) (map[string][]time.Time, error) {
 	var h map[string][]time.Time
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, simURL+"/_sim/history", nil)
+	return h, getJSON(ctx, simURL+"/_sim/history", &h)
+}
+
+// getJSON decodes the JSON answer of a GET of url into v.
+func getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := adminClient.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("history: status %d", resp.StatusCode)
+		return fmt.Errorf("GET %s: status %d", url, resp.StatusCode)
 	}
-	return h, json.NewDecoder(resp.Body).Decode(&h)
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // SimScope is the key the simulator's ledger and history use for a

@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -305,7 +304,7 @@ func (r *QuotaReport) RecoveredAfter(tokens []int, since time.Time) (time.Durati
 // replica would make it.
 func FlushRedis(t QuotaTargets) error {
 	for _, cmd := range []string{"FLUSHALL", "SCRIPT FLUSH"} {
-		if err := redisCommand(t.Redis.Addr(), cmd); err != nil {
+		if _, err := Command(t.Redis.Addr(), strings.Fields(cmd)...); err != nil {
 			return err
 		}
 	}
@@ -671,26 +670,4 @@ func notJudged(judged bool) string {
 		return ""
 	}
 	return " (reported, not judged: faults)"
-}
-
-// redisCommand sends one inline command to the Redis at addr and expects
-// +OK.
-func redisCommand(addr, cmd string) error {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+OK") {
-		return fmt.Errorf("redis %s: %s", cmd, strings.TrimSpace(line))
-	}
-	return nil
 }

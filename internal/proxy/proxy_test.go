@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -165,21 +164,7 @@ func TestGatewayErrors(t *testing.T) {
 	down := newStack(t, stackOpts{})
 	down.upstream.Close() // nothing listens there any more
 
-	raw := func(st *stack, req string) (*http.Response, []byte) {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(st.gw.URL, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_, _ = io.WriteString(conn, req)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, b
-	}
+	raw := func(st *stack, req string) (*http.Response, []byte) { return rawRequest(t, st, req) }
 	big := bytes.Repeat([]byte("a"), 2<<10)
 	cases := []struct {
 		name   string

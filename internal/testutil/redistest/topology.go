@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -257,62 +258,63 @@ func (c *Cluster) MasterOf(slot int) *Server {
 	return nil
 }
 
-// Command sends one command to addr and returns its reply flattened to
-// text (arrays one element per line).
+// Command runs one Redis command on addr and returns its reply as text:
+// simple strings, integers and errors as one line, bulk strings as their
+// content, arrays as their elements joined by newlines. It is for tests
+// and checks, not load.
 func Command(addr string, args ...string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
 		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
 	}
-	if _, err := conn.Write([]byte(b.String())); err != nil {
+	if _, err := io.WriteString(c, b.String()); err != nil {
 		return "", err
 	}
-	var out strings.Builder
-	err = readReply(bufio.NewReader(conn), &out)
-	return strings.TrimSuffix(out.String(), "\n"), err
+	return readReply(bufio.NewReader(c))
 }
 
-func readReply(r *bufio.Reader, out *strings.Builder) error {
-	line, err := r.ReadString('\n')
+func readReply(rd *bufio.Reader) (string, error) {
+	line, err := rd.ReadString('\n')
 	if err != nil {
-		return err
+		return "", err
 	}
 	line = strings.TrimRight(line, "\r\n")
 	if line == "" {
-		return fmt.Errorf("empty reply")
+		return "", errors.New("empty reply")
 	}
 	switch line[0] {
 	case '+', ':':
-		out.WriteString(line[1:] + "\n")
+		return line[1:], nil
 	case '-':
-		return fmt.Errorf("redis: %s", line[1:])
+		return "", errors.New(line[1:])
 	case '$':
 		n, _ := strconv.Atoi(line[1:])
 		if n < 0 {
-			return nil
+			return "", nil
 		}
 		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return err
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			return "", err
 		}
-		out.Write(buf[:n])
-		out.WriteString("\n")
+		return string(buf[:n]), nil
 	case '*':
 		n, _ := strconv.Atoi(line[1:])
+		parts := make([]string, 0, max(n, 0))
 		for range n {
-			if err := readReply(r, out); err != nil {
-				return err
+			s, err := readReply(rd)
+			if err != nil {
+				return "", err
 			}
+			parts = append(parts, s)
 		}
-	default:
-		return fmt.Errorf("unexpected reply %q", line)
+		return strings.Join(parts, "\n"), nil
 	}
-	return nil
+	return "", fmt.Errorf("unexpected reply %q", line)
 }
