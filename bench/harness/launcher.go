@@ -160,6 +160,11 @@ func serve(h http.Handler) (string, func(), error) {
 		return "", nil, err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if b, ok := h.(interface {
+		BaseContext(net.Listener) context.Context
+	}); ok {
+		srv.BaseContext = b.BaseContext // as cmd/gateway wires the gateway's handler
+	}
 	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

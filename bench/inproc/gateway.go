@@ -1,5 +1,5 @@
 // Package inproc runs the whole gateway (cmd/gateway/app: proxy handler,
-// limiter, quota store, retry transport, metrics, access log) in the calling
+// limiter, quota store, retry policy, metrics, access log) in the calling
 // process, for the request-path benchmark, CPU profiles and the load
 // driver's smoke test. It is the same assembly the binary runs, without
 // the listeners and signals.

@@ -1,6 +1,6 @@
 // Package requestpath benchmarks the gateway's whole request path in
 // process (identify, admit through the limiter and quota store, forward
-// through the retry transport, classify, count, log) against a bare
+// through the attempt loop, classify, count, log) against a bare
 // httputil.ReverseProxy to the same upstream:
 //
 //	go test -run '^$' -bench RequestPath -benchmem ./bench/requestpath
@@ -13,8 +13,10 @@
 package requestpath
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -54,6 +56,17 @@ func upstream(tb testing.TB) *httptest.Server {
 	}))
 	tb.Cleanup(srv.Close)
 	return srv
+}
+
+// baseContext is the context a server gives h's requests: the gateway's
+// handler's own base context, as cmd/gateway wires it (BaseContext).
+func baseContext(h http.Handler) context.Context {
+	if b, ok := h.(interface {
+		BaseContext(net.Listener) context.Context
+	}); ok {
+		return b.BaseContext(nil)
+	}
+	return context.Background()
 }
 
 // target is one handler under test.
@@ -119,8 +132,9 @@ func runTargets(b *testing.B, targets []target) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				w := &discardWriter{h: http.Header{}}
+				ctx := baseContext(tg.h)
 				for pb.Next() {
-					req := httptest.NewRequest(http.MethodGet, "/v3/records/apps/app1?limit=20", nil)
+					req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/records/apps/app1?limit=20", nil)
 					req.Header.Set("Authorization", auth[int(next.Add(1))%len(auth)])
 					serveOne(b, tg.h, req, w)
 				}
@@ -173,7 +187,7 @@ func TestRequestPathSmoke(t *testing.T) {
 		gatewayConfig(t, "redis", up.URL, rs.URL(), "info").Handler} {
 		w := &discardWriter{h: http.Header{}}
 		for range 3 {
-			req := httptest.NewRequest(http.MethodGet, "/v3/records/apps/app1?limit=20", nil)
+			req := httptest.NewRequestWithContext(baseContext(h), http.MethodGet, "/v3/records/apps/app1?limit=20", nil)
 			req.Header.Set("Authorization", tokens(1)[0])
 			serveOne(t, h, req, w)
 		}

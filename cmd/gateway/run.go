@@ -136,7 +136,9 @@ func serve(ctx context.Context, g *app.Gateway, cfg config.Config, log *zap.Logg
 		return fmt.Errorf("server.admin_listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           g.Handler,
+		Handler: g.Handler,
+		// Abort cancels every request through it (cause ErrShutdown).
+		BaseContext:       g.Handler.BaseContext,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.Duration,
 		IdleTimeout:       cfg.Server.IdleTimeout.Duration,
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,

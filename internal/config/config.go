@@ -115,7 +115,7 @@ type Queue struct {
 	MaxQueued int      `toml:"max_queued"`
 }
 
-// Retry tunes the retry transport.
+// Retry tunes the retry policy.
 type Retry struct {
 	MaxAttempts       int      `toml:"max_attempts"`
 	BaseDelay         Duration `toml:"base_delay"`

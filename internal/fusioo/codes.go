@@ -1,4 +1,4 @@
-// Package fusioo holds what the gateway, its retry transport, its metrics and
+// Package fusioo holds what the gateway, its retry policy, its metrics and
 // the simulator all know about the Fusioo API: the error codes of Fusioo's
 // published table, the JSON envelope every response uses, and the route table
 // that says which calls are charged, read-only or creates.

@@ -1,6 +1,6 @@
 // Package metrics holds the gateway's Prometheus collectors (prefix
 // fusioo_gateway_) on a registry the caller passes in, and implements the
-// small observer interfaces the proxy, limiter, retry transport and quota
+// small observer interfaces the proxy, limiter, retry policy and quota
 // store declare. Every label has a bounded set of values, pre-initialised at
 // zero so dashboards and alerts see series before the first event.
 package metrics

@@ -109,21 +109,28 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	if rt == nil {
 		base := retry.NewBaseTransport(retry.BaseOptions{ResponseHeaderTimeout: o.timeout, DialTimeout: o.dial})
 		t.Cleanup(base.CloseIdleConnections)
-		rt = retry.New(retry.Config{Base: retry.WithBodyTimeout(base, o.bodyTimeout), Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: time.Millisecond, MaxDelay: 10 * time.Millisecond})
+		rt = retry.WithBodyTimeout(base, o.bodyTimeout)
 	}
+	// No backoff: the waits are the retry package's to test; the
+	// loop waits on the stack's clock, which may be a fake one.
+	pol := retry.New(retry.Config{Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: -1, ConcurrentDelay: -1, MaxDelay: 10 * time.Millisecond, Clock: o.clock})
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
 	s.cfg = proxy.Config{
-		Upstream: u, Transport: rt, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,
+		Upstream: u, Transport: rt, Retry: pol, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,
 		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window, MaxPause: o.maxPause,
 		BodyTimeout: o.bodyTimeout, FlushInterval: 50 * time.Millisecond,
 	}
 	s.handler = proxy.New(s.cfg)
-	s.gw = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.gw = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		h := s.handler
 		s.mu.Unlock()
 		h.ServeHTTP(w, r)
 	}))
+	// The first handler's base context, as cmd/gateway wires it; a
+	// handler swapped in later (retarget) is reached without it.
+	s.gw.Config.BaseContext = s.handler.BaseContext
+	s.gw.Start()
 	t.Cleanup(s.gw.Close)
 	tr := &http.Transport{MaxIdleConnsPerHost: 100}
 	t.Cleanup(tr.CloseIdleConnections)

@@ -1,7 +1,9 @@
 // Package proxy is the gateway's HTTP handler: it identifies the token of
 // each request, admits it against the token's quota, forwards it to the one
-// configured upstream through the retry transport, classifies the answer and
-// logs it. Everything the gateway answers itself has Fusioo's error shape.
+// configured upstream, and runs the attempt loop (send, classify, learn,
+// decide, wait, admit) with the retry policy's values; it answers the
+// client and logs the request. Everything the gateway answers itself has
+// Fusioo's error shape.
 package proxy
 
 import (
@@ -10,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -59,8 +60,15 @@ type Observer interface {
 
 // Config holds the handler's dependencies and tunables.
 type Config struct {
-	Upstream   *url.URL          // the only place requests go
-	Transport  http.RoundTripper // the retry transport (retry.Transport)
+	Upstream *url.URL // the only place requests go
+	// Transport sends each upstream attempt: any http.RoundTripper
+	// (retry.NewBaseTransport's in the gateway). The handler's attempt
+	// loop counts and learns from every answer whatever it is. Nil means
+	// http.DefaultTransport.
+	Transport http.RoundTripper
+	// Retry is the retry policy the attempt loop asks; nil means one
+	// attempt per request.
+	Retry      *retry.Policy
 	Limiter    Limiter
 	Routes     *fusioo.Routes
 	Identifier *Identifier
@@ -95,11 +103,15 @@ type Handler struct {
 	policy   string // RateLimit-Policy value, computed once
 	rlPrefix string // `"NAME";r=` of the RateLimit value
 	limitStr string // cfg.Limit formatted
-	// samePath: the upstream URL adds no path prefix, so the retry
-	// transport sees the path the handler matched (retry.Hooks.Route).
+	// samePath: the upstream URL adds no path prefix, so an attempt's
+	// path is the one the handler matched (passed to retry.Policy.Start).
 	samePath bool
+	retry    *retry.Policy
 
-	inflight inflight // what Abort cancels
+	// ctx is the requests' base context (BaseContext); Abort cancels it
+	// with ErrShutdown.
+	ctx   context.Context
+	abort context.CancelCauseFunc
 	// pausedUntil is the end (unix ns) of a pause the upstream asked for
 	// with a 503/10004 and Retry-After: maintenance is the upstream's, not
 	// a token's, so it holds every request back, and costs no quota.
@@ -123,7 +135,14 @@ func New(cfg Config) *Handler {
 	if cfg.Identifier == nil {
 		cfg.Identifier = NewIdentifier(nil)
 	}
-	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer}
+	if cfg.Transport == nil {
+		cfg.Transport = http.DefaultTransport
+	}
+	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer, retry: cfg.Retry}
+	if h.retry == nil {
+		h.retry = retry.New(retry.Config{Routes: cfg.Routes, MaxAttempts: 1})
+	}
+	h.ctx, h.abort = context.WithCancelCause(context.WithValue(context.Background(), baseKey{}, h))
 	h.policy = fmt.Sprintf("%q;q=%d;w=%d", cfg.PolicyName, cfg.Limit, ceilSeconds(cfg.Window))
 	h.rlPrefix = strconv.Quote(cfg.PolicyName) + ";r="
 	h.limitStr = strconv.Itoa(cfg.Limit)
@@ -134,7 +153,7 @@ func New(cfg Config) *Handler {
 			pr.SetURL(target)
 			pr.SetXForwarded()
 		},
-		Transport:      cfg.Transport,
+		Transport:      attemptLoop{h},
 		FlushInterval:  cfg.FlushInterval,
 		BufferPool:     bufferPool{},
 		ModifyResponse: h.modifyResponse,
@@ -144,14 +163,28 @@ func New(cfg Config) *Handler {
 	return h
 }
 
-// Abort ends the shutdown grace period: every request still queued or in
-// flight is cancelled and answered 503/10004.
-func (h *Handler) Abort() { h.inflight.abort() }
+// BaseContext is for http.Server.BaseContext: every request of a server
+// wired with it is cancelled, with cause ErrShutdown, when Abort runs. A
+// request served without it gets a context of its own that Abort cancels.
+func (h *Handler) BaseContext(net.Listener) context.Context { return h.ctx }
 
-// reqState is one request's bookkeeping, shared by the handler, the retry
-// hooks and the response callbacks. The retry hooks (it implements
-// retry.Callbacks), the quota header values' backing array and the
-// in-flight list entry are parts of it, so they cost no allocation apart.
+// Abort ends the shutdown grace period: every request still queued or in
+// flight is cancelled and answered 503/10004 (504/10001 when it may have
+// reached the upstream).
+func (h *Handler) Abort() { h.abort(ErrShutdown) }
+
+// baseKey marks the Handler's base context: a request whose context
+// carries it is cancelled by Abort already.
+type baseKey struct{}
+
+// stateKey carries a request's *reqState in its context, from ServeHTTP
+// to the attempt loop and the ReverseProxy callbacks: state of this
+// package, in contexts this package made.
+type stateKey struct{}
+
+// reqState is one request's bookkeeping, shared by the handler, the
+// attempt loop and the response callbacks. The quota header values'
+// backing array is part of it, so they cost no allocation apart.
 type reqState struct {
 	h        *Handler
 	w        http.ResponseWriter
@@ -159,12 +192,6 @@ type reqState struct {
 	key      string
 	start    time.Time
 	deadline time.Time
-	hooks    retry.Hooks // carried by the request's context; Callbacks is this reqState
-
-	// In-flight list entry (inflight.add): Abort calls cancel.
-	cancel     context.CancelCauseFunc
-	prev, next *reqState
-	shard      *inflightShard
 
 	quotaVals [5]string // backing of the quota header values (setQuotaHeaders)
 
@@ -207,20 +234,9 @@ func (b *clientBody) Read(p []byte) (int, error) {
 
 // stateFrom returns the reqState of a request's context, or nil.
 func stateFrom(ctx context.Context) *reqState {
-	if hk := retry.HooksFrom(ctx); hk != nil {
-		rs, _ := hk.Callbacks.(*reqState)
-		return rs
-	}
-	return nil
+	rs, _ := ctx.Value(stateKey{}).(*reqState)
+	return rs
 }
-
-// AdmitRetry implements retry.Callbacks.
-func (rs *reqState) AdmitRetry(ctx context.Context, deadline time.Time) (bool, error) {
-	return rs.h.admitRetry(ctx, rs, deadline)
-}
-
-// Answered implements retry.Callbacks.
-func (rs *reqState) Answered(ctx context.Context, a retry.Attempt) { rs.h.answered(ctx, rs, a) }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -249,11 +265,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &clientBody{ReadCloser: r.Body, rs: rs, rc: http.NewResponseController(w), idle: h.cfg.BodyTimeout}
 	}
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	rs.cancel = cancel
-	h.inflight.add(rs)
-	defer h.inflight.remove(rs)
+	ctx := r.Context()
+	if ctx.Value(baseKey{}) != h {
+		// Served without BaseContext: Abort reaches the request this way.
+		c, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := context.AfterFunc(h.ctx, func() { cancel(context.Cause(h.ctx)) })
+		defer stop()
+		ctx = c
+	}
 
 	rs.deadline = rs.start.Add(h.cfg.MaxWait)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(rs.deadline) {
@@ -262,11 +282,63 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ok := h.admit(ctx, w, rs); !ok {
 		return
 	}
-	rs.hooks = retry.Hooks{Key: rs.key, Deadline: rs.deadline, Callbacks: rs}
+	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, stateKey{}, rs)))
+}
+
+// attemptLoop is the ReverseProxy's transport: Handler.exchange.
+type attemptLoop struct{ h *Handler }
+
+func (l attemptLoop) RoundTrip(req *http.Request) (*http.Response, error) { return l.h.exchange(req) }
+
+// exchange is the attempt loop of one admitted request: send an attempt
+// through the base transport, classify its outcome, learn from it, decide
+// whether to retry, wait, charge the retry to the quota, and go again. It
+// returns the last attempt's answer (or error) unchanged, for
+// ReverseProxy to pass on: when the retries end for whatever reason (a
+// final answer, MaxAttempts, the budget, the deadline, the quota refusing
+// the retry, the client leaving), the client gets what the upstream said.
+func (h *Handler) exchange(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	rs := stateFrom(ctx)
+	var route *fusioo.Route
 	if h.samePath {
-		rs.hooks.Route = rs.route
+		route = rs.route
 	}
-	h.rp.ServeHTTP(w, r.WithContext(retry.WithHooks(ctx, &rs.hooks)))
+	x, err := h.retry.Start(req, rs.key, route, rs.deadline)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Close()
+	// A first attempt waits for its (key, App) turn too, but is sent
+	// when the turn does not come in time: an honest answer beats none.
+	x.Turn(ctx)
+	for {
+		start := h.clock.Now()
+		resp, err := h.cfg.Transport.RoundTrip(x.Request())
+		a := x.Outcome(resp, err, h.clock.Since(start))
+		wait, again := x.Plan(ctx, a)
+		h.learn(ctx, rs, a)
+		if !again || !h.sleep(ctx, wait) || !h.admitRetry(ctx, rs) || !x.Turn(ctx) {
+			return resp, err
+		}
+		x.Retrying(resp, a)
+	}
+}
+
+// sleep waits d, or until ctx is done; it reports whether the whole wait
+// passed.
+func (h *Handler) sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := h.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.Chan():
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // refuse checks that r is a request for the upstream at all.
@@ -332,33 +404,33 @@ func (h *Handler) admitFailed(ctx context.Context, w http.ResponseWriter, rs *re
 	}
 }
 
-// admitRetry charges a retry; the retry transport calls it before each
-// attempt after the first.
-func (h *Handler) admitRetry(ctx context.Context, rs *reqState, deadline time.Time) (bool, error) {
-	if _, ok := h.awaitPause(ctx, deadline); !ok {
-		return false, ctx.Err() // the client gets the last answer (the 503 that paused)
+// admitRetry charges a retry to the quota, after any upstream pause; on
+// false the client gets the last answer (the 503 that paused, the 429).
+func (h *Handler) admitRetry(ctx context.Context, rs *reqState) bool {
+	if _, ok := h.awaitPause(ctx, rs.deadline); !ok {
+		return false
 	}
 	if !rs.route.Charged {
-		return true, nil
+		return true
 	}
-	d, err := h.cfg.Limiter.Admit(ctx, rs.key, deadline)
+	d, err := h.cfg.Limiter.Admit(ctx, rs.key, rs.deadline)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	rs.waited += d.Waited
 	if err != nil {
-		return false, err
+		return false
 	}
 	if rs.key != "" {
 		rs.quota, rs.hasQuota = d.Result, true
 	}
-	return d.Allowed, nil
+	return d.Allowed
 }
 
-// answered learns from each upstream attempt: an upstream 20005 blocks the
-// key for the rest of its window (or the upstream's Retry-After), and an
-// upstream Retry-After on 503/10004 pauses the upstream (upstream.max_pause
-// at most).
-func (h *Handler) answered(ctx context.Context, rs *reqState, a retry.Attempt) {
+// learn counts each upstream attempt and learns from it: an upstream
+// 20005 blocks the key for the rest of its window (or the upstream's
+// Retry-After), and an upstream Retry-After on 503/10004 pauses the
+// upstream (upstream.max_pause at most).
+func (h *Handler) learn(ctx context.Context, rs *reqState, a retry.Attempt) {
 	h.obs.Upstream(rs.route.Name(), a.Status, a.Code, a.Duration)
 	var block time.Duration
 	switch {
@@ -375,8 +447,7 @@ func (h *Handler) answered(ctx context.Context, rs *reqState, a retry.Attempt) {
 		h.pause(min(a.RetryAfter, h.cfg.MaxPause))
 	}
 	rs.mu.Lock()
-	// The last attempt reported is the one whose answer the client gets
-	// (Final may be unset when the transport gave up after reporting it).
+	// The last attempt learnt from is the one whose answer the client gets.
 	rs.attempts, rs.code, rs.written = a.N, a.Code, a.Written
 	if block > 0 {
 		rs.blockedFor = block
@@ -593,69 +664,6 @@ func ceilSeconds(d time.Duration) int64 {
 		return 0
 	}
 	return int64(math.Ceil(d.Seconds()))
-}
-
-// inflight is the set of requests in flight, so Abort can cancel them: a
-// list per shard, its entries the requests' reqStates, so that adding and
-// removing a request allocates nothing and concurrent requests seldom
-// share a lock.
-type inflight struct {
-	aborted atomic.Bool
-	shards  [inflightShards]inflightShard
-}
-
-const inflightShards = 16
-
-type inflightShard struct {
-	mu   sync.Mutex
-	head *reqState
-	_    [48]byte // a cache line each
-}
-
-// add enters rs (its cancel set); once Abort has run, it cancels rs at once.
-func (f *inflight) add(rs *reqState) {
-	sh := &f.shards[rand.Uint32()%inflightShards]
-	sh.mu.Lock()
-	rs.shard, rs.next = sh, sh.head
-	if sh.head != nil {
-		sh.head.prev = rs
-	}
-	sh.head = rs
-	sh.mu.Unlock()
-	// Abort stores aborted before it walks the shards: either its walk
-	// finds rs, or this load sees aborted.
-	if f.aborted.Load() {
-		rs.cancel(ErrShutdown)
-	}
-}
-
-// remove takes rs out of the set.
-func (f *inflight) remove(rs *reqState) {
-	sh := rs.shard
-	sh.mu.Lock()
-	if rs.prev != nil {
-		rs.prev.next = rs.next
-	} else {
-		sh.head = rs.next
-	}
-	if rs.next != nil {
-		rs.next.prev = rs.prev
-	}
-	rs.prev, rs.next = nil, nil
-	sh.mu.Unlock()
-}
-
-// abort cancels every request in the set, and every request added later.
-func (f *inflight) abort() {
-	f.aborted.Store(true)
-	for i := range f.shards {
-		sh := &f.shards[i]
-		sh.mu.Lock()
-		for rs := sh.head; rs != nil; rs = rs.next {
-			rs.cancel(ErrShutdown)
-		}
-		sh.mu.Unlock()
-	}
 }
 
 // bufferPool lends ReverseProxy its copy buffers, so streaming a response

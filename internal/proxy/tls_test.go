@@ -23,10 +23,9 @@ func TestTLSUpstream(t *testing.T) {
 	defer up.Close()
 	pool := x509.NewCertPool()
 	pool.AddCert(up.Certificate())
-	routes, _ := fusioo.NewRoutes(fusioo.DefaultRoutes())
 	base := retry.NewBaseTransport(retry.BaseOptions{TLSClientConfig: &tls.Config{RootCAs: pool}})
 	defer base.CloseIdleConnections()
-	s := newStack(t, stackOpts{upstream: http.NotFoundHandler(), transport: retry.New(retry.Config{Base: base, Routes: routes, MaxAttempts: 1})})
+	s := newStack(t, stackOpts{upstream: http.NotFoundHandler(), transport: base})
 	s.retarget(up.URL)
 	resp, b := s.do("GET", "/v3/apps", "tok-tls", nil)
 	if env := envelope(t, resp, b); resp.StatusCode != 200 || env.Code != 10000 {

@@ -23,7 +23,7 @@ type BaseOptions struct {
 	// ResponseHeaderTimeout is upstream.timeout: how long an attempt waits
 	// for the answer's headers once the request is written (default 30s;
 	// negative: no limit). An attempt that exceeds it ends as a "timeout"
-	// error, which the Transport retries on replay-safe routes only.
+	// error, which the Policy retries on replay-safe routes only.
 	ResponseHeaderTimeout time.Duration
 	// IdleConnTimeout closes idle connections (default 90s).
 	IdleConnTimeout time.Duration
@@ -43,11 +43,11 @@ type BaseOptions struct {
 	DisableHTTP2 bool
 }
 
-// NewBaseTransport returns an *http.Transport tuned to sit under the retry
-// Transport in a reverse proxy: bounded dial, handshake and header waits,
+// NewBaseTransport returns an *http.Transport tuned to sit under the
+// gateway's attempt loop: bounded dial, handshake and header waits,
 // many idle connections to the one upstream host, HTTP/2 when offered, and
 // no transparent compression (the client's Accept-Encoding is passed
-// through untouched; the retry Transport reads gzip error bodies itself).
+// through untouched; Exchange.Outcome reads gzip error bodies itself).
 func NewBaseTransport(o BaseOptions) *http.Transport {
 	d := &net.Dialer{
 		Timeout:   orDefault(o.DialTimeout, 5*time.Second),
@@ -86,7 +86,7 @@ var ErrBodyStalled = errors.New("upstream body stalled")
 // waits longer than idle for the upstream's next bytes fails with
 // ErrBodyStalled and the connection is closed (upstream.body_timeout). The
 // time the caller takes between reads (a slow client) does not count. It
-// bounds the retry Transport's error-body peek as well as the copy to the
+// bounds the error-body peek (Exchange.Outcome) as well as the copy to the
 // client. idle <= 0 returns rt unchanged.
 func WithBodyTimeout(rt http.RoundTripper, idle time.Duration) http.RoundTripper {
 	if idle <= 0 {

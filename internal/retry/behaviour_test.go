@@ -352,7 +352,7 @@ func TestClientDisconnectDuringBackoff(t *testing.T) {
 	s := newScript(t, scripted{status: 503, code: fusioo.CodeUnavailable})
 	base := NewBaseTransport(BaseOptions{})
 	fc := clockwork.NewFakeClock()
-	tr := New(Config{Routes: testRoutes(t), Base: base, Clock: fc, BaseDelay: time.Hour, MaxDelay: time.Hour, Rand: func() float64 { return 0.5 }})
+	tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc, BaseDelay: time.Hour, MaxDelay: time.Hour, Rand: func() float64 { return 0.5 }}, base)
 	ignore := goleak.IgnoreCurrent()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -462,11 +462,11 @@ func TestAnswered(t *testing.T) {
 	if res.status != 200 {
 		t.Fatalf("got %d", res.status)
 	}
-	want := []Attempt{
-		{N: 1, Status: 503, Code: fusioo.CodeUnavailable, Written: true},
-		{N: 2, Status: 400, Code: fusioo.CodeConcurrentRequests, Written: true},
-		{N: 3, Status: 429, Code: fusioo.CodeRateLimited, Written: true},
-		{N: 4, Status: 200, Written: true, Final: true},
+	want := []Seen{
+		{Attempt: Attempt{N: 1, Status: 503, Code: fusioo.CodeUnavailable, Written: true, Reason: ReasonUnavailable, RetryAfter: 0, raOK: true}},
+		{Attempt: Attempt{N: 2, Status: 400, Code: fusioo.CodeConcurrentRequests, Written: true, Reason: ReasonConcurrent}},
+		{Attempt: Attempt{N: 3, Status: 429, Code: fusioo.CodeRateLimited, Written: true, Reason: ReasonRateLimited}},
+		{Attempt: Attempt{N: 4, Status: 200, Written: true}, Final: true},
 	}
 	got := attempts()
 	if len(got) != len(want) {
@@ -587,7 +587,7 @@ func TestSerializeTurnDeadline(t *testing.T) {
 
 // TestAppOf checks the App id extraction of serialized creates.
 func TestAppOf(t *testing.T) {
-	tr := New(Config{Routes: testRoutes(t), Base: http.DefaultTransport})
+	tr := newTransport(t, Config{Routes: testRoutes(t)}, http.DefaultTransport)
 	for _, c := range []struct{ method, path, app string }{
 		{"POST", "/v3/records/apps/A1", "A1"},
 		{"POST", "/records/apps/A1/", "A1"},
@@ -661,8 +661,8 @@ func TestFinalBodyRestored(t *testing.T) {
 			return &http.Response{StatusCode: 503, Header: http.Header{}, Body: b, Request: r}, nil
 		})
 		cfg := fastConfig(t)
-		cfg.Base, cfg.MaxAttempts = stub, 2
-		tr := New(cfg)
+		cfg.MaxAttempts = 2
+		tr := newTransport(t, cfg, stub)
 		res := roundTrip(t, tr, "http://fusioo.invalid", call{method: "GET", path: "/v3/apps"})
 		if res.status != 503 || !bytes.Equal(res.body, payload) {
 			t.Fatalf("size %d: got %d and %d bytes", size, res.status, len(res.body))
@@ -728,8 +728,7 @@ func TestHTTP2(t *testing.T) {
 		srv.StartTLS()
 		cfg := fastConfig(t)
 		cfg.IdempotentWrites = true
-		cfg.Base = newBase(t, BaseOptions{TLSClientConfig: srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()})
-		tr := New(cfg)
+		tr := newTransport(t, cfg, newBase(t, BaseOptions{TLSClientConfig: srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()}))
 		res := roundTrip(t, tr, srv.URL, c)
 		srv.Close()
 		if res.status != 200 || s.requests() != 3 || tr.attempts.Load() != 3 || tr.writes.Load() != 3 {

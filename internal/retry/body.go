@@ -23,7 +23,7 @@ const (
 	bodyStream          // streamed once: never retried
 )
 
-// body is one request's body as the Transport sends it.
+// body is one request's body as an Exchange sends it.
 type body struct {
 	mode   int
 	buf    *buffer       // bodyBuffered: the owner's reference
@@ -32,13 +32,13 @@ type body struct {
 	length int64         // bodyStream: its ContentLength
 	given  bool          // bodyStream: given out already
 	// header replaces the request's header when idempotency keys had to be
-	// re-spelled (see Transport.RoundTrip); nil otherwise.
+	// re-spelled (see Exchange.Request); nil otherwise.
 	header http.Header
 }
 
 // prepareBody decides how req's body is sent and, when it may be retried,
 // reads it into a replay buffer. On error the request's body is closed.
-func (t *Transport) prepareBody(b *body, req *http.Request, rt *fusioo.Route, key string) error {
+func (t *Policy) prepareBody(b *body, req *http.Request, rt *fusioo.Route, key string) error {
 	if req.Body == nil || req.Body == http.NoBody {
 		b.setEmpty(req)
 		return nil
@@ -154,7 +154,7 @@ func (b *body) release() {
 // bufferBody reads req's body into a pooled buffer. A body that turns out
 // larger than MaxBodyBytes, or that would take the buffers past
 // MaxBufferBytes, is streamed instead: what was read, then the rest.
-func (t *Transport) bufferBody(b *body, req *http.Request, key string) error {
+func (t *Policy) bufferBody(b *body, req *http.Request, key string) error {
 	rc, cl := req.Body, req.ContentLength
 	if cl > 0 {
 		buf := t.bufs.get(key, int(cl))

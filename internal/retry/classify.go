@@ -28,7 +28,7 @@ func Reasons() []string {
 	return []string{ReasonRateLimited, ReasonConcurrent, ReasonUnavailable, ReasonGatewayTimeout, ReasonTimeout, ReasonReset, ReasonDial}
 }
 
-// Observer is told what the Transport does beyond single attempts.
+// Observer is told what the Policy decides beyond single attempts.
 // internal/metrics implements it; its methods must be safe for concurrent
 // use and must not block.
 type Observer interface {
@@ -100,7 +100,7 @@ func isTimeout(err error) bool {
 // closes the original. Other answers are left untouched.
 //
 // It does what fusioo.PeekCode does, and keeps the raw bytes so that a
-// gzip-encoded body (the client asked for it, and the Transport passes
+// gzip-encoded body (the client asked for it, and the proxy passes
 // Accept-Encoding through) can be decoded for its code too.
 func peekCode(resp *http.Response) fusioo.Code {
 	if resp.StatusCode < 400 || resp.Body == nil || resp.Body == http.NoBody {

@@ -52,16 +52,107 @@ func fastConfig(t testing.TB) Config {
 	}
 }
 
-// newTransport builds a Transport over a fresh base transport unless cfg
-// has one.
-func newTransport(t testing.TB, cfg Config) *Transport {
+// newTransport drives a Policy built from cfg over a fresh base
+// transport, or over base when one is given.
+func newTransport(t testing.TB, cfg Config, base ...http.RoundTripper) *Transport {
 	if cfg.Routes == nil {
 		cfg.Routes = testRoutes(t)
 	}
-	if cfg.Base == nil {
-		cfg.Base = newBase(t, BaseOptions{})
+	tr := &Transport{Policy: New(cfg)}
+	if len(base) > 0 {
+		tr.Base = base[0]
+	} else {
+		tr.Base = newBase(t, BaseOptions{})
 	}
-	return New(cfg)
+	return tr
+}
+
+// Hooks are what a test does around an Exchange where internal/proxy's
+// attempt loop charges the quota and learns: Admit charges a retry (nil
+// admits all), Answered hears every attempt, with Final set on the one
+// whose answer goes back. Key, Deadline and Route go to Policy.Start.
+type Hooks struct {
+	Key      string
+	Deadline time.Time
+	Route    *fusioo.Route
+	Admit    func(ctx context.Context, deadline time.Time) (bool, error)
+	Answered func(Seen)
+}
+
+// Seen is an Attempt as Hooks.Answered hears it: Final when the driver
+// returns its answer (Plan said no retry).
+type Seen struct {
+	Attempt
+	Final bool
+}
+
+type hooksKey struct{}
+
+// WithHooks returns a context carrying h for Transport.RoundTrip.
+func WithHooks(ctx context.Context, h *Hooks) context.Context {
+	return context.WithValue(ctx, hooksKey{}, h)
+}
+
+// Transport drives a Policy over Base as internal/proxy's attempt loop
+// does (Handler.exchange), with the request context's Hooks in place of
+// the quota, so the Policy's decisions are tested here on their own. Its
+// backoff waits on the Policy's clock.
+type Transport struct {
+	*Policy
+	Base http.RoundTripper
+}
+
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	h, _ := ctx.Value(hooksKey{}).(*Hooks)
+	if h == nil {
+		h = &Hooks{}
+	}
+	x, err := t.Start(req, h.Key, h.Route, h.Deadline)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Close()
+	x.Turn(ctx)
+	for {
+		start := t.clock.Now()
+		resp, err := t.Base.RoundTrip(x.Request())
+		a := x.Outcome(resp, err, t.clock.Since(start))
+		wait, again := x.Plan(ctx, a)
+		if h.Answered != nil {
+			h.Answered(Seen{a, !again})
+		}
+		if !again || !t.sleep(ctx, wait) || !t.admit(ctx, h) || !x.Turn(ctx) {
+			return resp, err
+		}
+		x.Retrying(resp, a)
+	}
+}
+
+func (t *Transport) admit(ctx context.Context, h *Hooks) bool {
+	if h.Admit == nil {
+		return true
+	}
+	dl := h.Deadline
+	if d, ok := ctx.Deadline(); ok && (dl.IsZero() || d.Before(dl)) {
+		dl = d
+	}
+	ok, err := h.Admit(ctx, dl)
+	return ok && err == nil
+}
+
+func (t *Transport) sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	tm := t.clock.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.Chan():
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // simServer is the Fusioo simulator behind a loopback server.
@@ -179,22 +270,22 @@ func (o *countObserver) exhaustedN() int {
 }
 
 // recordHooks returns hooks that record every Attempt.
-func recordHooks(admit func(context.Context, time.Time) (bool, error)) (*Hooks, func() []Attempt) {
+func recordHooks(admit func(context.Context, time.Time) (bool, error)) (*Hooks, func() []Seen) {
 	var mu sync.Mutex
-	var got []Attempt
+	var got []Seen
 	h := &Hooks{
 		Key:   "key-1",
 		Admit: admit,
-		Answered: func(a Attempt) {
+		Answered: func(a Seen) {
 			mu.Lock()
 			got = append(got, a)
 			mu.Unlock()
 		},
 	}
-	return h, func() []Attempt {
+	return h, func() []Seen {
 		mu.Lock()
 		defer mu.Unlock()
-		return append([]Attempt(nil), got...)
+		return append([]Seen(nil), got...)
 	}
 }
 

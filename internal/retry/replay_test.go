@@ -228,9 +228,8 @@ func TestNoHiddenReplayBodiless(t *testing.T) {
 				var tr *Transport
 				if layer {
 					cfg := fastConfig(t)
-					cfg.Base = base
 					cfg.MaxAttempts = 2
-					tr = New(cfg)
+					tr = newTransport(t, cfg, base)
 					rt = tr
 				}
 				if res := roundTrip(t, rt, s.url(), call{method: "GET", path: "/v3/ping"}); res.status != 200 {
@@ -345,8 +344,7 @@ func TestSingleWrite(t *testing.T) {
 		return countConn{c, &writes}, nil
 	}
 	cfg := fastConfig(t)
-	cfg.Base = base
-	tr := New(cfg)
+	tr := newTransport(t, cfg, base)
 	for _, c := range []call{
 		{method: "GET", path: "/v3/apps"},
 		{method: "POST", path: "/v3/records/apps/app1", body: createBody(1)},

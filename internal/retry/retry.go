@@ -1,10 +1,11 @@
-// Package retry is the http.RoundTripper under the gateway's reverse proxy:
-// it sends each upstream attempt itself and retries exactly those answers
-// whose request cannot have been applied by Fusioo, or can be applied twice
-// without harm (DESIGN.md, "Retry safety"):
+// Package retry is the gateway's retry policy: which upstream answers may
+// be retried, after what wait, within what budget, with what body. It
+// decides and keeps the state a decision needs; it sends nothing and calls
+// nobody. internal/proxy runs the attempt loop and drives one Exchange per
+// request (DESIGN.md, "Retry safety"):
 //
 //	answer                          reason           retried for
-//	429 or code 20005               rate_limited     all methods, after Hooks.Admit (the quota) agrees
+//	429 or code 20005               rate_limited     all methods, once the caller's quota agrees
 //	code 30054 (any error status)   concurrent       all methods, short jittered backoff; creates to
 //	                                                 the App are then serialized per (key, App)
 //	503 or code 10004               unavailable      all methods, backoff honoring Retry-After
@@ -21,15 +22,13 @@
 // and never sent again at all. Codes 10003 and 20007, and every other
 // answer, are final.
 //
-// Every attempt is built here, charged to the quota through Hooks.Admit
-// (the first attempt was admitted by the caller) and counted when it is
-// written (httptrace): the Base transport is never allowed to replay a
-// request on its own (see Transport.RoundTrip).
+// Every attempt's request is built by Exchange.Request and traced
+// (httptrace), so the Exchange knows whether it was written, and no
+// transport below can replay it on its own (see Exchange.Request).
 package retry
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -57,16 +56,10 @@ const (
 	DefaultMaxRetryAfter     = time.Hour
 )
 
-// Config configures a Transport. A zero field takes its default (the
+// Config configures a Policy. A zero field takes its default (the
 // Default constants); where a field documents a negative value, that value
 // turns the feature off.
 type Config struct {
-	// Base sends the attempts: an *http.Transport built by
-	// NewBaseTransport, or the caller's. Nil means NewBaseTransport with
-	// zero BaseOptions. Replay buffers go back to their pool when Base
-	// reports httptrace's WroteRequest, as http.Transport does; with a
-	// Base that does not, they are left to the garbage collector.
-	Base http.RoundTripper
 	// Routes is the route table whose Kind decides replay safety and which
 	// creates are serialized. Required.
 	Routes *fusioo.Routes
@@ -117,8 +110,8 @@ type Config struct {
 	// MaxRetryAfter caps a parsed upstream Retry-After.
 	MaxRetryAfter time.Duration
 
-	// Clock times backoff, the budget window and serialization, and is
-	// compared with Hooks.Deadline and the request context's deadline; nil
+	// Clock times the budget window and serialization, dates a
+	// Retry-After, and is compared with each Exchange's deadline; nil
 	// means the real clock.
 	Clock clockwork.Clock
 	// Rand returns a uniform draw in [0, 1) for backoff jitter; nil means
@@ -128,12 +121,11 @@ type Config struct {
 	Observer Observer
 }
 
-// Transport is an http.RoundTripper that sends each request to Base, and
-// sends it again when the answer proves the attempt was not applied (or
-// applying it twice is harmless), within the attempt limit, the retry
-// budget and the request's deadline. It is safe for concurrent use.
-type Transport struct {
-	base            http.RoundTripper
+// Policy decides, for every request of a gateway, whether an attempt's
+// answer is retried and how long to wait first; it holds what is shared
+// across requests: the retry budget, the replay buffers and the (key, App)
+// serialization of creates. It is safe for concurrent use.
+type Policy struct {
 	routes          *fusioo.Routes
 	maxAttempts     int
 	baseDelay       time.Duration
@@ -151,21 +143,20 @@ type Transport struct {
 	serial *serializer
 	apps   map[*fusioo.Route]int // index of the {app} segment, for serialized creates
 
-	// attempts and writes count, over the Transport's life, the attempts
-	// handed to Base and the times a request's headers were written to a
-	// connection. They are equal unless Base replayed a request on its
-	// own, which tests assert never happens.
+	// attempts and writes count, over the Policy's life, the attempts
+	// built by Exchange.Request and the times one's headers were written
+	// to a connection. They are equal unless a transport replayed a
+	// request on its own, which tests assert never happens.
 	attempts, writes atomic.Int64
 }
 
-// New returns a Transport configured by cfg, defaults filled in. It does no
+// New returns a Policy configured by cfg, defaults filled in. It does no
 // I/O and starts no goroutine. It panics if cfg.Routes is nil.
-func New(cfg Config) *Transport {
+func New(cfg Config) *Policy {
 	if cfg.Routes == nil {
 		panic("retry: Config.Routes is nil")
 	}
-	t := &Transport{
-		base:            cfg.Base,
+	t := &Policy{
 		routes:          cfg.Routes,
 		maxAttempts:     orDefault(cfg.MaxAttempts, DefaultMaxAttempts),
 		baseDelay:       orDefault(cfg.BaseDelay, DefaultBaseDelay),
@@ -177,9 +168,6 @@ func New(cfg Config) *Transport {
 		clock:           cfg.Clock,
 		rand:            cfg.Rand,
 		obs:             cfg.Observer,
-	}
-	if t.base == nil {
-		t.base = NewBaseTransport(BaseOptions{})
 	}
 	if t.maxAttempts < 1 {
 		t.maxAttempts = 1
@@ -215,142 +203,9 @@ func orDefault[T int | int64 | time.Duration](v, def T) T {
 	return v
 }
 
-// RoundTrip sends req upstream and retries it as the package documentation
-// describes. The context of req may carry *Hooks (WithHooks); without them
-// every retry is admitted and no key is known.
-//
-// The first attempt is sent at once (the caller admitted it). Each retry
-// waits its backoff, then Hooks.Admit, then, for a create to an App in its
-// cooling period, that (key, App)'s turn. Hooks.Answered hears every
-// attempt, before any of that, so the caller can learn from it. When the
-// retries end, for whatever reason (a final answer, MaxAttempts, the
-// budget, the deadline, Admit refusing, the client leaving), RoundTrip
-// returns the last upstream answer unchanged (its body restored if it was
-// read to find the Fusioo code), or the last transport error if there was
-// no answer.
-//
-// No attempt can be replayed by Base on its own: each is a shallow copy of
-// req with GetBody nil and a body that http.Transport does not consider
-// replayable. A bodiless GET, HEAD, OPTIONS or TRACE gets a non-nil empty
-// body sent unframed (TransferEncoding "identity"); a bodiless request of
-// another method keeps a nil body, and its canonical Idempotency-Key or
-// X-Idempotency-Key header entry is moved to the lower-case spelling,
-// which the wire and Fusioo read the same (header names are
-// case-insensitive) but http.Transport does not take as a licence to
-// replay. The wire bytes are those of the request as given.
-func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
-	h := HooksFrom(ctx)
-	var key string
-	if h != nil {
-		key = h.Key
-	}
-	var rt *fusioo.Route
-	if h != nil && t.routes.Owns(h.Route) {
-		rt = h.Route
-	} else {
-		rt = t.routes.Match(req.Method, req.URL.Path)
-	}
-	replaySafe := rt.Kind == fusioo.KindRead || (rt.Kind == fusioo.KindWrite && t.idemWrites)
-	app := t.appOf(rt, req.URL.Path)
-	deadline := deadlineOf(ctx, h)
-	t.budget.request()
-
-	var b body
-	if err := t.prepareBody(&b, req, rt, key); err != nil {
-		return nil, err
-	}
-	defer b.release()
-
-	var (
-		resp *http.Response
-		err  error
-		turn = nop // gives back the (key, App) turn held, if any
-		held bool
-	)
-	defer func() { turn() }()
-	// A first attempt waits for its (key, App) turn too, but is sent
-	// when the turn does not come in time: an honest answer beats none.
-	turn, held, _ = t.serial.acquire(ctx, key, app, deadline)
-	for n := 1; ; n++ {
-		a := Attempt{N: n}
-		tr := new(attemptTrace)
-		start := t.clock.Now()
-		resp, err = t.send(req, &b, tr)
-		a.Duration = t.clock.Since(start)
-		a.Written = tr.wrote.Load() > 0
-
-		var (
-			reason string
-			ra     time.Duration
-			raOK   bool
-		)
-		if err != nil {
-			a.Err = err
-			if ctx.Err() == nil {
-				reason = classifyError(err, a.Written, replaySafe)
-			}
-		} else {
-			a.Status = resp.StatusCode
-			a.Code = peekCode(resp)
-			if v := resp.Header.Get("Retry-After"); v != "" {
-				ra, raOK = ParseRetryAfter(v, t.clock.Now(), t.maxRetryAfter)
-				a.RetryAfter = ra
-			}
-			reason = classifyAnswer(resp.StatusCode, a.Code, replaySafe)
-			if reason == ReasonConcurrent {
-				t.serial.mark(key, app)
-			}
-		}
-
-		wait, retry := t.plan(ctx, reason, n, ra, raOK, deadline, &b)
-		if retry && !t.budget.take() {
-			t.obs.BudgetExhausted()
-			retry = false
-		}
-		a.Final = !retry
-		h.answered(ctx, a)
-		if !retry {
-			return resp, wrapErr(err, n)
-		}
-
-		// The answer is kept until the retry is certain: when the wait,
-		// Admit or the turn fails, the client gets it unchanged.
-		if held && reason != ReasonConcurrent {
-			turn()
-			turn, held = nop, false
-		}
-		// A create that met 30054 in its turn keeps the turn through its
-		// backoff: one create of the pair at a time probes the App's lock.
-		if !t.sleep(ctx, wait) {
-			return resp, wrapErr(err, n)
-		}
-		if ok, aerr := h.admit(ctx, deadline); !ok || aerr != nil {
-			return resp, wrapErr(err, n)
-		}
-		if !held {
-			var ok bool
-			if turn, held, ok = t.serial.acquire(ctx, key, app, deadline); !ok {
-				return resp, wrapErr(err, n)
-			}
-		}
-		discard(resp)
-		t.obs.Retry(reason)
-	}
-}
-
-// wrapErr says how many attempts were made before err, when there were
-// retries; a first attempt's error is returned as Base made it.
-func wrapErr(err error, attempts int) error {
-	if err == nil || attempts <= 1 {
-		return err
-	}
-	return fmt.Errorf("retry: %d attempts: %w", attempts, err)
-}
-
 // plan decides whether the attempt that ended with reason (empty: final)
 // is retried, and how long to wait first.
-func (t *Transport) plan(ctx context.Context, reason string, n int, ra time.Duration, raOK bool, deadline time.Time, b *body) (time.Duration, bool) {
+func (t *Policy) plan(ctx context.Context, reason string, n int, ra time.Duration, raOK bool, deadline time.Time, b *body) (time.Duration, bool) {
 	if reason == "" || n >= t.maxAttempts || !b.replayable() || ctx.Err() != nil {
 		return 0, false
 	}
@@ -389,7 +244,7 @@ func (t *Transport) plan(ctx context.Context, reason string, n int, ra time.Dura
 // backoff returns the wait before retry number n (from 0): full jitter, a
 // uniform draw below min(MaxDelay, base·2ⁿ), so retries spread out instead
 // of arriving together, and never the bare cap.
-func (t *Transport) backoff(base time.Duration, n int) time.Duration {
+func (t *Policy) backoff(base time.Duration, n int) time.Duration {
 	if base <= 0 {
 		return 0
 	}
@@ -404,36 +259,10 @@ func (t *Transport) backoff(base time.Duration, n int) time.Duration {
 	return time.Duration(r * float64(ceil))
 }
 
-// sleep waits d on the Transport's clock, or until ctx is done; it reports
-// whether the whole wait passed. It leaves no timer behind.
-func (t *Transport) sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	tm := t.clock.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.Chan():
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// deadlineOf is the latest time a retry may be sent: the earlier of the
-// hooks' deadline and the context's; zero when there is neither.
-func deadlineOf(ctx context.Context, h *Hooks) time.Time {
-	d, _ := ctx.Deadline()
-	if h != nil && !h.Deadline.IsZero() && (d.IsZero() || h.Deadline.Before(d)) {
-		d = h.Deadline
-	}
-	return d
-}
-
 // attemptTrace records, through httptrace, how far one attempt got.
 type attemptTrace struct {
 	ct    httptrace.ClientTrace // its hooks are this attemptTrace's methods
-	t     *Transport
+	t     *Policy
 	wrote atomic.Int32 // headers written to a connection, times
 	buf   *buffer      // the replay buffer the attempt reads, if any
 	done  atomic.Bool  // buf released
@@ -450,29 +279,6 @@ func (tr *attemptTrace) wroteRequest(httptrace.WroteRequestInfo) {
 	if tr.buf != nil && tr.done.CompareAndSwap(false, true) {
 		tr.buf.release()
 	}
-}
-
-// send makes one attempt: a shallow copy of req with this attempt's body
-// and a trace, handed to Base.
-func (t *Transport) send(req *http.Request, b *body, tr *attemptTrace) (*http.Response, error) {
-	tr.t = t
-	tr.ct.WroteHeaders, tr.ct.WroteRequest = tr.wroteHeaders, tr.wroteRequest
-	out := req.WithContext(httptrace.WithClientTrace(req.Context(), &tr.ct))
-	out.GetBody = nil
-	out.Body, out.ContentLength, tr.buf = b.next()
-	switch b.mode {
-	case bodyEmpty:
-		out.TransferEncoding = identity
-	case bodyBuffered:
-		// The length is known now: send it, even if the client's body
-		// came chunked.
-		out.TransferEncoding = nil
-	}
-	if b.header != nil {
-		out.Header = b.header
-	}
-	t.attempts.Add(1)
-	return t.base.RoundTrip(out)
 }
 
 // discard drains a bounded part of a retried answer's body, so its

@@ -197,8 +197,7 @@ func TestSafetyTransportErrors(t *testing.T) {
 			obs := newCountObserver()
 			cfg := fastConfig(t)
 			cfg.MaxAttempts, cfg.Observer = max, obs
-			cfg.Base = newBase(t, BaseOptions{ResponseHeaderTimeout: 20 * time.Millisecond})
-			tr := newTransport(t, cfg)
+			tr := newTransport(t, cfg, newBase(t, BaseOptions{ResponseHeaderTimeout: 20 * time.Millisecond}))
 			res := roundTrip(t, tr, s.srv.URL, call{method: r.method, path: r.path, body: r.body})
 			if res.err == nil || !isTimeout(res.err) {
 				t.Errorf("%s: got %v (status %d), want a timeout", r.method, res.err, res.status)

@@ -149,7 +149,7 @@ func appSegments(rs *fusioo.Routes) map[*fusioo.Route]int {
 
 // appOf returns the App id of a create or upload to an App, matched by
 // rt's template against path; "" for every other request.
-func (t *Transport) appOf(rt *fusioo.Route, path string) string {
+func (t *Policy) appOf(rt *fusioo.Route, path string) string {
 	i, ok := t.apps[rt]
 	if !ok {
 		return ""

@@ -170,7 +170,7 @@ func FuzzPeekCode(f *testing.F) {
 // exponential, never the cap itself.
 func TestBackoff(t *testing.T) {
 	var r float64
-	tr := New(Config{Routes: testRoutes(t), Base: http.DefaultTransport, BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second, Rand: func() float64 { return r }})
+	tr := New(Config{Routes: testRoutes(t), BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second, Rand: func() float64 { return r }})
 	for _, c := range []struct {
 		r    float64
 		n    int
@@ -255,9 +255,9 @@ func BenchmarkRoundTrip(b *testing.B) {
 				var rt http.RoundTripper = base
 				switch layer {
 				case "retry":
-					rt = New(Config{Routes: testRoutes(b), Base: base})
+					rt = newTransport(b, Config{Routes: testRoutes(b)}, base)
 				case "overhead":
-					rt = New(Config{Routes: testRoutes(b), Base: stub})
+					rt = newTransport(b, Config{Routes: testRoutes(b)}, stub)
 				}
 				hooks := &Hooks{Key: "k"}
 				ctx := WithHooks(context.Background(), hooks)

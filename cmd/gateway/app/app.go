@@ -1,5 +1,5 @@
 // Package app assembles the gateway: it is the one place where the
-// concrete limiter, quota store, retry transport, metrics and proxy are
+// concrete limiter, quota store, retry policy, metrics and proxy are
 // wired together. cmd/gateway runs it behind its listeners and signals;
 // the benchmarks in bench/ run the very same assembly in process.
 package app
@@ -197,8 +197,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		MaxIdleConnsPerHost:   cfg.Upstream.MaxIdleConnsPerHost,
 	})
 	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
-	transport := retry.New(retry.Config{
-		Base:        retry.WithBodyTimeout(base, cfg.Upstream.BodyTimeout.Duration),
+	retries := retry.New(retry.Config{
 		Routes:      routes,
 		MaxAttempts: cfg.Retry.MaxAttempts,
 		BaseDelay:   cfg.Retry.BaseDelay.Duration,
@@ -216,7 +215,8 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 
 	g.Handler = proxy.New(proxy.Config{
 		Upstream:     upstream,
-		Transport:    transport,
+		Transport:    retry.WithBodyTimeout(base, cfg.Upstream.BodyTimeout.Duration),
+		Retry:        retries,
 		Limiter:      g.Limiter,
 		Routes:       routes,
 		Identifier:   proxy.NewIdentifier([]byte(cfg.Quota.KeySecret)),
