@@ -4,6 +4,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -63,6 +64,10 @@ type Upstream struct {
 	MaxIdleConnsPerHost int      `toml:"max_idle_conns_per_host"`
 	MaxPause            Duration `toml:"max_pause"`
 	BodyTimeout         Duration `toml:"body_timeout"`
+	// ForwardedHeaders decides what the upstream learns of the client's
+	// address: "none" (the default), "set" or "append" (see
+	// config.example.toml).
+	ForwardedHeaders string `toml:"forwarded_headers"`
 }
 
 // Quota is each token's allowance.
@@ -161,6 +166,7 @@ func Default() Config {
 			MaxIdleConnsPerHost: 256,
 			MaxPause:            Duration{time.Minute},
 			BodyTimeout:         Duration{30 * time.Second},
+			ForwardedHeaders:    "none",
 		},
 		Quota: Quota{
 			Limit:          1000,
@@ -226,7 +232,7 @@ func Parse(data []byte, env []string) (Config, error) {
 	cfg := Default()
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
-		return Config{}, Errors{fmt.Errorf("config is not valid TOML: %w", err)}
+		return Config{}, Errors{syntaxError(data, err)}
 	}
 	var errs Errors
 	decodeStruct(reflect.ValueOf(&cfg).Elem(), raw, "", &errs)
@@ -239,6 +245,40 @@ func Parse(data []byte, env []string) (Config, error) {
 }
 
 var durationType = reflect.TypeOf(Duration{})
+
+// syntaxError reports a TOML syntax error; when it is in the value of a
+// secret key (or of any key so named, as the parser may only know the
+// section), only where it is: the parser's message may quote the value.
+func syntaxError(data []byte, err error) error {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		secret := secretKeys()[pe.LastKey]
+		if lines := strings.Split(string(data), "\n"); pe.Position.Line >= 1 && pe.Position.Line <= len(lines) {
+			k, _, _ := strings.Cut(lines[pe.Position.Line-1], "=")
+			k = strings.Trim(strings.TrimSpace(k), `"'`)
+			k = k[strings.LastIndex(k, ".")+1:]
+			for sk := range secretKeys() {
+				secret = secret || k == sk[strings.LastIndex(sk, ".")+1:]
+			}
+		}
+		if secret {
+			return fmt.Errorf("config is not valid TOML: line %d, in the value of a secret key (not shown)", pe.Position.Line)
+		}
+	}
+	return fmt.Errorf("config is not valid TOML: %w", err)
+}
+
+// secretKeys returns the keys whose fields are tagged secret, such as
+// "redis.password".
+func secretKeys() map[string]bool {
+	keys := map[string]bool{}
+	walkLeaves(reflect.ValueOf(&Config{}).Elem(), "", func(key string, _ reflect.Value, secret bool) {
+		if secret {
+			keys[key] = true
+		}
+	})
+	return keys
+}
 
 // decodeStruct copies raw into v field by field, recording an error for
 // every unknown key and every value of the wrong type instead of stopping
@@ -253,7 +293,7 @@ func decodeStruct(v reflect.Value, raw map[string]any, prefix string, errs *Erro
 		if !ok {
 			continue
 		}
-		decodeValue(v.Field(i), val, prefix+name, errs)
+		decodeValue(v.Field(i), val, prefix+name, t.Field(i).Tag.Get("secret") == "true", errs)
 	}
 	var unknown []string
 	for k := range raw {
@@ -267,9 +307,15 @@ func decodeStruct(v reflect.Value, raw map[string]any, prefix string, errs *Erro
 	}
 }
 
-func decodeValue(f reflect.Value, val any, key string, errs *Errors) {
+// decodeValue sets f from val. The value of a secret key is never part
+// of an error, whatever its type: only its type is.
+func decodeValue(f reflect.Value, val any, key string, secret bool, errs *Errors) {
 	bad := func(want string) {
-		*errs = append(*errs, fmt.Errorf("%s: want %s, got %T %v", key, want, val, val))
+		if secret {
+			*errs = append(*errs, fmt.Errorf("%s: want %s, got %s (not shown: it is a secret)", key, want, tomlType(val)))
+			return
+		}
+		*errs = append(*errs, fmt.Errorf("%s: want %s, got %s %v", key, want, tomlType(val), val))
 	}
 	switch {
 	case f.Type() == durationType:
@@ -280,7 +326,7 @@ func decodeValue(f reflect.Value, val any, key string, errs *Errors) {
 		}
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			*errs = append(*errs, fmt.Errorf("%s: %w", key, err))
+			bad("a duration string such as \"30s\"")
 			return
 		}
 		f.Set(reflect.ValueOf(Duration{d}))
@@ -361,7 +407,7 @@ func applyEnv(v reflect.Value, prefix string, env []string, errs *Errors) {
 		}
 	}
 	seen := map[string]bool{}
-	walkLeaves(v, "", func(key string, f reflect.Value) {
+	walkLeaves(v, "", func(key string, f reflect.Value, secret bool) {
 		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 		s, ok := vars[name]
 		if !ok {
@@ -382,26 +428,26 @@ func applyEnv(v reflect.Value, prefix string, env []string, errs *Errors) {
 		case f.Kind() == reflect.Bool:
 			b, err := strconv.ParseBool(s)
 			if err != nil {
-				*errs = append(*errs, fmt.Errorf("%s (from %s): want true or false, got %q", key, name, s))
+				*errs = append(*errs, fmt.Errorf("%s (from %s): want true or false, got %s", key, name, shown(s, secret)))
 				return
 			}
 			val = b
 		case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil {
-				*errs = append(*errs, fmt.Errorf("%s (from %s): want an integer, got %q", key, name, s))
+				*errs = append(*errs, fmt.Errorf("%s (from %s): want an integer, got %s", key, name, shown(s, secret)))
 				return
 			}
 			val = n
 		case f.Kind() == reflect.Float64:
 			n, err := strconv.ParseFloat(s, 64)
 			if err != nil {
-				*errs = append(*errs, fmt.Errorf("%s (from %s): want a number, got %q", key, name, s))
+				*errs = append(*errs, fmt.Errorf("%s (from %s): want a number, got %s", key, name, shown(s, secret)))
 				return
 			}
 			val = n
 		}
-		decodeValue(f, val, key+" (from "+name+")", errs)
+		decodeValue(f, val, key+" (from "+name+")", secret, errs)
 	})
 	var unknown []string
 	for k := range vars {
@@ -422,20 +468,51 @@ var serviceLink = regexp.MustCompile(`^FUSIOO_GATEWAY_(SERVICE_HOST|SERVICE_PORT
 
 // walkLeaves calls fn for every scalar or list key of the sections (not the
 // route list, which has no environment form).
-func walkLeaves(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) {
+// fn is told whether the key is tagged secret.
+func walkLeaves(v reflect.Value, prefix string, fn func(key string, f reflect.Value, secret bool)) {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f, name := v.Field(i), t.Field(i).Tag.Get("toml")
+		secret := t.Field(i).Tag.Get("secret") == "true"
 		switch {
 		case f.Type() == durationType:
-			fn(prefix+name, f)
+			fn(prefix+name, f, secret)
 		case f.Kind() == reflect.Struct:
 			walkLeaves(f, prefix+name+".", fn)
 		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
 		default:
-			fn(prefix+name, f)
+			fn(prefix+name, f, secret)
 		}
 	}
+}
+
+// shown quotes an environment value for an error, unless it is a secret's.
+func shown(s string, secret bool) string {
+	if secret {
+		return "a value not shown (it is a secret)"
+	}
+	return strconv.Quote(s)
+}
+
+// tomlType names the TOML type of a decoded value, for errors.
+func tomlType(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case time.Time:
+		return "a date-time"
+	case []any, []map[string]any:
+		return "an array"
+	case map[string]any:
+		return "a table"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 // validate checks values, not types: every problem, not the first.
@@ -471,10 +548,11 @@ func (c *Config) validate() Errors {
 		add("server.max_header_bytes", "must be at least 4096 (Fusioo tokens alone are about 1 KB), got %d", c.Server.MaxHeaderBytes)
 	}
 
+	// The URL is shown redacted, or not at all: it may carry a password.
 	if u, err := url.Parse(c.Upstream.URL); err != nil {
-		add("upstream.url", "%v", err)
+		add("upstream.url", "not a valid URL (not shown: it may carry credentials)")
 	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		add("upstream.url", "want an absolute http or https URL, got %q", c.Upstream.URL)
+		add("upstream.url", "want an absolute http or https URL, got %q", u.Redacted())
 	} else if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		add("upstream.url", "must not carry credentials, a query or a fragment")
 	}
@@ -482,6 +560,11 @@ func (c *Config) validate() Errors {
 	positive("upstream.dial_timeout", c.Upstream.DialTimeout)
 	if c.Upstream.MaxIdleConnsPerHost <= 0 {
 		add("upstream.max_idle_conns_per_host", "must be positive, got %d", c.Upstream.MaxIdleConnsPerHost)
+	}
+	switch c.Upstream.ForwardedHeaders {
+	case "none", "set", "append":
+	default:
+		add("upstream.forwarded_headers", "want \"none\", \"set\" or \"append\", got %q", c.Upstream.ForwardedHeaders)
 	}
 
 	if c.Quota.Limit <= 0 {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -150,5 +151,56 @@ func TestKubernetesServiceLinksIgnored(t *testing.T) {
 	}
 	if _, err := Parse(nil, []string{"FUSIOO_GATEWAY_QUOTA_LIMT=5"}); err == nil {
 		t.Fatal("a misspelt override was accepted")
+	}
+}
+
+// TestSecretsNeverPrinted: no value of a secret key appears in any error,
+// whatever its type or syntax, from the file or the environment, nor a
+// password inside the upstream URL.
+func TestSecretsNeverPrinted(t *testing.T) {
+	const pw = "987654321"
+	sections := map[string]string{
+		"quota.key_secret":        "[quota]\nkey_secret = %s\n",
+		"redis.password":          "[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\npassword = %s\n",
+		"redis.sentinel_password": "[quota]\nstore = \"redis\"\n[redis]\nsentinel_master = \"m\"\nsentinel_addrs = [\"127.0.0.1:1\"]\nsentinel_password = %s\n",
+		"redis.url":               "[quota]\nstore = \"redis\"\n[redis]\nurl = %s\n",
+	}
+	values := []string{
+		pw,                          // an integer
+		pw + ".5",                   // a float
+		"[" + pw + ", \"x\"]",       // an array
+		"[\"" + pw + "\"]",          // an array of strings
+		"{ a = " + pw + " }",        // an inline table
+		pw + "abc",                  // bad syntax quoting the value
+		"\"" + pw + "",              // an unterminated string
+		"'''" + pw + "\n",           // an unterminated literal
+		"1979-05-27T07:32:00Z" + pw, // a bad date
+		"abc" + pw,                  // a bare word
+	}
+	for key, tmpl := range sections {
+		for _, v := range values {
+			_, err := Parse([]byte(fmt.Sprintf(tmpl, v)), nil)
+			if err == nil {
+				t.Errorf("%s = %s: accepted", key, v)
+				continue
+			}
+			if strings.Contains(err.Error(), pw) || strings.Contains(err.Error(), "'a'") {
+				t.Errorf("%s = %s: the error shows the secret: %v", key, v, err)
+			}
+		}
+	}
+	// Wrong values from the environment.
+	for _, env := range []string{"FUSIOO_GATEWAY_REDIS_PASSWORD=" + pw, "FUSIOO_GATEWAY_QUOTA_KEY_SECRET=" + pw, "FUSIOO_GATEWAY_REDIS_URL=ftp://u:" + pw + "@h"} {
+		_, err := Parse([]byte("[quota]\nstore = \"redis\"\n[redis]\nsentinel_master = \"m\"\n"), []string{env})
+		if err == nil || strings.Contains(err.Error(), pw) {
+			t.Errorf("%s: %v", env, err)
+		}
+	}
+	// A password in the upstream URL, well-formed or not.
+	for _, u := range []string{"ftp://user:" + pw + "@example.com", "http://user:" + pw + "@example.com", "http://user:" + pw + "@[::1", "http://user:" + pw + "@exa mple.com/%zz"} {
+		_, err := Parse([]byte("[upstream]\nurl = \""+u+"\"\n"), nil)
+		if err == nil || strings.Contains(err.Error(), pw) {
+			t.Errorf("upstream.url %s: %v", u, err)
+		}
 	}
 }
