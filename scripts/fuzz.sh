@@ -7,7 +7,7 @@ t=${1:-10s}
 targets=(
   "./internal/fusioo FuzzPeekCode"
   "./internal/fusioo FuzzRoutesMatch"
-  "./internal/proxy FuzzBearerToken"
+  "./internal/proxy FuzzCredential"
   "./internal/config FuzzParse"
 )
 if grep -q "func FuzzParseRetryAfter" internal/retry/*_test.go 2>/dev/null; then

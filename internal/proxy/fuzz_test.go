@@ -2,29 +2,39 @@ package proxy
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 )
 
-// FuzzBearerToken: the extractor never panics, returns a substring of the
-// header, and the key derived from it never contains it.
-func FuzzBearerToken(f *testing.F) {
-	for _, s := range []string{"Bearer abc", "bearer  x ", "Basic Zm9v", "Bearer", "Bearer ", "BEARER \x00\xff", ""} {
-		f.Add(s)
+// FuzzCredential: the extractor never panics; a token it returns is the
+// whole of the one Authorization line after "Bearer" and spaces, a
+// b64token, and the key derived from it never contains it.
+func FuzzCredential(f *testing.F) {
+	for _, s := range []string{"Bearer abc", "bearer  x ", "Basic Zm9v", "Bearer", "Bearer ", "BEARER \x00\xff", "", "Bearer\tx", "Bearer a b"} {
+		f.Add(s, "")
 	}
+	f.Add("Bearer a", "access_token=b")
+	f.Add("", "x=1;Access%5Ftoken=b")
 	id := NewIdentifier([]byte("k"))
-	f.Fuzz(func(t *testing.T, v string) {
-		h := http.Header{}
-		h.Set("Authorization", v)
-		tok := BearerToken(h)
-		if tok != "" && !strings.Contains(v, tok) {
-			t.Fatalf("token %q not from %q", tok, v)
+	f.Fuzz(func(t *testing.T, v, q string) {
+		r := &http.Request{Header: http.Header{"Authorization": {v}}, URL: &url.URL{Path: "/", RawQuery: q}}
+		tok, bad := Credential(r)
+		if tok != "" && bad != "" {
+			t.Fatalf("both a token and a refusal")
 		}
-		if tok != "" {
-			k := id.Key(tok)
-			if len(k) != 64 || (len(tok) >= 8 && strings.Contains(k, tok)) {
-				t.Fatalf("key %q", k)
-			}
+		if tok == "" {
+			return
+		}
+		if !strings.EqualFold(v[:6], "bearer") || strings.TrimLeft(v[6:], " ") != tok || !isB64Token(tok) {
+			t.Fatalf("token %q not the credential of %q", tok, v)
+		}
+		if vals, err := url.ParseQuery(q); err == nil && vals.Has("access_token") {
+			t.Fatalf("access_token in %q not refused", q)
+		}
+		k := id.Key(tok)
+		if len(k) != 64 || (len(tok) >= 8 && strings.Contains(k, tok)) {
+			t.Fatalf("key %q", k)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"hash"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"unsafe"
@@ -65,13 +66,91 @@ func Fingerprint(key string) string {
 	return key[:8]
 }
 
-// BearerToken returns the token of an "Authorization: Bearer …" header
-// (scheme case-insensitive, RFC 6750), or "" when there is none.
-func BearerToken(h http.Header) string {
-	v := h.Get("Authorization")
-	const prefix = "bearer "
-	if len(v) <= len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
-		return ""
+// Credential returns the Bearer token r carries for the upstream, or why
+// r must be refused (401/10003, never forwarded) because the upstream could
+// read a credential other than the one the gateway would charge:
+//
+//   - more than one Authorization field line;
+//   - a Bearer credential (scheme matched case-insensitively, RFC 9110)
+//     that is not exactly: the scheme, one or more spaces, a b64token
+//     (RFC 6750: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then
+//     "=" padding), nothing after it; a value that merely starts with
+//     "bearer" (a tab, a colon, no space) counts as malformed Bearer;
+//   - an access_token query parameter (RFC 6750 §2.3), however spelled
+//     or percent-encoded: Fusioo documents only the header, and a lenient
+//     upstream reading the query would be sent a token nobody charged.
+//
+// A request with no credential, or another scheme (Basic, …), gets
+// neither: it is forwarded uncharged under the anonymous limit.
+func Credential(r *http.Request) (token, refuse string) {
+	if hasAccessToken(r.URL.RawQuery) {
+		return "", "The access token must be sent in the Authorization header only, not as access_token in the query"
 	}
-	return strings.TrimSpace(v[len(prefix):])
+	vals := r.Header["Authorization"]
+	switch {
+	case len(vals) == 0:
+		return "", ""
+	case len(vals) > 1:
+		return "", "More than one Authorization header"
+	}
+	v := vals[0]
+	const scheme = "bearer"
+	if len(v) < len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
+		return "", "" // another scheme: anonymous
+	}
+	rest := v[len(scheme):]
+	tok := strings.TrimLeft(rest, " ")
+	if len(tok) == len(rest) || !isB64Token(tok) {
+		return "", "Malformed Bearer credential: want \"Bearer\", spaces, and one token"
+	}
+	return tok, ""
+}
+
+// isB64Token reports whether s is an RFC 6750 b64token.
+func isB64Token(s string) bool {
+	i := 0
+	for ; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/') {
+			break
+		}
+	}
+	if i == 0 {
+		return false
+	}
+	for ; i < len(s); i++ {
+		if s[i] != '=' {
+			return false
+		}
+	}
+	return true
+}
+
+// hasAccessToken reports whether a raw query has a parameter an upstream
+// could read as access_token: names compared after percent-decoding (and
+// "+" as space), case-insensitively, with "&" and ";" both separators.
+func hasAccessToken(raw string) bool {
+	if raw == "" {
+		return false
+	}
+	for raw != "" {
+		var part string
+		if i := strings.IndexAny(raw, "&;"); i >= 0 {
+			part, raw = raw[:i], raw[i+1:]
+		} else {
+			part, raw = raw, ""
+		}
+		name, _, _ := strings.Cut(part, "=")
+		if len(name) < len("access_token") {
+			continue
+		}
+		if n, err := url.QueryUnescape(name); err == nil {
+			name = n
+		}
+		if strings.EqualFold(strings.TrimSpace(name), "access_token") {
+			return true
+		}
+	}
+	return false
 }

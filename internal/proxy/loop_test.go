@@ -32,13 +32,15 @@ type fakeLimiter struct {
 	mu       sync.Mutex
 	allow    func(n int) bool // n: admissions asked so far, from 1
 	admits   int
+	keys     []string // of each admission
 	exhausts []time.Duration
 }
 
-func (l *fakeLimiter) Admit(_ context.Context, _ string, _ time.Time) (limiter.Decision, error) {
+func (l *fakeLimiter) Admit(_ context.Context, key string, _ time.Time) (limiter.Decision, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.admits++
+	l.keys = append(l.keys, key)
 	ok := l.allow == nil || l.allow(l.admits)
 	d := limiter.Decision{Allowed: ok, Result: limiter.Result{Allowed: ok, Limit: 100, Remaining: 50}}
 	if !ok {
@@ -151,6 +153,11 @@ type loopRig struct {
 }
 
 func newLoopRig(t *testing.T, attempts int, answers ...fakeAnswer) *loopRig {
+	return newLoopRigWith(t, nil, attempts, answers...)
+}
+
+// newLoopRigWith is newLoopRig with edit applied to the handler's Config.
+func newLoopRigWith(t *testing.T, edit func(*proxy.Config), attempts int, answers ...fakeAnswer) *loopRig {
 	t.Helper()
 	routes, err := fusioo.NewRoutes(fusioo.DefaultRoutes())
 	if err != nil {
@@ -158,11 +165,15 @@ func newLoopRig(t *testing.T, attempts int, answers ...fakeAnswer) *loopRig {
 	}
 	r := &loopRig{lim: &fakeLimiter{}, up: &fakeUpstream{answers: answers}, obs: &upstreamCounts{}, clk: clockwork.NewFakeClock()}
 	u, _ := url.Parse("http://upstream.invalid")
-	r.h = proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Upstream: u, Transport: r.up, Limiter: r.lim, Routes: routes, Observer: r.obs, Clock: r.clk,
 		Retry:   retry.New(retry.Config{Routes: routes, MaxAttempts: attempts, BaseDelay: -1, ConcurrentDelay: -1, BudgetRatio: -1, Clock: r.clk}),
 		MaxWait: 5 * time.Second, Limit: 100, Window: time.Hour, MaxPause: time.Minute,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	r.h = proxy.New(cfg)
 	return r
 }
 
@@ -181,6 +192,10 @@ func (r *loopRig) serve(t *testing.T, method, path string) loopAnswer {
 	}
 	req := httptest.NewRequest(method, path, body)
 	req.Header.Set("Authorization", "Bearer tok-loop")
+	return r.serveReq(req)
+}
+
+func (r *loopRig) serveReq(req *http.Request) loopAnswer {
 	w := httptest.NewRecorder()
 	r.h.ServeHTTP(w, req)
 	var env struct {

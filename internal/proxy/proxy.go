@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
@@ -88,6 +89,9 @@ type Config struct {
 	// sending to the upstream (upstream.max_pause; 0: no pause).
 	MaxPause   time.Duration
 	PolicyName string // the quota policy's name in RateLimit headers ("hourly")
+	// ForwardedHeaders is what the upstream learns of the client's
+	// address (upstream.forwarded_headers): "" or "none", "set", "append".
+	ForwardedHeaders string
 	// FlushInterval is passed to httputil.ReverseProxy (0: its default,
 	// which streams responses of unknown length at once).
 	FlushInterval time.Duration
@@ -151,7 +155,7 @@ func New(cfg Config) *Handler {
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
-			pr.SetXForwarded()
+			forward(pr, cfg.ForwardedHeaders)
 		},
 		Transport:      attemptLoop{h},
 		FlushInterval:  cfg.FlushInterval,
@@ -249,7 +253,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rs.route = h.cfg.Routes.Match(r.Method, r.URL.Path)
-	if tok := BearerToken(r.Header); tok != "" {
+	tok, bad := Credential(r)
+	if bad != "" {
+		h.writeError(w, rs, http.StatusUnauthorized, fusioo.CodeUnauthorized, bad)
+		return
+	}
+	if tok != "" {
 		rs.key = h.cfg.Identifier.Key(tok)
 	}
 	if h.cfg.MaxBodyBytes > 0 {
@@ -341,6 +350,46 @@ func (h *Handler) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// forward sets what the upstream learns of the client's address: mode
+// "set" has the gateway set X-Forwarded-For/-Host/-Proto (ReverseProxy has
+// dropped the client's own already) and drops the client's Forwarded and
+// X-Real-IP; "append" keeps the client's X-Forwarded-For chain, adds the
+// client's address and lets Forwarded and X-Real-IP pass; anything else
+// ("none") sends none of them: the upstream is a third-party API.
+func forward(pr *httputil.ProxyRequest, mode string) {
+	switch mode {
+	case "append":
+		// ReverseProxy has dropped the client's X-Forwarded-* and
+		// Forwarded from the outbound request: put the chain back.
+		for _, k := range [...]string{"X-Forwarded-For", "Forwarded"} {
+			if v := pr.In.Header[k]; len(v) > 0 {
+				pr.Out.Header[k] = v
+			}
+		}
+		pr.SetXForwarded()
+		return
+	case "set":
+		pr.SetXForwarded()
+	}
+	delete(pr.Out.Header, "Forwarded")
+	delete(pr.Out.Header, "X-Real-Ip")
+}
+
+// hasToken reports whether a comma-separated header's values hold token
+// (case-insensitively), as in Connection: keep-alive, Upgrade.
+func hasToken(vals []string, token string) bool {
+	for _, v := range vals {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // refuse checks that r is a request for the upstream at all.
 func (h *Handler) refuse(r *http.Request) (fusioo.Code, string) {
 	switch {
@@ -350,6 +399,10 @@ func (h *Handler) refuse(r *http.Request) (fusioo.Code, string) {
 		return fusioo.CodeNotFound, "Absolute-form request for another host: the gateway forwards only to its upstream"
 	case !strings.HasPrefix(r.URL.Path, "/"):
 		return fusioo.CodeNotFound, "Request target must be an absolute path"
+	case len(r.Header["Upgrade"]) > 0, len(r.Header["Http2-Settings"]) > 0, hasToken(r.Header["Connection"], "upgrade"):
+		// Fusioo's API has no upgrade endpoint, and a tunnel would be
+		// an uncounted raw channel to it.
+		return fusioo.CodeNotFound, "Protocol upgrades (Upgrade, h2c) are not supported"
 	}
 	return 0, ""
 }
@@ -559,13 +612,13 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 		rs.status = statusClientClosed
 	case !written:
 		// Refused, a dial error or a dial timeout: nothing was sent.
-		h.log.Debug("upstream unreachable", zap.Error(err))
+		h.log.Debug("upstream unreachable", zap.String("error", bounded(err.Error(), maxLogError)))
 		h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "The upstream is unreachable; nothing was sent")
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		h.writeError(w, rs, http.StatusGatewayTimeout, fusioo.CodeInternal,
 			"The upstream did not answer in time: the request may have been applied")
 	default:
-		h.log.Debug("upstream exchange failed after the request was sent", zap.Error(err))
+		h.log.Debug("upstream exchange failed after the request was sent", zap.String("error", bounded(err.Error(), maxLogError)))
 		h.writeError(w, rs, http.StatusGatewayTimeout, fusioo.CodeInternal,
 			"The upstream connection failed after the request was sent: it may have been applied")
 	}
@@ -647,7 +700,7 @@ func (h *Handler) finish(r *http.Request, rs *reqState) {
 	h.obs.Request(r.Method, route, status, d)
 	if ce := h.log.Check(zap.InfoLevel, "request"); ce != nil {
 		ce.Write(
-			zap.String("method", r.Method),
+			zap.String("method", bounded(r.Method, maxLogMethod)),
 			zap.String("route", route),
 			zap.Int("status", status),
 			zap.Int("code", int(code)),
@@ -657,6 +710,25 @@ func (h *Handler) finish(r *http.Request, rs *reqState) {
 			zap.String("token", Fingerprint(rs.key)),
 		)
 	}
+}
+
+// Bounds of log fields a client can shape: a method is any token the
+// client sends, an upstream error may quote a header name it sent.
+const (
+	maxLogMethod = 24
+	maxLogError  = 256
+)
+
+// bounded cuts s to at most n bytes (on a rune boundary), marking the cut.
+func bounded(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 func ceilSeconds(d time.Duration) int64 {
