@@ -81,6 +81,7 @@ type Quota struct {
 	OnStoreFailure string   `toml:"on_store_failure"`
 	PolicyName     string   `toml:"policy_name"`
 	KeySecret      string   `toml:"key_secret" secret:"true"`
+	MaxKeys        int      `toml:"max_keys"`
 }
 
 // Redis configures the shared quota store.
@@ -175,6 +176,7 @@ func Default() Config {
 			Buckets:        60,
 			Store:          "memory",
 			FallbackShare:  0.5,
+			MaxKeys:        100000,
 			OnStoreFailure: "", // local once Redis has answered
 			PolicyName:     "hourly",
 		},
@@ -578,6 +580,9 @@ func (c *Config) validate() Errors {
 	}
 	if c.Quota.Buckets < 1 || c.Quota.Buckets > 3600 {
 		add("quota.buckets", "must be between 1 and 3600, got %d", c.Quota.Buckets)
+	}
+	if c.Quota.MaxKeys <= 0 {
+		add("quota.max_keys", "must be positive, got %d", c.Quota.MaxKeys)
 	}
 	switch c.Quota.Store {
 	case "memory":

@@ -18,7 +18,8 @@ func TestRoutesMatch(t *testing.T) {
 		kind               Kind
 	}{
 		{"GET", "/v3/ping", "GET /ping", false, KindRead},
-		{"GET", "/v1/ping", "GET /ping", false, KindRead},
+		{"GET", "/v1/ping", "GET {unknown}", true, KindRead}, // free only where documented
+		{"GET", "/ping", "GET /ping", false, KindRead},
 		{"HEAD", "/v3/ping", "GET /ping", false, KindRead},
 		{"POST", "/v3/records/apps/ia4f42", "POST /records/apps/{app}", true, KindCreate},
 		{"POST", "/v3/records/apps/ia4f42/filter", "POST /records/apps/{app}/filter", true, KindRead},

@@ -167,21 +167,34 @@ func unknownRoute(method string) *Route {
 // (so "/records/apps/{app}" is preferred to "/records/{record}/…" shapes).
 // Unknown paths get a charged fallback named "{unknown}". HEAD matches a GET
 // route when no HEAD route exists.
+//
+// An uncharged route matches only under the documented version (/v3/) or
+// none (an upstream URL whose path ends in /v3): under another version
+// the path may mean something else upstream, and what is not known to be
+// free is charged.
 func (rs *Routes) Match(method, path string) *Route {
 	var buf [16]string
 	segs := splitInto(buf[:0], stripVersion(path))
-	if r := rs.match(method, segs); r != nil {
-		return r
+	r := rs.match(method, segs)
+	if r == nil && method == http.MethodHead {
+		r = rs.match(http.MethodGet, segs)
 	}
-	if method == http.MethodHead {
-		if r := rs.match(http.MethodGet, segs); r != nil {
-			return r
-		}
+	if r != nil && (r.Charged || documentedVersion(path)) {
+		return r
 	}
 	if r, ok := rs.unknown[method]; ok {
 		return r
 	}
 	return rs.other
+}
+
+// documentedVersion reports whether path is under /v3/, the version
+// Fusioo's guide documents, or under no version.
+func documentedVersion(path string) bool {
+	if stripVersion(path) == path {
+		return true
+	}
+	return path == "/v3" || strings.HasPrefix(path, "/v3/")
 }
 
 func (rs *Routes) match(method string, segs []string) *Route {

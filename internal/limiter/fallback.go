@@ -614,6 +614,10 @@ func (f *FallbackStore) lastError() error {
 
 // Block implements Store: in Redis when it answers, and always in the
 // local store, so the block holds if Redis goes away. A block Redis did not
+// Forget implements Forgetter: the local count (the outage's) of key goes;
+// Redis's ages out with its TTL.
+func (f *FallbackStore) Forget(key string) { f.local.Forget(key) }
+
 // get is written back when it returns.
 func (f *FallbackStore) Block(ctx context.Context, key string, d time.Duration) error {
 	if d <= 0 {

@@ -126,7 +126,7 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 	fetch, gen := false, uint64(0)
 	if l.leasing() && turn == 0 {
 		ks.mu.Lock()
-		ls := &ks.lease
+		ls := ks.lease
 		ls.observe(now, l.cfg.Lease)
 		if res, until, ok := ls.use(now); ok {
 			want, hold, due := ls.refillDue(now, l.cfg.Lease, l.cfg.LeaseMax)
@@ -153,7 +153,7 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 	recv := l.clock.Now()
 	if fetch {
 		ks.mu.Lock()
-		ls := &ks.lease
+		ls := ks.lease
 		ls.fetching = false
 		switch {
 		case err != nil:

@@ -24,6 +24,7 @@ const (
 	ReasonBlocked   = "blocked"    // the upstream said the quota is gone
 	ReasonQueueFull = "queue_full" // max_depth for the key, or the global cap
 	ReasonSmoothing = "smoothing"  // anonymous requests: the local rate would delay past max_wait
+	ReasonKeysFull  = "keys_full"  // a new key, and quota.max_keys keys tracked that still matter
 )
 
 // Observer is told what the limiter does. internal/metrics implements it;
@@ -70,6 +71,12 @@ type Config struct {
 	MaxQueued int
 	// IdleAfter is how long a key's local state outlives its last use.
 	IdleAfter time.Duration
+	// MaxKeys bounds the keys whose local state is kept (quota.max_keys):
+	// a new key beyond it takes the place of the least recently used key
+	// no request is using (its smoothing and lease state only: its counts
+	// are the store's), or is refused (ReasonKeysFull) when every key is
+	// in use. 0: no bound.
+	MaxKeys int
 
 	// Lease and LeaseMax let a busy key draw its admissions from small
 	// batches of slots the store counts at once (Take.Hold), so a shared
@@ -125,6 +132,8 @@ type Limiter struct {
 
 	mu        sync.Mutex
 	keys      map[string]*keyState
+	lruHead   *keyState // most recently used key (guarded by mu)
+	lruTail   *keyState
 	noRefills bool // set by Close
 	anon      *keyState
 }
@@ -138,9 +147,13 @@ type keyState struct {
 	// slots, earliest first: queue's i-th waiter holds slots[i].
 	queue    list.List
 	slots    []*slot
-	lease    lease     // guarded by mu
+	lease    *lease    // guarded by mu; nil unless the limiter leases
 	refs     int       // guarded by Limiter.mu
 	lastUsed time.Time // guarded by Limiter.mu
+	// key and the LRU links (most recently used at Limiter.lru's head),
+	// guarded by Limiter.mu.
+	key        string
+	prev, next *keyState
 }
 
 // slot is one admission a request holds: counted by the store (or drawn
@@ -199,6 +212,9 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 		deadline = dl
 	}
 	ks := l.acquire(key)
+	if ks == nil {
+		return l.refuse(Result{RetryAfter: time.Second}, ReasonKeysFull, start), nil
+	}
 	defer l.release(key, ks)
 	if key == "" {
 		return l.admitAnonymous(ctx, ks, start, deadline)
@@ -239,7 +255,7 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 			return Decision{}, true, nil
 		}
 		reason := reasonFor(s.res)
-		if full && !s.res.Blocked && s.res.RetryAfter <= deadline.Sub(now) {
+		if full && !s.res.Blocked && !s.res.Full && s.res.RetryAfter <= deadline.Sub(now) {
 			reason = ReasonQueueFull
 		}
 		return l.refuse(s.res, reason, start), false, nil
@@ -504,7 +520,10 @@ func (l *Limiter) refuse(res Result, reason string, start time.Time) Decision {
 }
 
 func reasonFor(res Result) string {
-	if res.Blocked {
+	switch {
+	case res.Full:
+		return ReasonKeysFull
+	case res.Blocked:
 		return ReasonBlocked
 	}
 	return ReasonQuota
@@ -530,7 +549,9 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 	if ks != nil {
 		ks.refs++ // kept while this runs
 		ks.mu.Lock()
-		ks.lease.drop()
+		if ks.lease != nil {
+			ks.lease.drop()
+		}
 		ks.mu.Unlock()
 	}
 	l.mu.Unlock()
@@ -580,14 +601,83 @@ func (l *Limiter) acquire(key string) *keyState {
 	defer l.mu.Unlock()
 	ks := l.keys[key]
 	if ks == nil {
-		ks = &keyState{}
+		if l.cfg.MaxKeys > 0 && len(l.keys) >= l.cfg.MaxKeys && !l.evictIdle() {
+			return nil
+		}
+		ks = &keyState{key: key}
+		if l.leasing() {
+			ks.lease = new(lease)
+		}
 		if l.cfg.Rate > 0 {
 			ks.smooth = rate.NewLimiter(l.cfg.Rate, max(l.cfg.Burst, 1))
 		}
 		l.keys[key] = ks
+	} else {
+		l.unlink(ks)
 	}
+	l.pushFront(ks)
 	ks.refs++
 	return ks
+}
+
+// evictIdle drops the least recently used key no request is using (l.mu
+// held) and reports whether there was one.
+func (l *Limiter) evictIdle() bool {
+	for ks := l.lruTail; ks != nil; ks = ks.prev {
+		if ks.refs == 0 {
+			l.drop(ks)
+			return true
+		}
+	}
+	return false
+}
+
+// drop forgets ks's local state (l.mu held).
+func (l *Limiter) drop(ks *keyState) {
+	l.unlink(ks)
+	delete(l.keys, ks.key)
+}
+
+func (l *Limiter) pushFront(ks *keyState) {
+	ks.prev, ks.next = nil, l.lruHead
+	if l.lruHead != nil {
+		l.lruHead.prev = ks
+	}
+	l.lruHead = ks
+	if l.lruTail == nil {
+		l.lruTail = ks
+	}
+}
+
+func (l *Limiter) unlink(ks *keyState) {
+	if ks.prev != nil {
+		ks.prev.next = ks.next
+	} else if l.lruHead == ks {
+		l.lruHead = ks.next
+	}
+	if ks.next != nil {
+		ks.next.prev = ks.prev
+	} else if l.lruTail == ks {
+		l.lruTail = ks.prev
+	}
+	ks.prev, ks.next = nil, nil
+}
+
+// Forget drops key's local state, if no request is using it, and its
+// store counts when the store is a Forgetter: the upstream answered its
+// token 10003 or 20007, so they guard no quota.
+func (l *Limiter) Forget(key string) {
+	if key == "" {
+		return
+	}
+	l.mu.Lock()
+	if ks := l.keys[key]; ks != nil && ks.refs == 0 {
+		l.drop(ks)
+	}
+	l.mu.Unlock()
+	if f, ok := l.cfg.Store.(Forgetter); ok {
+		f.Forget(key)
+	}
 }
 
 func (l *Limiter) release(key string, ks *keyState) {
@@ -607,9 +697,9 @@ func (l *Limiter) Sweep() int {
 	cutoff := l.clock.Now().Add(-l.cfg.IdleAfter)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for k, ks := range l.keys {
+	for _, ks := range l.keys {
 		if ks.refs == 0 && ks.lastUsed.Before(cutoff) {
-			delete(l.keys, k)
+			l.drop(ks)
 		}
 	}
 	return len(l.keys)

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"hash/maphash"
+	"math"
 	"sync"
 	"time"
 
@@ -27,6 +28,10 @@ type MemoryStore struct {
 type memShard struct {
 	mu   sync.Mutex
 	keys map[string]*counts
+	// fullUntil (unix ns) is, once the shard was found full of keys that
+	// count something, when the first of them frees: new keys are refused
+	// until then without scanning again (0: not full).
+	fullUntil int64
 }
 
 // NewMemoryStore returns a store enforcing p with clock (nil: the real
@@ -65,6 +70,9 @@ func (s *MemoryStore) Take(_ context.Context, key string, t Take) (Result, error
 		if t.Peek {
 			return Result{Limit: s.policy.Limit, Remaining: s.policy.Limit}, nil
 		}
+		if free := s.room(sh, now); free > 0 {
+			return Result{Limit: s.policy.Limit, Full: true, RetryAfter: time.Duration(free)}, nil
+		}
 		c = &counts{}
 		sh.keys[key] = c
 	}
@@ -88,6 +96,59 @@ func (s *MemoryStore) result(v verdict) Result {
 		res.Slot = Reservation{at: v.at, reserved: v.reserved, ok: true}
 	}
 	return res
+}
+
+// room makes room for a new key in sh (locked) when it holds its share of
+// Policy.MaxKeys: keys that count nothing and are not blocked are dropped.
+// It returns 0 when there is room, else how long until a key frees.
+func (s *MemoryStore) room(sh *memShard, now int64) int64 {
+	if s.policy.MaxKeys <= 0 || len(sh.keys) < s.perShard() {
+		return 0
+	}
+	if sh.fullUntil > now {
+		return sh.fullUntil - now
+	}
+	first := int64(math.MaxInt64)
+	for k, c := range sh.keys {
+		c.prune(s.geo, now)
+		if c.blockedUntil <= now && c.empty() {
+			delete(sh.keys, k)
+			continue
+		}
+		first = min(first, s.freeAt(c))
+	}
+	if len(sh.keys) < s.perShard() {
+		sh.fullUntil = 0
+		return 0
+	}
+	sh.fullUntil = max(first, now+int64(time.Second))
+	return sh.fullUntil - now
+}
+
+// perShard is each shard's share of Policy.MaxKeys.
+func (s *MemoryStore) perShard() int {
+	return max(1, (s.policy.MaxKeys+len(s.shards)-1)/len(s.shards))
+}
+
+// freeAt is when c will count nothing and block nothing.
+func (s *MemoryStore) freeAt(c *counts) int64 {
+	t := c.blockedUntil
+	for _, x := range c.taken {
+		t = max(t, s.geo.end(x.at))
+	}
+	for _, x := range c.reserved {
+		t = max(t, s.geo.end(s.geo.bucket(x.at)))
+	}
+	return t
+}
+
+// Forget implements Forgetter.
+func (s *MemoryStore) Forget(key string) {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	delete(sh.keys, key)
+	sh.fullUntil = 0
+	sh.mu.Unlock()
 }
 
 // Release implements Store.

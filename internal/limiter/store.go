@@ -24,6 +24,11 @@ type Policy struct {
 	Window  time.Duration
 	Margin  time.Duration
 	Buckets int // sub-buckets per window; default 60
+	// MaxKeys bounds the keys a memory store tracks (quota.max_keys), so
+	// made-up tokens cannot grow its memory without bound; 0: no bound. A
+	// key still counting something is never dropped to make room: a new
+	// key is refused (Result.Full) until one frees.
+	MaxKeys int
 }
 
 // DefaultBuckets is the number of sub-buckets a window is cut into. Each
@@ -42,6 +47,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("margin must not be negative, got %s", p.Margin)
 	case p.Buckets < 0 || p.Buckets > 3600:
 		return fmt.Errorf("buckets must be between 1 and 3600, got %d", p.Buckets)
+	case p.MaxKeys < 0:
+		return fmt.Errorf("max_keys must not be negative, got %d", p.MaxKeys)
 	}
 	return nil
 }
@@ -115,6 +122,10 @@ type Result struct {
 	// RetryAfter: it lost its data and waits for the replicas' counts to
 	// be written back. The caller asks again then, if it can wait.
 	Settling bool
+	// Full is set when the key is new and the store tracks Policy.MaxKeys
+	// keys that still count something: RetryAfter is when the first of
+	// them frees. Nothing was counted.
+	Full bool
 	// Granted is how many slots an allowed lease counted (see Take.Hold);
 	// 0 for an ordinary take.
 	Granted int
@@ -154,6 +165,14 @@ type Store interface {
 	// (or asked to pause with Retry-After) although the count said there was
 	// room.
 	Block(ctx context.Context, key string, d time.Duration) error
+}
+
+// Forgetter is a Store that can drop a key's counts at once: the upstream
+// answered its token 10003 or 20007, so the counts guard no quota, and a
+// stream of made-up tokens leaves nothing behind. The limiter asks for it
+// when the store has it.
+type Forgetter interface {
+	Forget(key string)
 }
 
 // every calls fn every interval on clock until ctx is done: the one loop

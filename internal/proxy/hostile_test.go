@@ -188,3 +188,40 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 }
 
 var _ http.RoundTripper = (*fakeUpstream)(nil)
+
+// TestRejectedTokenLeavesNoState: once the upstream answers a token 10003
+// (or 20007), its state is forgotten and its next requests go under the
+// anonymous limit; a success clears the mark.
+func TestRejectedTokenLeavesNoState(t *testing.T) {
+	for _, code := range []fusioo.Code{fusioo.CodeUnauthorized, fusioo.CodeInvalidUser} {
+		r := newLoopRig(t, 1, fakeAnswer{status: 401, code: code}, fakeAnswer{status: 401, code: code}, fakeAnswer{status: 200}, fakeAnswer{status: 200})
+		keysOf := func() []string {
+			r.lim.mu.Lock()
+			defer r.lim.mu.Unlock()
+			return append([]string(nil), r.lim.keys...)
+		}
+		for range 4 {
+			r.serve(t, "GET", "/v3/apps")
+		}
+		k := keysOf()
+		// Charged; anonymous after the refusal; anonymous, answered 200:
+		// the mark goes; charged again.
+		if len(k) != 4 || k[0] == "" || k[1] != "" || k[2] != "" || k[3] != k[0] {
+			t.Fatalf("code %d: admitted under keys %q", code, k)
+		}
+		if r.lim.forgotten() != 1 {
+			t.Fatalf("code %d: forgotten %d times, want 1", code, r.lim.forgotten())
+		}
+	}
+}
+
+// TestKeysFull: a new token the gateway has no room for is answered
+// 503/10004 with Retry-After, and not forwarded.
+func TestKeysFull(t *testing.T) {
+	r := newLoopRig(t, 1, fakeAnswer{status: 200})
+	r.lim.full = true
+	a := r.serve(t, "GET", "/v3/apps")
+	if a.status != 503 || a.code != fusioo.CodeUnavailable || a.retryAfter != "30" || r.up.attempts() != 0 {
+		t.Fatalf("got %+v after %d attempts", a, r.up.attempts())
+	}
+}

@@ -33,6 +33,8 @@ type fakeLimiter struct {
 	allow    func(n int) bool // n: admissions asked so far, from 1
 	admits   int
 	keys     []string // of each admission
+	forgets  int
+	full     bool // refuse every admission ReasonKeysFull
 	exhausts []time.Duration
 }
 
@@ -46,6 +48,9 @@ func (l *fakeLimiter) Admit(_ context.Context, key string, _ time.Time) (limiter
 	if !ok {
 		d.RetryAfter = 30 * time.Second
 	}
+	if l.full {
+		d = limiter.Decision{Reason: limiter.ReasonKeysFull, Result: limiter.Result{RetryAfter: 30 * time.Second}}
+	}
 	return d, nil
 }
 
@@ -54,6 +59,18 @@ func (l *fakeLimiter) Exhaust(_ context.Context, _ string, d time.Duration) erro
 	l.exhausts = append(l.exhausts, d)
 	l.mu.Unlock()
 	return nil
+}
+
+func (l *fakeLimiter) Forget(string) {
+	l.mu.Lock()
+	l.forgets++
+	l.mu.Unlock()
+}
+
+func (l *fakeLimiter) forgotten() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.forgets
 }
 
 func (l *fakeLimiter) Status(context.Context, string) (limiter.Result, error) {
@@ -73,6 +90,8 @@ type fakeUpstream struct {
 	answers []fakeAnswer
 	seen    []*http.Request
 	blocked chan struct{} // gets a value when a block answer starts waiting
+	discard bool          // count attempts, keep no request
+	n       int
 }
 
 type fakeAnswer struct {
@@ -86,8 +105,11 @@ type fakeAnswer struct {
 
 func (u *fakeUpstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	u.mu.Lock()
-	a := u.answers[min(len(u.seen), len(u.answers)-1)]
-	u.seen = append(u.seen, req)
+	a := u.answers[min(u.n, len(u.answers)-1)]
+	u.n++
+	if !u.discard {
+		u.seen = append(u.seen, req)
+	}
 	u.mu.Unlock()
 	if req.Body != nil {
 		_, _ = io.Copy(io.Discard, req.Body)
@@ -122,7 +144,7 @@ func (u *fakeUpstream) RoundTrip(req *http.Request) (*http.Response, error) {
 func (u *fakeUpstream) attempts() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return len(u.seen)
+	return u.n
 }
 
 // upstreamCounts records Observer.Upstream calls.

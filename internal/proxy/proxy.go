@@ -44,6 +44,9 @@ type Limiter interface {
 	Exhaust(ctx context.Context, key string, d time.Duration) error
 	// Status reports key's quota without charging it.
 	Status(ctx context.Context, key string) (limiter.Result, error)
+	// Forget drops key's state: the upstream answered its token 10003
+	// or 20007.
+	Forget(key string)
 }
 
 // Observer is told about every client answer and upstream attempt;
@@ -120,6 +123,9 @@ type Handler struct {
 	// with a 503/10004 and Retry-After: maintenance is the upstream's, not
 	// a token's, so it holds every request back, and costs no quota.
 	pausedUntil atomic.Int64
+	// rejected remembers the keys of tokens the upstream answered 10003
+	// or 20007: their requests go under the anonymous limit.
+	rejected *rejectedKeys
 }
 
 // New returns a handler for cfg. It does no I/O.
@@ -142,7 +148,8 @@ func New(cfg Config) *Handler {
 	if cfg.Transport == nil {
 		cfg.Transport = http.DefaultTransport
 	}
-	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer, retry: cfg.Retry}
+	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer, retry: cfg.Retry,
+		rejected: newRejectedKeys(rejectedKeysMax, rejectedFor)}
 	if h.retry == nil {
 		h.retry = retry.New(retry.Config{Routes: cfg.Routes, MaxAttempts: 1})
 	}
@@ -207,8 +214,11 @@ type reqState struct {
 	code       fusioo.Code
 	status     int
 	blockedFor time.Duration // set when an upstream 20005 blocked the key
-	written    bool          // the last attempt's request was written to the upstream
-	bodyErr    error         // reading the client's body failed (clientBody)
+	// rejectedKey is the key of a token the upstream refused lately,
+	// forwarded under the anonymous limit; a success clears the mark.
+	rejectedKey string
+	written     bool  // the last attempt's request was written to the upstream
+	bodyErr     error // reading the client's body failed (clientBody)
 }
 
 // clientBody is a request body that remembers a read failure, so that a
@@ -260,6 +270,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if tok != "" {
 		rs.key = h.cfg.Identifier.Key(tok)
+		if h.rejected.has(rs.key, rs.start) {
+			// The upstream refused this token lately: it has no quota
+			// to count, and costs no state (anonymous limit).
+			rs.key, rs.rejectedKey = "", rs.key
+		}
 	}
 	if h.cfg.MaxBodyBytes > 0 {
 		if r.ContentLength > h.cfg.MaxBodyBytes {
@@ -498,6 +513,16 @@ func (h *Handler) learn(ctx context.Context, rs *reqState, a retry.Attempt) {
 	case a.Status != 0 && fusioo.Unavailable(a.Status, a.Code) && a.RetryAfter > 0:
 		// Maintenance: the whole upstream pauses, no token's quota.
 		h.pause(min(a.RetryAfter, h.cfg.MaxPause))
+	case a.Code == fusioo.CodeUnauthorized || a.Code == fusioo.CodeInvalidUser:
+		// A made-up, revoked or Lite user's token: nothing to count, so
+		// nothing kept; its next requests are anonymous for a while.
+		if rs.key != "" {
+			h.rejected.add(rs.key, h.clock.Now())
+			h.cfg.Limiter.Forget(rs.key)
+		}
+	case a.Status >= 200 && a.Status < 300 && rs.rejectedKey != "":
+		// Accepted after all: charged again from the next request.
+		h.rejected.remove(rs.rejectedKey)
 	}
 	rs.mu.Lock()
 	// The last attempt learnt from is the one whose answer the client gets.
@@ -631,6 +656,11 @@ func (h *Handler) writeDenied(w http.ResponseWriter, rs *reqState, d limiter.Dec
 		h.setQuotaHeaders(w.Header(), rs, d.Result)
 	}
 	w.Header().Set("Retry-After", strconv.FormatInt(max(ceilSeconds(d.RetryAfter), 1), 10))
+	if d.Reason == limiter.ReasonKeysFull {
+		h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable,
+			"The gateway tracks as many tokens as it may (quota.max_keys); nothing was sent")
+		return
+	}
 	msg := "You have reached the hourly API rate limit"
 	if d.Reason == limiter.ReasonQueueFull {
 		msg = "Too many requests are waiting for this token's rate limit"

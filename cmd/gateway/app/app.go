@@ -124,6 +124,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		Window:  cfg.Quota.Window.Duration,
 		Margin:  cfg.QuotaMargin(),
 		Buckets: cfg.Quota.Buckets,
+		MaxKeys: cfg.Quota.MaxKeys,
 	}
 	var store limiter.Store
 	switch cfg.Quota.Store {
@@ -181,6 +182,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		MaxDepth:       cfg.Queue.MaxDepth,
 		MaxQueued:      cfg.Queue.MaxQueued,
 		IdleAfter:      max(10*time.Minute, time.Duration(float64(burst)/r*float64(time.Second))),
+		MaxKeys:        cfg.Quota.MaxKeys,
 		Observer:       m,
 	}
 	if cfg.Quota.Store == "redis" {

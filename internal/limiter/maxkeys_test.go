@@ -1,0 +1,114 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+// TestMemoryStoreMaxKeys: a full store refuses new keys (Full, with when
+// the first tracked key frees) and never drops a key that still counts;
+// keys that count nothing make room, and a forgotten key's place is free
+// at once.
+func TestMemoryStoreMaxKeys(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(epoch)
+	p := Policy{Limit: 3, Window: 10 * time.Second, Buckets: 10, MaxKeys: 64} // one key per shard
+	s := NewMemoryStore(p, clk)
+	ctx := context.Background()
+
+	var kept []string
+	var full string
+	for i := 0; full == "" && i < 10000; i++ {
+		k := fmt.Sprintf("key-%d", i)
+		res, err := s.Take(ctx, k, Take{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case res.Full:
+			if res.Allowed || res.RetryAfter != 11*time.Second-time.Duration(i)*time.Millisecond {
+				t.Fatalf("full answer %+v: want refused, RetryAfter when the first key frees (11s)", res)
+			}
+			full = k
+		case !res.Allowed:
+			t.Fatalf("%s refused: %+v", k, res)
+		default:
+			kept = append(kept, k)
+		}
+		clk.Advance(time.Millisecond)
+	}
+	if full == "" || len(kept) > p.MaxKeys {
+		t.Fatalf("%d keys kept, none refused: the cap is %d", len(kept), p.MaxKeys)
+	}
+	// Every key kept still has its count: two more each, then refused.
+	for _, k := range kept {
+		for n := range 3 {
+			res, _ := s.Take(ctx, k, Take{})
+			if res.Allowed != (n < 2) || res.Full {
+				t.Fatalf("%s take %d: %+v (a key that counts was dropped)", k, n+2, res)
+			}
+		}
+	}
+	// A forgotten key's place is free at once.
+	s.Forget(kept[0])
+	freed := false
+	for i := 0; i < 10000 && !freed; i++ {
+		res, _ := s.Take(ctx, fmt.Sprintf("new-%d", i), Take{})
+		freed = res.Allowed
+	}
+	if !freed {
+		t.Fatalf("no new key admitted after Forget")
+	}
+	// Once the counts age out, the refused key fits.
+	clk.Advance(12 * time.Second)
+	if res, _ := s.Take(ctx, full, Take{}); !res.Allowed {
+		t.Fatalf("after the window: %+v", res)
+	}
+}
+
+// TestLimiterMaxKeys: the limiter keeps at most MaxKeys keys' local state,
+// dropping the least recently used idle one; with every key in use, a new
+// key is refused ReasonKeysFull at once.
+func TestLimiterMaxKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, _, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
+			c.MaxKeys, c.IdleAfter = 3, time.Hour
+		})
+		ctx := context.Background()
+		for i := range 10 {
+			d, err := l.Admit(ctx, fmt.Sprintf("k%d", i), time.Time{})
+			if err != nil || !d.Allowed {
+				t.Fatalf("k%d: %+v %v", i, d, err)
+			}
+		}
+		if n := l.Sweep(); n != 3 {
+			t.Fatalf("%d keys tracked, want 3", n)
+		}
+		// Three keys in use (each waits for its next slot), then a new
+		// key is refused.
+		out := make(chan outcome, 3)
+		for i := range 3 {
+			admitAsync(ctx, l, fmt.Sprintf("k%d", 7+i), i, out)
+		}
+		if l.Queued() != 3 {
+			t.Fatalf("queued %d, want 3", l.Queued())
+		}
+		d, err := l.Admit(ctx, "k-new", time.Time{})
+		if err != nil || d.Allowed || d.Reason != ReasonKeysFull || d.RetryAfter <= 0 || obs.rejections(ReasonKeysFull) != 1 {
+			t.Fatalf("new key with every key in use: %+v %v", d, err)
+		}
+		for range 3 {
+			if o := <-out; !o.d.Allowed {
+				t.Fatalf("waiter %d: %+v", o.i, o.d)
+			}
+		}
+		// Idle again: a new key takes the least recently used one's place.
+		if d, err := l.Admit(ctx, "k-new", time.Time{}); err != nil || !d.Allowed {
+			t.Fatalf("new key once idle: %+v %v", d, err)
+		}
+	})
+}
