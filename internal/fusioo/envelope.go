@@ -2,10 +2,12 @@ package fusioo
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // Envelope is the JSON shape of every Fusioo response, success included.
@@ -80,21 +82,72 @@ func ParseCode(b []byte) Code {
 	return Code(n)
 }
 
-// PeekCode reads at most MaxErrorBody bytes of body, returns the Fusioo code
-// found there and a reader that yields the whole body again (what was read,
-// then the rest). The caller closes the original body as before.
-func PeekCode(body io.Reader) (Code, io.Reader, error) {
-	buf := make([]byte, MaxErrorBody)
-	n, err := io.ReadFull(body, buf)
-	buf = buf[:n]
-	switch err {
-	case nil:
-		// The body may be longer than the bound: it is not a small
-		// envelope, but keep what was read for the client.
-		return ParseCode(buf), io.MultiReader(bytes.NewReader(buf), body), nil
-	case io.EOF, io.ErrUnexpectedEOF:
-		return ParseCode(buf), bytes.NewReader(buf), nil
-	default:
-		return ParseCode(buf), io.MultiReader(bytes.NewReader(buf), body), err
+// PeekCode returns the Fusioo code of an error answer (status >= 400), read
+// from at most MaxErrorBody bytes of its body, and replaces resp.Body with
+// one that yields exactly the upstream bytes again and closes the
+// original. Other answers are left untouched. A gzip-encoded body (the
+// client asked for it, and the gateway passes Accept-Encoding through) is
+// decoded for its code too.
+func PeekCode(resp *http.Response) Code {
+	if resp.StatusCode < 400 || resp.Body == nil || resp.Body == http.NoBody {
+		return 0
 	}
+	buf := make([]byte, MaxErrorBody)
+	n, err := io.ReadFull(resp.Body, buf)
+	buf = buf[:n]
+	var rest io.Reader
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF:
+		// The whole body was read: the connection is free already.
+	case nil:
+		rest = resp.Body
+	default:
+		rest = errReader{err}
+	}
+	resp.Body = &peekedBody{data: buf, rest: rest, orig: resp.Body}
+	return codeOf(buf, resp.Header.Get("Content-Encoding"))
 }
+
+// codeOf returns the Fusioo code in the first bytes of an error body with
+// the given Content-Encoding; 0 when there is none to be read.
+func codeOf(b []byte, encoding string) Code {
+	switch strings.ToLower(strings.TrimSpace(encoding)) {
+	case "", "identity":
+		return ParseCode(b)
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return 0
+		}
+		plain := make([]byte, MaxErrorBody)
+		n, _ := io.ReadFull(zr, plain)
+		return ParseCode(plain[:n])
+	}
+	return 0
+}
+
+// peekedBody is an answer's body after peekCode: the bytes read, then the
+// rest of the original; Close closes the original.
+type peekedBody struct {
+	data []byte
+	rest io.Reader
+	orig io.Closer
+}
+
+func (b *peekedBody) Read(p []byte) (int, error) {
+	if len(b.data) > 0 {
+		n := copy(p, b.data)
+		b.data = b.data[n:]
+		return n, nil
+	}
+	if b.rest == nil {
+		return 0, io.EOF
+	}
+	return b.rest.Read(p)
+}
+
+func (b *peekedBody) Close() error { return b.orig.Close() }
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }

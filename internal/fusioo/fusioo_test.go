@@ -92,3 +92,31 @@ func TestRoutesOwns(t *testing.T) {
 		t.Fatal("owns a route it did not compile")
 	}
 }
+
+// TestSplitVersionAndParam: the one version rule, and the template
+// parameters read from a matched path.
+func TestSplitVersionAndParam(t *testing.T) {
+	for _, c := range []struct {
+		path string
+		v    int
+		rest string
+	}{
+		{"/v3/apps", 3, "/apps"}, {"/v3", 3, "/"}, {"/v1/ping", 1, "/ping"}, {"/apps", 0, "/apps"},
+		{"/v30/apps", 0, "/v30/apps"}, {"/v0/apps", 0, "/v0/apps"}, {"/vx", 0, "/vx"}, {"", 0, ""},
+	} {
+		if v, rest := SplitVersion(c.path); v != c.v || rest != c.rest {
+			t.Errorf("SplitVersion(%q) = %d, %q; want %d, %q", c.path, v, rest, c.v, c.rest)
+		}
+	}
+	rs, err := NewRoutes(DefaultRoutes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rs.Match("POST", "/v3/files/apps/A2/fields/f9/")
+	if r.Param("/v3/files/apps/A2/fields/f9/", "app") != "A2" || r.Param("/files/apps/A2/fields/f9", "field") != "f9" || r.Param("/v3/files/apps/A2/fields/f9", "record") != "" {
+		t.Fatalf("params of %s", r.Name())
+	}
+	if p := r.Params("/v3/files/apps/A2/fields/f9"); len(p) != 2 || p["app"] != "A2" || p["field"] != "f9" {
+		t.Fatalf("Params %v", p)
+	}
+}

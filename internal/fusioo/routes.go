@@ -191,10 +191,8 @@ func (rs *Routes) Match(method, path string) *Route {
 // documentedVersion reports whether path is under /v3/, the version
 // Fusioo's guide documents, or under no version.
 func documentedVersion(path string) bool {
-	if stripVersion(path) == path {
-		return true
-	}
-	return path == "/v3" || strings.HasPrefix(path, "/v3/")
+	v, _ := SplitVersion(path)
+	return v == 0 || v == DocumentedVersion
 }
 
 func (rs *Routes) match(method string, segs []string) *Route {
@@ -240,16 +238,68 @@ func (rs *Routes) All() []*Route {
 	return append(out, rs.other)
 }
 
-// stripVersion removes a leading /v1/ … /v9/ so one table serves every API
-// version.
-func stripVersion(p string) string {
+// DocumentedVersion is the API version Fusioo's guide documents.
+const DocumentedVersion = 3
+
+// SplitVersion splits a leading API version segment (/v1 … /v9) off a
+// path: version is its number (0 when there is none) and rest the path
+// after it ("/" when nothing follows). It is the one version rule: the
+// route table, the retry policy and the simulator read paths with it.
+func SplitVersion(path string) (version int, rest string) {
+	p := path
 	if len(p) >= 3 && p[0] == '/' && p[1] == 'v' && p[2] >= '1' && p[2] <= '9' && (len(p) == 3 || p[3] == '/') {
 		if len(p) == 3 {
-			return "/"
+			return int(p[2] - '0'), "/"
 		}
-		return p[3:]
+		return int(p[2] - '0'), p[3:]
+	}
+	return 0, path
+}
+
+// stripVersion is SplitVersion's rest, so one table serves every version.
+func stripVersion(p string) string {
+	_, rest := SplitVersion(p)
+	return rest
+}
+
+// Param returns the segment of path (a path r matched) at r's template
+// segment "{name}", or "" when the template has none.
+func (r *Route) Param(path, name string) string {
+	i := -1
+	for j, s := range r.segs {
+		if len(s) == len(name)+2 && s[0] == '{' && s[1:len(s)-1] == name {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		return ""
+	}
+	p := strings.Trim(stripVersion(path), "/")
+	for ; i > 0; i-- {
+		j := strings.IndexByte(p, '/')
+		if j < 0 {
+			return ""
+		}
+		p = p[j+1:]
+	}
+	if j := strings.IndexByte(p, '/'); j >= 0 {
+		p = p[:j]
 	}
 	return p
+}
+
+// Params returns every "{name}" segment of r's template with path's value
+// there.
+func (r *Route) Params(path string) map[string]string {
+	m := map[string]string{}
+	for _, s := range r.segs {
+		if len(s) > 2 && s[0] == '{' {
+			name := s[1 : len(s)-1]
+			m[name] = r.Param(path, name)
+		}
+	}
+	return m
 }
 
 // splitInto is split appending to dst, so a caller can pass a stack array.

@@ -356,9 +356,9 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	path, versioned := stripVersion(r.URL.Path)
+	v, path := fusioo.SplitVersion(r.URL.Path)
 	match := path
-	if !versioned {
+	if v < 1 || v > 3 { // the versions Fusioo serves
 		// "/" matches no route of the table, so Match answers the
 		// method's "{unknown}" fallback: charged, like any unknown path.
 		match = "/"
@@ -423,7 +423,7 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	req := &request{route: rt, params: params(rt.Template, path), query: r, body: b}
+	req := &request{route: rt, params: rt.Params(path), query: r, body: b}
 	if rt.Kind != fusioo.KindCreate && rt.Kind != fusioo.KindUpload {
 		sleep(ctx, dc.delay)
 		s.answer(w, s.serveRoute(req))
@@ -574,31 +574,6 @@ func bearer(r *http.Request) (string, bool) {
 	return tok, tok != ""
 }
 
-// stripVersion removes a /v1/–/v3/ prefix, the versions Fusioo serves, and
-// reports whether there was one.
-func stripVersion(p string) (string, bool) {
-	if len(p) >= 3 && p[0] == '/' && p[1] == 'v' && p[2] >= '1' && p[2] <= '3' && (len(p) == 3 || p[3] == '/') {
-		if len(p) == 3 {
-			return "/", true
-		}
-		return p[3:], true
-	}
-	return p, false
-}
-
-// params maps the template's "{name}" segments to the path's segments. The
-// path matched the template, so they have the same number of segments.
-func params(tpl, path string) map[string]string {
-	ts := strings.Split(strings.Trim(tpl, "/"), "/")
-	ps := strings.Split(strings.Trim(path, "/"), "/")
-	m := map[string]string{}
-	for i, t := range ts {
-		if strings.HasPrefix(t, "{") && i < len(ps) {
-			m[strings.Trim(t, "{}")] = ps[i]
-		}
-	}
-	return m
-}
 
 var (
 	errTooLarge   = errors.New("body too large")

@@ -598,7 +598,7 @@ func TestAppOf(t *testing.T) {
 		{"POST", "/v3/webhooks", ""},
 		{"POST", "/v3/unknown/apps/A1", ""},
 	} {
-		if got := tr.appOf(tr.routes.Match(c.method, c.path), c.path); got != c.app {
+		if got := appOf(tr.routes.Match(c.method, c.path), c.path); got != c.app {
 			t.Errorf("%s %s: app %q, want %q", c.method, c.path, got, c.app)
 		}
 	}

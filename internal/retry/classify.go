@@ -1,13 +1,9 @@
 package retry
 
 import (
-	"bytes"
-	"compress/gzip"
 	"errors"
-	"io"
 	"net/http"
 	"os"
-	"strings"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 )
@@ -93,75 +89,3 @@ func isTimeout(err error) bool {
 	var te interface{ Timeout() bool }
 	return errors.As(err, &te) && te.Timeout()
 }
-
-// peekCode returns the Fusioo code of an error answer (status >= 400), read
-// from at most fusioo.MaxErrorBody bytes of its body, and replaces
-// resp.Body with one that yields exactly the upstream bytes again and
-// closes the original. Other answers are left untouched.
-//
-// It does what fusioo.PeekCode does, and keeps the raw bytes so that a
-// gzip-encoded body (the client asked for it, and the proxy passes
-// Accept-Encoding through) can be decoded for its code too.
-func peekCode(resp *http.Response) fusioo.Code {
-	if resp.StatusCode < 400 || resp.Body == nil || resp.Body == http.NoBody {
-		return 0
-	}
-	buf := make([]byte, fusioo.MaxErrorBody)
-	n, err := io.ReadFull(resp.Body, buf)
-	buf = buf[:n]
-	var rest io.Reader
-	switch err {
-	case io.EOF, io.ErrUnexpectedEOF:
-		// The whole body was read: the connection is free already.
-	case nil:
-		rest = resp.Body
-	default:
-		rest = errReader{err}
-	}
-	resp.Body = &peekedBody{data: buf, rest: rest, orig: resp.Body}
-	return codeOf(buf, resp.Header.Get("Content-Encoding"))
-}
-
-// codeOf returns the Fusioo code in the first bytes of an error body with
-// the given Content-Encoding; 0 when there is none to be read.
-func codeOf(b []byte, encoding string) fusioo.Code {
-	switch strings.ToLower(strings.TrimSpace(encoding)) {
-	case "", "identity":
-		return fusioo.ParseCode(b)
-	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(bytes.NewReader(b))
-		if err != nil {
-			return 0
-		}
-		plain := make([]byte, fusioo.MaxErrorBody)
-		n, _ := io.ReadFull(zr, plain)
-		return fusioo.ParseCode(plain[:n])
-	}
-	return 0
-}
-
-// peekedBody is an answer's body after peekCode: the bytes read, then the
-// rest of the original; Close closes the original.
-type peekedBody struct {
-	data []byte
-	rest io.Reader
-	orig io.Closer
-}
-
-func (b *peekedBody) Read(p []byte) (int, error) {
-	if len(b.data) > 0 {
-		n := copy(p, b.data)
-		b.data = b.data[n:]
-		return n, nil
-	}
-	if b.rest == nil {
-		return 0, io.EOF
-	}
-	return b.rest.Read(p)
-}
-
-func (b *peekedBody) Close() error { return b.orig.Close() }
-
-type errReader struct{ err error }
-
-func (r errReader) Read([]byte) (int, error) { return 0, r.err }

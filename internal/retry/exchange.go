@@ -73,7 +73,7 @@ func (p *Policy) Start(req *http.Request, key string, rt *fusioo.Route, deadline
 	x := &Exchange{
 		p: p, req: req, key: key, deadline: deadline, turn: nop,
 		replaySafe: rt.Kind == fusioo.KindRead || (rt.Kind == fusioo.KindWrite && p.idemWrites),
-		app:        p.appOf(rt, req.URL.Path),
+		app:        appOf(rt, req.URL.Path),
 	}
 	p.budget.request()
 	if err := p.prepareBody(&x.body, req, rt, key); err != nil {
@@ -143,7 +143,7 @@ func (x *Exchange) Outcome(resp *http.Response, err error, d time.Duration) Atte
 		return a
 	}
 	a.Status = resp.StatusCode
-	a.Code = peekCode(resp)
+	a.Code = fusioo.PeekCode(resp)
 	if v := resp.Header.Get("Retry-After"); v != "" {
 		a.RetryAfter, a.raOK = ParseRetryAfter(v, x.p.clock.Now(), x.p.maxRetryAfter)
 	}

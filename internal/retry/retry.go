@@ -141,7 +141,6 @@ type Policy struct {
 	budget *budget
 	bufs   *bufPool
 	serial *serializer
-	apps   map[*fusioo.Route]int // index of the {app} segment, for serialized creates
 
 	// attempts and writes count, over the Policy's life, the attempts
 	// built by Exchange.Request and the times one's headers were written
@@ -192,7 +191,6 @@ func New(cfg Config) *Policy {
 	t.budget = newBudget(ratio, minRetries, orDefault(cfg.BudgetWindow, DefaultBudgetWindow), t.clock)
 	t.bufs = newBufPool(t.maxBody, orDefault(cfg.MaxBufferBytes, DefaultMaxBufferBytes))
 	t.serial = newSerializer(orDefault(cfg.SerializeCooldown, DefaultSerializeCooldown), t.clock)
-	t.apps = appSegments(cfg.Routes)
 	return t
 }
 

@@ -2,7 +2,6 @@ package retry
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"time"
 
@@ -129,57 +128,11 @@ func (s *serializer) acquire(ctx context.Context, key, app string, deadline time
 	return nop, false, false
 }
 
-// appSegments maps every create or upload route whose template has an
-// {app} segment to that segment's index, for appOf.
-func appSegments(rs *fusioo.Routes) map[*fusioo.Route]int {
-	m := map[*fusioo.Route]int{}
-	for _, r := range rs.All() {
-		if r.Kind != fusioo.KindCreate && r.Kind != fusioo.KindUpload {
-			continue
-		}
-		for i, seg := range splitPath(r.Template) {
-			if seg == "{app}" {
-				m[r] = i
-				break
-			}
-		}
-	}
-	return m
-}
-
-// appOf returns the App id of a create or upload to an App, matched by
-// rt's template against path; "" for every other request.
-func (t *Policy) appOf(rt *fusioo.Route, path string) string {
-	i, ok := t.apps[rt]
-	if !ok {
+// appOf returns the App id of a create or upload to an App ({app} of rt's
+// template in path); "" for every other request.
+func appOf(rt *fusioo.Route, path string) string {
+	if rt.Kind != fusioo.KindCreate && rt.Kind != fusioo.KindUpload {
 		return ""
 	}
-	p := strings.Trim(stripVersion(path), "/")
-	for ; i > 0; i-- {
-		j := strings.IndexByte(p, '/')
-		if j < 0 {
-			return ""
-		}
-		p = p[j+1:]
-	}
-	if j := strings.IndexByte(p, '/'); j >= 0 {
-		p = p[:j]
-	}
-	return p
-}
-
-// stripVersion removes a leading /v1/ … /v9/, as fusioo.Routes does.
-func stripVersion(p string) string {
-	if len(p) >= 3 && p[0] == '/' && p[1] == 'v' && p[2] >= '1' && p[2] <= '9' && (len(p) == 3 || p[3] == '/') {
-		return p[3:]
-	}
-	return p
-}
-
-func splitPath(p string) []string {
-	p = strings.Trim(stripVersion(p), "/")
-	if p == "" {
-		return nil
-	}
-	return strings.Split(p, "/")
+	return rt.Param(path, "app")
 }

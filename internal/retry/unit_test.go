@@ -143,29 +143,6 @@ func TestClassifyError(t *testing.T) {
 	}
 }
 
-// FuzzPeekCode feeds arbitrary error bodies: reading the code never panics
-// and the client always gets the same bytes back.
-func FuzzPeekCode(f *testing.F) {
-	f.Add(503, fusioo.ErrorBody(fusioo.CodeUnavailable, ""), "")
-	f.Add(400, fusioo.ErrorBody(fusioo.CodeConcurrentRequests, ""), "gzip")
-	f.Add(400, []byte(`{"code":"30054"}`), "")
-	f.Add(429, []byte(`{"code":1e400}`), "")
-	f.Add(400, bytes.Repeat([]byte("{"), 5000), "")
-	f.Add(200, []byte("ok"), "")
-	f.Fuzz(func(t *testing.T, status int, body []byte, enc string) {
-		resp := &http.Response{StatusCode: status, Header: http.Header{"Content-Encoding": {enc}}, Body: io.NopCloser(bytes.NewReader(body))}
-		code := peekCode(resp)
-		got, err := io.ReadAll(resp.Body)
-		if err != nil || !bytes.Equal(got, body) {
-			t.Fatalf("body changed: %q -> %q (%v)", body, got, err)
-		}
-		if code != 0 && status < 400 {
-			t.Fatalf("code %d read from a %d answer", code, status)
-		}
-		_ = classifyAnswer(status, code, true)
-	})
-}
-
 // TestBackoff checks full jitter: a uniform draw below the capped
 // exponential, never the cap itself.
 func TestBackoff(t *testing.T) {
@@ -291,7 +268,7 @@ func BenchmarkClassify(b *testing.B) {
 		for b.Loop() {
 			rd.Reset(body)
 			resp := &http.Response{StatusCode: 400, Header: http.Header{}, Body: io.NopCloser(rd)}
-			if classifyAnswer(resp.StatusCode, peekCode(resp), false) != ReasonConcurrent {
+			if classifyAnswer(resp.StatusCode, fusioo.PeekCode(resp), false) != ReasonConcurrent {
 				b.Fatal("misclassified")
 			}
 		}
@@ -300,7 +277,7 @@ func BenchmarkClassify(b *testing.B) {
 		b.ReportAllocs()
 		resp := &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody}
 		for b.Loop() {
-			if classifyAnswer(resp.StatusCode, peekCode(resp), true) != "" {
+			if classifyAnswer(resp.StatusCode, fusioo.PeekCode(resp), true) != "" {
 				b.Fatal("misclassified")
 			}
 		}
