@@ -574,7 +574,6 @@ func bearer(r *http.Request) (string, bool) {
 	return tok, tok != ""
 }
 
-
 var (
 	errTooLarge   = errors.New("body too large")
 	errClientGone = errors.New("client went away")
