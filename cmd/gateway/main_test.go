@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -116,6 +117,13 @@ func TestFlags(t *testing.T) {
 	if code := run(context.Background(), []string{"-config", "/does/not/exist"}, nil, &out, &errb, nil); code != exitConfig {
 		t.Fatalf("missing file: %d", code)
 	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"-h"}, nil, &out, &errb, nil); code != exitOK || !strings.Contains(errb.String(), "-config") {
+		t.Fatalf("-h: %d %q", code, errb.String())
+	}
+	if code := run(context.Background(), []string{"-nonsense"}, nil, &out, &errb, nil); code != exitConfig {
+		t.Fatalf("unknown flag: %d", code)
+	}
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" {
 			w.WriteHeader(503)
@@ -160,14 +168,15 @@ window = "1h"
 [queue]
 max_wait = "3h"
 [log]
-level = "warn"
+level = "info"
 `)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan started, 1)
 	done := make(chan int, 1)
 	var logs bytes.Buffer
+	lw := &syncWriter{w: &logs}
 	go func() {
-		done <- run(ctx, []string{"-config", p}, []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + up.URL}, io.Discard, &syncWriter{w: &logs}, ready)
+		done <- run(ctx, []string{"-config", p}, []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + up.URL}, io.Discard, lw, ready)
 	}()
 	var addrs started
 	select {
@@ -235,6 +244,10 @@ level = "warn"
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d", code)
 	}
+	// The startup line names the file and TOML keys, not Go fields.
+	if l := lw.String(); !strings.Contains(l, `"config_file":"`+p+`"`) || !strings.Contains(l, `"queue.max_wait":`) || strings.Contains(l, `"MaxWait"`) {
+		t.Fatalf("startup log:\n%s", l)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {
@@ -251,6 +264,12 @@ func waitFor(t *testing.T, cond func() bool) {
 type syncWriter struct {
 	mu sync.Mutex
 	w  io.Writer
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprint(s.w)
 }
 
 func (s *syncWriter) Write(p []byte) (int, error) {

@@ -34,6 +34,9 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 	checkOnly := fs.Bool("check", false, "validate the configuration and exit")
 	probe := fs.String("probe", "", "GET this URL (e.g. http://127.0.0.1:9090/healthz) and exit 0 if it answers 200: a HEALTHCHECK for images without a shell")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK // -h asked for the usage, which is printed
+		}
 		return exitConfig
 	}
 	if *probe != "" {
@@ -88,7 +91,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer, read
 	if err != nil {
 		return invalid(err)
 	}
-	if err := serve(ctx, g, cfg, log, ready); err != nil {
+	if err := serve(ctx, g, cfg, *cfgPath, log, ready); err != nil {
 		log.Error("gateway stopped", zap.Error(err))
 		return exitFailed
 	}
@@ -122,8 +125,8 @@ func buildVersion() string {
 }
 
 // serve runs the gateway until ctx is done, then shuts down gracefully.
-func serve(ctx context.Context, g *app.Gateway, cfg config.Config, log *zap.Logger, ready chan<- started) error {
-	log.Info("starting", zap.String("version", buildVersion()), zap.Any("config", cfg.Redacted()))
+func serve(ctx context.Context, g *app.Gateway, cfg config.Config, path string, log *zap.Logger, ready chan<- started) error {
+	log.Info("starting", zap.String("version", buildVersion()), zap.String("config_file", path), zap.Any("config", cfg.Redacted().Settings()))
 	app.SetRedisLogger(log.Named("redis"))
 
 	ln, err := net.Listen("tcp", cfg.Server.Listen)

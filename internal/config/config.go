@@ -770,6 +770,32 @@ func (c Config) Redacted() Config {
 	return c
 }
 
+// Settings returns every key of the file and its value, keyed as the
+// file writes them ("queue.max_wait": "5s"), secrets redacted: what the
+// startup log shows. The route table is a list of "METHOD template"
+// with its charging.
+func (c Config) Settings() map[string]any {
+	out := map[string]any{}
+	walkLeaves(reflect.ValueOf(&c).Elem(), "", func(key string, f reflect.Value, secret bool) {
+		v := f.Interface()
+		switch x := v.(type) {
+		case Duration:
+			v = x.String()
+		case string:
+			if secret && x != "" {
+				v = redact(key[strings.LastIndex(key, ".")+1:], x)
+			}
+		}
+		out[key] = v
+	})
+	routes := make([]string, 0, len(c.Routes))
+	for _, r := range c.Routes {
+		routes = append(routes, fmt.Sprintf("%s %s charged=%v kind=%s", r.Method, r.Template, r.Charged, r.Kind))
+	}
+	out["routes"] = routes
+	return out
+}
+
 func redact(key, v string) string {
 	if key == "url" {
 		if u, err := url.Parse(v); err == nil {

@@ -204,3 +204,24 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+// TestSettingsNameKeys: the startup log's view names TOML keys, with
+// durations as the file writes them and secrets redacted.
+func TestSettingsNameKeys(t *testing.T) {
+	cfg, err := Parse([]byte("[quota]\nkey_secret = \"s3cret-value\"\n[queue]\nmax_wait = \"7s\"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Redacted().Settings()
+	if s["queue.max_wait"] != "7s" || s["quota.limit"] != 1000 || s["quota.key_secret"] != "REDACTED" || s["server.listen"] == nil {
+		t.Fatalf("settings %v", s)
+	}
+	for k := range s {
+		if k != "routes" && !strings.Contains(k, ".") {
+			t.Fatalf("key %q is not a TOML key", k)
+		}
+	}
+	if strings.Contains(fmt.Sprint(s), "s3cret") {
+		t.Fatalf("secret in settings")
+	}
+}
