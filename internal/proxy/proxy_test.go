@@ -322,16 +322,12 @@ func TestDisconnectWhileQueued(t *testing.T) {
 		}
 		errc <- err
 	}()
-	for s.lim.Queued() != 1 {
-		time.Sleep(time.Millisecond) // polling an observable condition
-	}
+	waitUntil(t, func() bool { return s.lim.Queued() == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client: %v", err)
 	}
-	for s.lim.Queued() != 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, func() bool { return s.lim.Queued() == 0 })
 	if l := s.sim.Ledger(); l.Requests != 1 {
 		t.Fatalf("upstream saw %d requests", l.Requests)
 	}
@@ -437,9 +433,7 @@ func TestAbortAnswers503(t *testing.T) {
 	go send("/v3/hang")
 	inflight.Wait()
 	go send("/v3/apps")
-	for s.lim.Queued() != 1 {
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, func() bool { return s.lim.Queued() == 1 })
 	s.handler.Abort()
 	// The queued one never reached the upstream: 503/10004; the one at the
 	// upstream may have been applied: 504/10001.
