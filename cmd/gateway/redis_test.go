@@ -144,7 +144,7 @@ func TestReplicasShareQuotaInRedis(t *testing.T) {
 	start := time.Now()
 	end := start.Add(5 * window / 2)
 	var wg sync.WaitGroup
-	for i := range 12 { // 6 clients per token, 2 per gateway: always more demand than quota
+	for i := range 24 { // 12 clients per token, 4 per gateway: always more demand than quota
 		wg.Go(func() {
 			tok, gw := tokens[i%2], gws[i%3]
 			for time.Now().Before(end) {
@@ -190,11 +190,12 @@ func TestReplicasShareQuotaInRedis(t *testing.T) {
 		}
 		used := sum / n / limit
 		t.Logf("%s: %d admitted, mean quota use per rolling window %.1f%%", tok, len(ts), 100*used)
-		// 97% unloaded (200 ms of the 10.2 s span and one bucket cost
-		// the rest); the bound leaves room for this test's own clients
-		// starving when both cores are busy with other packages.
-		if used < 0.90 {
-			t.Errorf("%s used %.1f%% of its quota per window, want >= 90%%", tok, 100*used)
+		// 97% measured, unloaded and with both cores kept busy (200 ms
+		// of the 10.2 s span and one bucket cost the rest). With 6
+		// clients per token it fell to 89% under load: the clients' own
+		// pace, not the gateway, left freed slots unclaimed.
+		if used < 0.95 {
+			t.Errorf("%s used %.1f%% of its quota per window, want >= 95%%", tok, 100*used)
 		}
 	}
 }
