@@ -225,3 +225,18 @@ func TestKeysFull(t *testing.T) {
 		t.Fatalf("got %+v after %d attempts", a, r.up.attempts())
 	}
 }
+
+// TestRequestTrailersDropped: a trailer (here a second credential) never
+// reaches the upstream.
+func TestRequestTrailersDropped(t *testing.T) {
+	r := newLoopRig(t, 1, fakeAnswer{status: 200})
+	req := httptest.NewRequest("POST", "/v3/records/apps/app1", strings.NewReader(`{"a":1}`))
+	req.Header.Set("Authorization", "Bearer tok")
+	req.Trailer = http.Header{"Authorization": {"Bearer other"}}
+	if a := r.serveReq(req); a.status != 200 {
+		t.Fatalf("got %+v", a)
+	}
+	if tr := r.up.seen[0].Trailer; len(tr) != 0 {
+		t.Fatalf("upstream got trailers %v", tr)
+	}
+}

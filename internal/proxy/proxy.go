@@ -163,6 +163,9 @@ func New(cfg Config) *Handler {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			forward(pr, cfg.ForwardedHeaders)
+			// Request trailers are not forwarded: Fusioo's API reads none,
+			// and one named Authorization would be a second credential.
+			pr.Out.Trailer = nil
 		},
 		Transport:      attemptLoop{h},
 		FlushInterval:  cfg.FlushInterval,
