@@ -554,7 +554,11 @@ func (c *Config) validate() Errors {
 	if u, err := url.Parse(c.Upstream.URL); err != nil {
 		add("upstream.url", "not a valid URL (not shown: it may carry credentials)")
 	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		add("upstream.url", "want an absolute http or https URL, got %q", u.Redacted())
+		if strings.Contains(c.Upstream.URL, "@") {
+			add("upstream.url", "want an absolute http or https URL (not shown: it may carry credentials)")
+		} else {
+			add("upstream.url", "want an absolute http or https URL, got %q", c.Upstream.URL)
+		}
 	} else if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		add("upstream.url", "must not carry credentials, a query or a fragment")
 	}

@@ -168,10 +168,12 @@ func unknownRoute(method string) *Route {
 // Unknown paths get a charged fallback named "{unknown}". HEAD matches a GET
 // route when no HEAD route exists.
 //
-// An uncharged route matches only under the documented version (/v3/) or
-// none (an upstream URL whose path ends in /v3): under another version
-// the path may mean something else upstream, and what is not known to be
-// free is charged.
+// An uncharged route matches only a canonical path (no empty segment, no
+// trailing slash) under the documented version (/v3/) or none (an
+// upstream URL whose path ends in /v3): another spelling may mean
+// something else upstream, and what is not known to be free is charged.
+// A caller whose path was decoded from a non-canonical encoding (a %2F,
+// a %69 for "i") charges it too: see Unknown.
 func (rs *Routes) Match(method, path string) *Route {
 	var buf [16]string
 	segs := splitInto(buf[:0], stripVersion(path))
@@ -179,9 +181,15 @@ func (rs *Routes) Match(method, path string) *Route {
 	if r == nil && method == http.MethodHead {
 		r = rs.match(http.MethodGet, segs)
 	}
-	if r != nil && (r.Charged || documentedVersion(path)) {
+	if r != nil && (r.Charged || (documentedVersion(path) && !strings.Contains(path, "//") && !strings.HasSuffix(path, "/"))) {
 		return r
 	}
+	return rs.Unknown(method)
+}
+
+// Unknown returns the charged route that stands for method's unknown
+// paths.
+func (rs *Routes) Unknown(method string) *Route {
 	if r, ok := rs.unknown[method]; ok {
 		return r
 	}

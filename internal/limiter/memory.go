@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -23,15 +24,19 @@ type MemoryStore struct {
 	clock  clockwork.Clock
 	seed   maphash.Seed
 	shards [64]memShard
+
+	// n is the number of keys in all shards; Policy.MaxKeys bounds it.
+	n atomic.Int64
+	// fullUntil (unix ns) is, once every tracked key was found to count
+	// something with n at the bound, when the first of them frees: new
+	// keys are refused until then without scanning again.
+	fullUntil atomic.Int64
+	reclaimMu sync.Mutex // one reclaiming scan at a time
 }
 
 type memShard struct {
 	mu   sync.Mutex
 	keys map[string]*counts
-	// fullUntil (unix ns) is, once the shard was found full of keys that
-	// count something, when the first of them frees: new keys are refused
-	// until then without scanning again (0: not full).
-	fullUntil int64
 }
 
 // NewMemoryStore returns a store enforcing p with clock (nil: the real
@@ -64,15 +69,26 @@ func (s *MemoryStore) Take(_ context.Context, key string, t Take) (Result, error
 	now := s.clock.Now().UnixNano()
 	sh := s.shard(key)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	c := sh.keys[key]
-	if c == nil {
-		if t.Peek {
-			return Result{Limit: s.policy.Limit, Remaining: s.policy.Limit}, nil
-		}
-		if free := s.room(sh, now); free > 0 {
+	if c == nil && t.Peek {
+		sh.mu.Unlock()
+		return Result{Limit: s.policy.Limit, Remaining: s.policy.Limit}, nil
+	}
+	if c == nil && !s.reserveKey() {
+		// At the bound: make room among all keys (without this shard's
+		// lock, which the scan takes in turn), then try once more.
+		sh.mu.Unlock()
+		if free := s.reclaim(now); free > 0 {
 			return Result{Limit: s.policy.Limit, Full: true, RetryAfter: time.Duration(free)}, nil
 		}
+		sh.mu.Lock()
+		if c = sh.keys[key]; c == nil && !s.reserveKey() {
+			sh.mu.Unlock()
+			return Result{Limit: s.policy.Limit, Full: true, RetryAfter: time.Second}, nil
+		}
+	}
+	defer sh.mu.Unlock()
+	if c == nil {
 		c = &counts{}
 		sh.keys[key] = c
 	}
@@ -98,36 +114,49 @@ func (s *MemoryStore) result(v verdict) Result {
 	return res
 }
 
-// room makes room for a new key in sh (locked) when it holds its share of
-// Policy.MaxKeys: keys that count nothing and are not blocked are dropped.
-// It returns 0 when there is room, else how long until a key frees.
-func (s *MemoryStore) room(sh *memShard, now int64) int64 {
-	if s.policy.MaxKeys <= 0 || len(sh.keys) < s.perShard() {
-		return 0
+// reserveKey counts one more key if Policy.MaxKeys allows it.
+func (s *MemoryStore) reserveKey() bool {
+	if s.n.Add(1) <= int64(s.policy.MaxKeys) || s.policy.MaxKeys <= 0 {
+		return true
 	}
-	if sh.fullUntil > now {
-		return sh.fullUntil - now
-	}
-	first := int64(math.MaxInt64)
-	for k, c := range sh.keys {
-		c.prune(s.geo, now)
-		if c.blockedUntil <= now && c.empty() {
-			delete(sh.keys, k)
-			continue
-		}
-		first = min(first, s.freeAt(c))
-	}
-	if len(sh.keys) < s.perShard() {
-		sh.fullUntil = 0
-		return 0
-	}
-	sh.fullUntil = max(first, now+int64(time.Second))
-	return sh.fullUntil - now
+	s.n.Add(-1)
+	return false
 }
 
-// perShard is each shard's share of Policy.MaxKeys.
-func (s *MemoryStore) perShard() int {
-	return max(1, (s.policy.MaxKeys+len(s.shards)-1)/len(s.shards))
+// reclaim drops every key that counts nothing and is not blocked, when
+// the store holds Policy.MaxKeys keys. It returns 0 when there is room
+// now, else how long until the first tracked key frees (at least 1 s, the
+// time before the next scan).
+func (s *MemoryStore) reclaim(now int64) int64 {
+	if until := s.fullUntil.Load(); until > now {
+		return until - now
+	}
+	s.reclaimMu.Lock()
+	defer s.reclaimMu.Unlock()
+	if until := s.fullUntil.Load(); until > now {
+		return until - now // another scan just ran
+	}
+	first := int64(math.MaxInt64)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, c := range sh.keys {
+			c.prune(s.geo, now)
+			if c.blockedUntil <= now && c.empty() {
+				delete(sh.keys, k)
+				s.n.Add(-1)
+				continue
+			}
+			first = min(first, s.freeAt(c))
+		}
+		sh.mu.Unlock()
+	}
+	if s.n.Load() < int64(s.policy.MaxKeys) {
+		return 0
+	}
+	until := max(first, now+int64(time.Second))
+	s.fullUntil.Store(until)
+	return until - now
 }
 
 // freeAt is when c will count nothing and block nothing.
@@ -146,8 +175,11 @@ func (s *MemoryStore) freeAt(c *counts) int64 {
 func (s *MemoryStore) Forget(key string) {
 	sh := s.shard(key)
 	sh.mu.Lock()
-	delete(sh.keys, key)
-	sh.fullUntil = 0
+	if _, ok := sh.keys[key]; ok {
+		delete(sh.keys, key)
+		s.n.Add(-1)
+		s.fullUntil.Store(0) // room now: the next new key need not wait
+	}
 	sh.mu.Unlock()
 }
 
@@ -180,8 +212,10 @@ func (s *MemoryStore) Block(_ context.Context, key string, d time.Duration) erro
 	defer sh.mu.Unlock()
 	c := sh.keys[key]
 	if c == nil {
+		// Beyond MaxKeys if need be: the upstream said the quota is gone.
 		c = &counts{}
 		sh.keys[key] = c
+		s.n.Add(1)
 	}
 	c.blockedUntil = max(c.blockedUntil, until)
 	return nil
@@ -199,6 +233,7 @@ func (s *MemoryStore) Sweep() int {
 			c.prune(s.geo, now)
 			if c.blockedUntil <= now && c.empty() {
 				delete(sh.keys, k)
+				s.n.Add(-1)
 			}
 		}
 		left += len(sh.keys)

@@ -580,7 +580,13 @@ func (o RedisClientOptions) Validate() error {
 		default:
 			opt, err := redis.ParseURL(o.URL)
 			if err != nil {
-				bad("redis.url: %s", strings.TrimPrefix(redactURLError(err, u), "redis: "))
+				if strings.Contains(o.URL, "@") {
+					// What go-redis quotes may be part of a password the
+					// URL parser did not recognise as one.
+					bad("redis.url: not a valid Redis URL (details not shown: it may carry credentials)")
+				} else {
+					bad("redis.url: %s", strings.TrimPrefix(redactURLError(err, u), "redis: "))
+				}
 				break
 			}
 			if (o.Username != "" || o.Password != "") && (opt.Username != "" || opt.Password != "") {

@@ -77,8 +77,11 @@ func Fingerprint(key string) string {
 //     "=" padding), nothing after it; a value that merely starts with
 //     "bearer" (a tab, a colon, no space) counts as malformed Bearer;
 //   - an access_token query parameter (RFC 6750 §2.3), however spelled
-//     or percent-encoded: Fusioo documents only the header, and a lenient
-//     upstream reading the query would be sent a token nobody charged.
+//     or encoded (see accessTokenName): Fusioo documents only the header,
+//     and a lenient upstream reading the query would be sent a token
+//     nobody charged;
+//   - an Authorization header named in Connection (it would be dropped
+//     hop by hop, so the request charged to it would go without it).
 //
 // A request with no credential, or another scheme (Basic, …), gets
 // neither: it is forwarded uncharged under the anonymous limit.
@@ -92,8 +95,13 @@ func Credential(r *http.Request) (token, refuse string) {
 		return "", ""
 	case len(vals) > 1:
 		return "", "More than one Authorization header"
+	case hasToken(r.Header["Connection"], "authorization"):
+		// The credential would be dropped hop by hop: the request charged
+		// to it would reach the upstream without it.
+		return "", "The Authorization header may not be named in Connection"
 	}
-	v := vals[0]
+	// HTTP/2 may keep leading whitespace that HTTP/1 strips on the wire.
+	v := strings.TrimLeft(vals[0], " \t")
 	const scheme = "bearer"
 	if len(v) < len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
 		return "", "" // another scheme: anonymous
@@ -142,15 +150,30 @@ func hasAccessToken(raw string) bool {
 			part, raw = raw, ""
 		}
 		name, _, _ := strings.Cut(part, "=")
-		if len(name) < len("access_token") {
-			continue
-		}
-		if n, err := url.QueryUnescape(name); err == nil {
-			name = n
-		}
-		if strings.EqualFold(strings.TrimSpace(name), "access_token") {
+		if len(name) >= len("access") && accessTokenName(name) {
 			return true
 		}
 	}
 	return false
+}
+
+// accessTokenName reports whether a raw query parameter name is one that
+// common parsers read as access_token: percent-decoded (and IIS's %uXXXX),
+// "+" as space, case-folded, then as PHP reads names (".", " " and an
+// unclosed "[" become "_", and "name[…]" is an array named name).
+func accessTokenName(raw string) bool {
+	name := strings.NewReplacer("%u005f", "_", "%u005F", "_", "%U005F", "_", "%U005f", "_").Replace(raw)
+	if n, err := url.QueryUnescape(name); err == nil {
+		name = n
+	}
+	name = strings.ToLower(strings.TrimSpace(name))
+	if i := strings.IndexByte(name, '['); i >= 0 {
+		if strings.IndexByte(name[i:], ']') >= 0 {
+			name = name[:i]
+		} else {
+			name = name[:i] + "_" + name[i+1:]
+		}
+	}
+	name = strings.NewReplacer(".", "_", " ", "_").Replace(name)
+	return name == "access_token"
 }

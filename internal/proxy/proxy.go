@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -266,9 +267,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rs.route = h.cfg.Routes.Match(r.Method, r.URL.Path)
+	if !rs.route.Charged && r.URL.RawPath != "" {
+		// Free only as spelled canonically: an upstream routing on the
+		// raw path may read "/v3/ping%2F" as another path.
+		rs.route = h.cfg.Routes.Unknown(r.Method)
+	}
 	tok, bad := Credential(r)
 	if bad != "" {
 		h.writeError(w, rs, http.StatusUnauthorized, fusioo.CodeUnauthorized, bad)
+		return
+	}
+	if formBody(r, rs.route) {
+		h.writeError(w, rs, http.StatusUnsupportedMediaType, fusioo.CodeNotFound,
+			"Form bodies are not accepted (Fusioo's API takes JSON, and multipart only for uploads): one could carry a second credential")
 		return
 	}
 	if tok != "" {
@@ -391,6 +402,21 @@ func forward(pr *httputil.ProxyRequest, mode string) {
 	}
 	delete(pr.Out.Header, "Forwarded")
 	delete(pr.Out.Header, "X-Real-Ip")
+}
+
+// formBody reports whether r's body is a form an upstream could read an
+// access_token from (RFC 6750 §2.2): application/x-www-form-urlencoded,
+// or multipart/form-data outside the upload routes.
+func formBody(r *http.Request, rt *fusioo.Route) bool {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		mt = strings.ToLower(strings.TrimSpace(strings.Split(ct, ";")[0]))
+	}
+	return mt == "application/x-www-form-urlencoded" || (mt == "multipart/form-data" && rt.Kind != fusioo.KindUpload)
 }
 
 // hasToken reports whether a comma-separated header's values hold token
