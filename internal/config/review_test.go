@@ -10,11 +10,11 @@ import (
 func TestHostileSecretInMalformedURL(t *testing.T) {
 	const pw = "987654321"
 	for _, doc := range []string{
-		"[upstream]\nurl = \"user:" + pw + "@api.fusioo.com\"\n",     // no scheme
-		"[upstream]\nurl = \"https:/user:" + pw + "@api.fusioo.com\"\n", // one slash
-		"[upstream]\nurl = \"http//user:" + pw + "@api.fusioo.com\"\n",  // no colon
-		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://:12/" + pw + "@h:6379\"\n",       // unescaped '/' in the password
-		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://u:12?" + pw + "@h:6379\"\n",      // unescaped '?'
+		"[upstream]\nurl = \"user:" + pw + "@api.fusioo.com\"\n",                          // no scheme
+		"[upstream]\nurl = \"https:/user:" + pw + "@api.fusioo.com\"\n",                   // one slash
+		"[upstream]\nurl = \"http//user:" + pw + "@api.fusioo.com\"\n",                    // no colon
+		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://:12/" + pw + "@h:6379\"\n",  // unescaped '/' in the password
+		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://u:12?" + pw + "@h:6379\"\n", // unescaped '?'
 	} {
 		_, err := Parse([]byte(doc), nil)
 		if err == nil || strings.Contains(err.Error(), pw) {
