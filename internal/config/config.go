@@ -488,6 +488,19 @@ func walkLeaves(v reflect.Value, prefix string, fn func(key string, f reflect.Va
 	}
 }
 
+// redisKey names a limiter.RedisClientOptions field by its TOML key: the
+// redis.* key of the Redis field of the same name; the database lives in
+// redis.url.
+func redisKey(field string) string {
+	if f, ok := reflect.TypeOf(Redis{}).FieldByName(field); ok {
+		return "redis." + f.Tag.Get("toml")
+	}
+	if field == "DB" {
+		return "redis.url"
+	}
+	return "redis." + strings.ToLower(field)
+}
+
 // shown quotes an environment value for an error, unless it is a secret's.
 func shown(s string, secret bool) string {
 	if secret {
@@ -594,10 +607,16 @@ func (c *Config) validate() Errors {
 		// The client's rules are the client's (limiter): what startup
 		// refuses, -check refuses, each problem once.
 		if err := c.RedisClientOptions().Validate(); err != nil {
+			all := []error{err}
 			if j, ok := err.(interface{ Unwrap() []error }); ok {
-				errs = append(errs, j.Unwrap()...)
-			} else {
-				errs = append(errs, err)
+				all = j.Unwrap()
+			}
+			for _, e := range all {
+				var oe *limiter.OptionError
+				if errors.As(e, &oe) {
+					e = errors.New(oe.Render(redisKey))
+				}
+				errs = append(errs, e)
 			}
 		}
 	default:

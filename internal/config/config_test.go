@@ -121,7 +121,7 @@ bogus = 1
 		t.Fatalf("%v", err)
 	}
 	want := []string{"server.listen", "server.admin_listen", "server.nope", "upstream.url", "quota.margin", "quota.on_store_failure",
-		"redis.url: redis.url, redis.sentinel_* and redis.cluster_addrs are exclusive", "retry.budget_ratio", "retry.max_delay", "log.format", "routes[0].method", "routes[0].bogus", "typo: unknown key"}
+		"redis.url: redis.url, redis.sentinel_master and redis.cluster_addrs are exclusive", "retry.budget_ratio", "retry.max_delay", "log.format", "routes[0].method", "routes[0].bogus", "typo: unknown key"}
 	msg := err.Error()
 	for _, w := range want {
 		if !strings.Contains(msg, w) {

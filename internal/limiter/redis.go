@@ -520,12 +520,42 @@ type RedisClientOptions struct {
 	Timeout time.Duration
 }
 
-// Validate reports every problem of o, each naming its redis.* key (never
-// a secret's value): what both -check and startup refuse. It reads the TLS
-// files to check them.
+// OptionError is one problem of a RedisClientOptions field. Option is
+// the Go field's name; Msg may name other fields as {Field}. A caller
+// names them its own way (the gateway: by its TOML keys, see Render);
+// Error names them as Go fields.
+type OptionError struct {
+	Option string
+	Msg    string
+}
+
+func (e *OptionError) Error() string { return e.Render(func(f string) string { return f }) }
+
+// Render is the error with each field named by name.
+func (e *OptionError) Render(name func(field string) string) string {
+	msg := e.Msg
+	for {
+		i := strings.IndexByte(msg, '{')
+		if i < 0 {
+			break
+		}
+		j := strings.IndexByte(msg[i+1:], '}')
+		if j < 0 {
+			break
+		}
+		msg = msg[:i] + name(msg[i+1:i+1+j]) + msg[i+2+j:]
+	}
+	return name(e.Option) + ": " + msg
+}
+
+// Validate reports every problem of o as an *OptionError (never quoting
+// a secret's value): what both -check and startup refuse. It reads the
+// TLS files to check them.
 func (o RedisClientOptions) Validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	bad := func(option, format string, args ...any) {
+		errs = append(errs, &OptionError{Option: option, Msg: fmt.Sprintf(format, args...)})
+	}
 	modes := 0
 	for _, set := range []bool{o.URL != "", o.SentinelMaster != "" || len(o.SentinelAddrs) > 0, len(o.ClusterAddrs) > 0} {
 		if set {
@@ -534,39 +564,39 @@ func (o RedisClientOptions) Validate() error {
 	}
 	switch {
 	case modes == 0:
-		bad("redis.url: set one of redis.url, redis.sentinel_master (with redis.sentinel_addrs) or redis.cluster_addrs")
+		bad("URL", "set one of {URL}, {SentinelMaster} (with {SentinelAddrs}) or {ClusterAddrs}")
 	case modes > 1:
-		bad("redis.url: redis.url, redis.sentinel_* and redis.cluster_addrs are exclusive: set only one")
+		bad("URL", "{URL}, {SentinelMaster} and {ClusterAddrs} are exclusive: set only one")
 	}
 	if o.SentinelMaster != "" && len(o.SentinelAddrs) == 0 {
-		bad("redis.sentinel_addrs: required with redis.sentinel_master")
+		bad("SentinelAddrs", "required with {SentinelMaster}")
 	}
 	if len(o.SentinelAddrs) > 0 && o.SentinelMaster == "" {
-		bad("redis.sentinel_master: required with redis.sentinel_addrs")
+		bad("SentinelMaster", "required with {SentinelAddrs}")
 	}
 	if o.SentinelPassword != "" && o.SentinelMaster == "" {
-		bad("redis.sentinel_password: only applies with redis.sentinel_master")
+		bad("SentinelPassword", "only applies with {SentinelMaster}")
 	}
 	if len(o.ClusterAddrs) > 0 && o.DB != 0 {
-		bad("redis.url: Redis Cluster has only database 0")
+		bad("DB", "Redis Cluster has only database 0")
 	}
 	if o.DB < 0 {
-		bad("redis.url: database must not be negative, got %d", o.DB)
+		bad("DB", "database must not be negative, got %d", o.DB)
 	}
 	if o.PoolSize < 0 {
-		bad("redis.pool_size: must not be negative (0 = go-redis default), got %d", o.PoolSize)
+		bad("PoolSize", "must not be negative (0 = go-redis default), got %d", o.PoolSize)
 	}
 	if o.Timeout < 0 {
-		bad("redis.timeout: must not be negative, got %s", o.Timeout)
+		bad("Timeout", "must not be negative, got %s", o.Timeout)
 	}
 	for _, a := range o.SentinelAddrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			bad("redis.sentinel_addrs: %q: want host:port", a)
+			bad("SentinelAddrs", "%q: want host:port", a)
 		}
 	}
 	for _, a := range o.ClusterAddrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			bad("redis.cluster_addrs: %q: want host:port", a)
+			bad("ClusterAddrs", "%q: want host:port", a)
 		}
 	}
 	if o.URL != "" {
@@ -574,26 +604,26 @@ func (o RedisClientOptions) Validate() error {
 		u, err := url.Parse(o.URL)
 		switch {
 		case err != nil:
-			bad("redis.url: not a URL")
+			bad("URL", "not a URL")
 		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
-			bad("redis.url: scheme must be redis://, rediss:// or unix://, got %q", u.Scheme)
+			bad("URL", "scheme must be redis://, rediss:// or unix://, got %q", u.Scheme)
 		default:
 			opt, err := redis.ParseURL(o.URL)
 			if err != nil {
-				if strings.Contains(o.URL, "@") {
+				if _, pw := u.User.Password(); strings.Contains(o.URL, "@") && !pw {
 					// What go-redis quotes may be part of a password the
 					// URL parser did not recognise as one.
-					bad("redis.url: not a valid Redis URL (details not shown: it may carry credentials)")
+					bad("URL", "not a valid Redis URL (details not shown: it may carry credentials)")
 				} else {
-					bad("redis.url: %s", strings.TrimPrefix(redactURLError(err, u), "redis: "))
+					bad("URL", "%s", strings.TrimPrefix(redactURLError(err, u), "redis: "))
 				}
 				break
 			}
 			if (o.Username != "" || o.Password != "") && (opt.Username != "" || opt.Password != "") {
-				bad("redis.password: credentials given both in redis.url and in redis.username/redis.password: use one")
+				bad("Password", "credentials given both in {URL} and in {Username}/{Password}: use one")
 			}
 			if o.DB != 0 && opt.DB != 0 {
-				bad("redis.url: database given twice: use one")
+				bad("DB", "database given twice (in {URL} too): use one")
 			}
 		}
 	}
@@ -624,7 +654,7 @@ func (o RedisClientOptions) tlsConfig(host string) (*tls.Config, error) {
 	files := o.CAFile != "" || o.CertFile != "" || o.KeyFile != "" || o.ServerName != ""
 	if !o.usesTLS() {
 		if files {
-			return nil, errors.New("redis.tls: redis.ca_file, cert_file, key_file and server_name need redis.tls = true (or a rediss:// URL)")
+			return nil, &OptionError{Option: "TLS", Msg: "{CAFile}, {CertFile}, {KeyFile} and {ServerName} need {TLS} = true (or a rediss:// URL)"}
 		}
 		return nil, nil
 	}
@@ -633,18 +663,18 @@ func (o RedisClientOptions) tlsConfig(host string) (*tls.Config, error) {
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("redis.ca_file: %w", err))
+			errs = append(errs, &OptionError{Option: "CAFile", Msg: err.Error()})
 		} else if c.RootCAs = x509.NewCertPool(); !c.RootCAs.AppendCertsFromPEM(pem) {
-			errs = append(errs, fmt.Errorf("redis.ca_file: %s holds no PEM certificate", o.CAFile))
+			errs = append(errs, &OptionError{Option: "CAFile", Msg: fmt.Sprintf("%s holds no PEM certificate", o.CAFile)})
 		}
 	}
 	switch {
 	case (o.CertFile == "") != (o.KeyFile == ""):
-		errs = append(errs, errors.New("redis.cert_file: redis.cert_file and redis.key_file go together"))
+		errs = append(errs, &OptionError{Option: "CertFile", Msg: "{CertFile} and {KeyFile} go together"})
 	case o.CertFile != "":
 		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("redis.cert_file: %w", err))
+			errs = append(errs, &OptionError{Option: "CertFile", Msg: err.Error()})
 		} else {
 			c.Certificates = []tls.Certificate{cert}
 		}
