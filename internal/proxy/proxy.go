@@ -216,11 +216,12 @@ type reqState struct {
 	attempts   int
 	code       fusioo.Code
 	status     int
-	blockedFor time.Duration // set when an upstream 20005 blocked the key
+	blockedFor time.Duration   // set when an upstream 20005 blocked the key
+	x          *retry.Exchange // the request's attempts (ServeHTTP starts it)
 	// rejectedKey is the key of a token the upstream refused lately,
 	// forwarded under the anonymous limit; a success clears the mark.
 	rejectedKey string
-	written     bool  // the last attempt's request was written to the upstream
+	written     bool  // an attempt may have been applied (written and cut, or answered 504)
 	bodyErr     error // reading the client's body failed (clientBody)
 }
 
@@ -316,10 +317,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if dl, ok := ctx.Deadline(); ok && dl.Before(rs.deadline) {
 		rs.deadline = dl
 	}
+	ctx = context.WithValue(ctx, stateKey{}, rs)
+	r = r.WithContext(ctx)
+	// The exchange starts before the quota is charged: a body that may be
+	// retried is read now, however slowly the client sends it, so the
+	// slot counted next is used at once (Fusioo counts the request when
+	// it arrives); a streamed body goes out as it comes, its headers first.
+	var route *fusioo.Route
+	if h.samePath {
+		route = rs.route
+	}
+	x, err := h.retry.Start(r, rs.key, route, rs.deadline)
+	if err != nil {
+		h.errorHandler(w, r, err)
+		return
+	}
+	defer x.Close()
+	rs.x = x
+	// A create to an App cooling after a 30054 waits for its (key, App)
+	// turn before its slot is counted, too; it is sent when the turn does
+	// not come in time: an honest answer beats none.
+	x.Turn(ctx)
 	if ok := h.admit(ctx, w, rs); !ok {
 		return
 	}
-	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, stateKey{}, rs)))
+	h.rp.ServeHTTP(w, r)
 }
 
 // attemptLoop is the ReverseProxy's transport: Handler.exchange.
@@ -337,18 +359,8 @@ func (l attemptLoop) RoundTrip(req *http.Request) (*http.Response, error) { retu
 func (h *Handler) exchange(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	rs := stateFrom(ctx)
-	var route *fusioo.Route
-	if h.samePath {
-		route = rs.route
-	}
-	x, err := h.retry.Start(req, rs.key, route, rs.deadline)
-	if err != nil {
-		return nil, err
-	}
-	defer x.Close()
-	// A first attempt waits for its (key, App) turn too, but is sent
-	// when the turn does not come in time: an honest answer beats none.
-	x.Turn(ctx)
+	x := rs.x // started, its first turn taken, by ServeHTTP
+	x.Bind(req)
 	for {
 		start := h.clock.Now()
 		resp, err := h.cfg.Transport.RoundTrip(x.Request())
@@ -554,7 +566,12 @@ func (h *Handler) learn(ctx context.Context, rs *reqState, a retry.Attempt) {
 	}
 	rs.mu.Lock()
 	// The last attempt learnt from is the one whose answer the client gets.
-	rs.attempts, rs.code, rs.written = a.N, a.Code, a.Written
+	// written is sticky: once an attempt may have been applied (written
+	// and cut, or answered 504), the request may have been, whatever the
+	// later attempts did. Other answers retried (429, 30054, 503) say it
+	// was not.
+	rs.attempts, rs.code = a.N, a.Code
+	rs.written = rs.written || (a.Err != nil && a.Written) || a.Status == http.StatusGatewayTimeout
 	if block > 0 {
 		rs.blockedFor = block
 	}
@@ -575,6 +592,9 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	rs.status = resp.StatusCode
+	if resp.Request.Context().Err() != nil {
+		rs.status = statusClientClosed // gone (in a backoff): nobody gets this answer
+	}
 	if rs.hasQuota {
 		// Set on the client's header map, where ReverseProxy would copy
 		// them to (one value slice per name) after this returns; the
@@ -584,7 +604,10 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 		}
 		h.setQuotaHeaders(rs.w.Header(), rs, rs.quota)
 	}
-	if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
+	if resp.StatusCode == http.StatusTooManyRequests && (resp.Header.Get("Retry-After") == "" || rs.blockedFor > 0) {
+		// What the gateway will do is what the client is told: the key
+		// is blocked for blockedFor (the upstream's Retry-After when it
+		// gave a usable one, else a window), at least 1 s.
 		ra := rs.blockedFor
 		if rs.hasQuota && rs.quota.ResetAfter > ra {
 			ra = rs.quota.ResetAfter

@@ -39,7 +39,11 @@ type BaseOptions struct {
 	// environment's HTTP_PROXY is not consulted unless the caller passes
 	// http.ProxyFromEnvironment).
 	Proxy func(*http.Request) (*url.URL, error)
-	// DisableHTTP2 keeps to HTTP/1.1 over TLS.
+	// DisableHTTP2 keeps to HTTP/1.1 over TLS. The gateway sets it: Go's
+	// HTTP/2 client re-sends a nil-bodied request of any method on its own
+	// after a REFUSED_STREAM or a peer's PROTOCOL_ERROR reset, which may
+	// come after the upstream processed it; over HTTP/1.1 no attempt is
+	// ever re-sent below the attempt loop (see body.setEmpty).
 	DisableHTTP2 bool
 }
 

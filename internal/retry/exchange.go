@@ -32,6 +32,7 @@ type Attempt struct {
 // hands the outcome back and asks whether to go on:
 //
 //	x.Turn(ctx) // the first attempt is sent even if its turn does not come
+//	// charge the first attempt to the quota; x.Bind(the outbound request)
 //	for {
 //		resp, err := base.RoundTrip(x.Request())
 //		a := x.Outcome(resp, err, elapsed)
@@ -81,6 +82,10 @@ func (p *Policy) Start(req *http.Request, key string, rt *fusioo.Route, deadline
 	}
 	return x, nil
 }
+
+// Bind makes req, the client's request as rewritten for the upstream
+// (same method, path and body), the one each attempt copies.
+func (x *Exchange) Bind(req *http.Request) { x.req = req }
 
 // Turn waits, for a create to an App in its cooling period after a 30054,
 // for the (key, App) turn, unless the Exchange holds it already; other

@@ -192,12 +192,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	}
 	g.Limiter = limiter.New(lc)
 
-	base := retry.NewBaseTransport(retry.BaseOptions{
-		DialTimeout:           cfg.Upstream.DialTimeout.Duration,
-		TLSHandshakeTimeout:   cfg.Upstream.DialTimeout.Duration,
-		ResponseHeaderTimeout: cfg.Upstream.Timeout.Duration,
-		MaxIdleConnsPerHost:   cfg.Upstream.MaxIdleConnsPerHost,
-	})
+	base := upstreamTransport(cfg.Upstream)
 	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
 	retries := retry.New(retry.Config{
 		Routes:      routes,
@@ -236,6 +231,20 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		PolicyName:    cfg.Quota.PolicyName,
 	})
 	return g, nil
+}
+
+// upstreamTransport is the base transport of every upstream attempt.
+func upstreamTransport(u config.Upstream) *http.Transport {
+	return retry.NewBaseTransport(retry.BaseOptions{
+		DialTimeout:           u.DialTimeout.Duration,
+		TLSHandshakeTimeout:   u.DialTimeout.Duration,
+		ResponseHeaderTimeout: u.Timeout.Duration,
+		MaxIdleConnsPerHost:   u.MaxIdleConnsPerHost,
+		// HTTP/1.1 only: Go's HTTP/2 client re-sends a bodiless request
+		// of any method on its own after a stream reset that may come
+		// after the upstream processed it (a bodiless create twice).
+		DisableHTTP2: true,
+	})
 }
 
 // Admin returns the admin listener's handler: /metrics, /healthz, /readyz.

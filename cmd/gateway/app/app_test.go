@@ -1,8 +1,11 @@
 package app
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,5 +46,30 @@ func TestLeaseTimeCappedByWindow(t *testing.T) {
 		if got := leaseTime(cfg); got != c.want {
 			t.Errorf("lease_time %s, window %s: %s, want %s", c.lease, c.window, got, c.want)
 		}
+	}
+}
+
+// TestUpstreamSpeaksHTTP1: the upstream is spoken to in HTTP/1.1 even
+// when it offers HTTP/2, whose Go client re-sends bodiless requests of
+// any method on its own after a stream reset (found by review).
+func TestUpstreamSpeaksHTTP1(t *testing.T) {
+	var proto atomic.Value
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { proto.Store(r.Proto) }))
+	up.EnableHTTP2 = true
+	up.StartTLS()
+	defer up.Close()
+	tr := upstreamTransport(config.Default().Upstream)
+	pool := x509.NewCertPool()
+	pool.AddCert(up.Certificate())
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("POST", up.URL+"/v3/webhooks", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if p, _ := proto.Load().(string); p != "HTTP/1.1" {
+		t.Fatalf("upstream spoken to in %q", p)
 	}
 }
