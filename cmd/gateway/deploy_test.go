@@ -272,7 +272,7 @@ func TestDeployMetricsPromtool(t *testing.T) {
 	bounded := map[string]*regexp.Regexp{
 		"fusioo_gateway_requests_total":                   regexp.MustCompile(`^(GET|HEAD|OPTIONS|POST|PUT|PATCH|DELETE|OTHER)/([1-5][0-9][0-9]|0|other)$`),
 		"fusioo_gateway_retries_total":                    regexp.MustCompile(`^(` + strings.Join(retry.Reasons(), "|") + `)$`),
-		"fusioo_gateway_quota_rejections_total":           regexp.MustCompile(`^(quota|blocked|queue_full|smoothing)$`),
+		"fusioo_gateway_quota_rejections_total":           regexp.MustCompile(`^(quota|blocked|queue_full|smoothing|keys_full)$`),
 		"fusioo_gateway_store_errors_total":               regexp.MustCompile(`^(` + strings.Join(limiter.StoreOps, "|") + `)$`),
 		"fusioo_gateway_upstream_duration_seconds_bucket": regexp.MustCompile(`^(2xx|3xx|4xx|5xx|error)$`),
 	}

@@ -87,8 +87,45 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream.url: %w", err)
 	}
+	routes, err := routeTable(cfg.Routes)
+	if err != nil {
+		return nil, err
+	}
+	m := g.newMetrics(routes, version)
+	store, err := g.newStore(cfg, m)
+	if err != nil {
+		return nil, err
+	}
+	g.Limiter = limiter.New(limiterConfig(cfg, store, m))
+	base := upstreamTransport(cfg.Upstream)
+	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
+	g.Handler = proxy.New(proxy.Config{
+		Upstream:         upstream,
+		Transport:        retry.WithBodyTimeout(base, cfg.Upstream.BodyTimeout.Duration),
+		Retry:            retry.New(retryConfig(cfg, routes, m)),
+		Limiter:          g.Limiter,
+		Routes:           routes,
+		Identifier:       proxy.NewIdentifier([]byte(cfg.Quota.KeySecret)),
+		Logger:           log.Named("access"),
+		Observer:         m,
+		MaxBodyBytes:     cfg.Server.MaxBodyBytes,
+		MaxWait:          cfg.Queue.MaxWait.Duration,
+		Limit:            cfg.Quota.Limit,
+		Window:           cfg.Quota.Window.Duration,
+		MaxPause:         cfg.Upstream.MaxPause.Duration,
+		ForwardedHeaders: cfg.Upstream.ForwardedHeaders,
+		BodyTimeout:      cfg.Server.BodyTimeout.Duration,
+		// Headers go out at once, before a body the upstream may stall.
+		FlushInterval: 100 * time.Millisecond,
+		PolicyName:    cfg.Quota.PolicyName,
+	})
+	return g, nil
+}
+
+// routeTable is Fusioo's route table with the file's overrides.
+func routeTable(overrides []config.Route) (*fusioo.Routes, error) {
 	table := fusioo.DefaultRoutes()
-	for _, r := range cfg.Routes {
+	for _, r := range overrides {
 		k, err := fusioo.ParseKind(r.Kind)
 		if err != nil {
 			return nil, fmt.Errorf("routes: %w", err)
@@ -99,26 +136,35 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("routes: %w", err)
 	}
+	return routes, nil
+}
+
+// newMetrics registers the process, build and gateway collectors on
+// g.Registry, every bounded label value pre-initialised.
+func (g *Gateway) newMetrics(routes *fusioo.Routes, version string) *metrics.Metrics {
 	routeNames := make([]string, 0)
 	for _, r := range routes.All() {
 		routeNames = append(routeNames, r.Name())
 	}
-
 	g.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: metrics.Namespace, Name: "build_info",
 		Help:        "Always 1; the labels say which build runs.",
 		ConstLabels: prometheus.Labels{"version": version},
 	}, func() float64 { return 1 }))
-	m := metrics.New(g.Registry, metrics.Options{
+	return metrics.New(g.Registry, metrics.Options{
 		Routes:           routeNames,
 		RetryReasons:     retry.Reasons(),
-		RejectReasons:    []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
+		RejectReasons:    []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing, limiter.ReasonKeysFull},
 		StoreOps:         limiter.StoreOps,
-		ClientStatuses:   []int{200, 400, 404, 413, 429, 499, 503, 504},
+		ClientStatuses:   []int{200, 400, 401, 404, 408, 413, 415, 429, 499, 503, 504},
 		UpstreamStatuses: []int{200, 400, 401, 404, 429, 500, 503, 504},
 	})
+}
 
+// newStore is the quota store cfg asks for (the Redis one behind its
+// local fallback), and sets g's health and what Run and Close drive.
+func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (limiter.Store, error) {
 	policy := limiter.Policy{
 		Limit:   cfg.Quota.Limit,
 		Window:  cfg.Quota.Window.Duration,
@@ -126,50 +172,50 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		Buckets: cfg.Quota.Buckets,
 		MaxKeys: cfg.Quota.MaxKeys,
 	}
-	var store limiter.Store
-	switch cfg.Quota.Store {
-	case "memory":
+	if cfg.Quota.Store != "redis" {
 		g.mem = limiter.NewMemoryStore(policy, nil)
-		store = g.mem
 		g.health = func() (bool, string) { return true, "quota store: memory" }
-	case "redis":
-		client, err := limiter.NewRedisClient(cfg.RedisClientOptions())
-
-		if err != nil {
-			return nil, err // names its redis.* keys
-		}
-		g.closers = append(g.closers, client.Close)
-		primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
-			KeyPrefix:    cfg.Redis.KeyPrefix,
-			Timeout:      cfg.Redis.Timeout.Duration,
-			AutoPipeline: cfg.Redis.AutoPipeline,
-			MaxHold:      3 * leaseTime(cfg), // a refill holds up to 2.5 lease times
-			Settle:       redisSettle,
-		})
-		reject := cfg.Quota.OnStoreFailure == "reject"
-		fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
-			Share:    cfg.Quota.FallbackShare,
-			Reject:   reject,
-			Observer: storeObserver{m: m, log: log.Named("quota"), every: rate.NewLimiter(1, 3), suppressed: new(atomic.Int64)},
-		})
-		store, g.fallback = fb, fb
-		// A cold start waits for Redis's first answer, unless local counts
-		// from the start were asked for explicitly.
-		coldLocal := cfg.Quota.OnStoreFailure == "local"
-		g.health = func() (bool, string) {
-			status := "quota store: " + fb.Status()
-			if !fb.Answered() && !coldLocal {
-				return false, "quota store has not answered yet: " + status
-			}
-			if fb.Degraded() {
-				// Degraded but serving from the local count is ready (and
-				// says so); rejecting every request is not.
-				return !reject, "degraded, " + status
-			}
-			return true, status
-		}
+		return g.mem, nil
 	}
+	client, err := limiter.NewRedisClient(cfg.RedisClientOptions())
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	g.closers = append(g.closers, client.Close)
+	primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
+		KeyPrefix:    cfg.Redis.KeyPrefix,
+		Timeout:      cfg.Redis.Timeout.Duration,
+		AutoPipeline: cfg.Redis.AutoPipeline,
+		MaxHold:      3 * leaseTime(cfg), // a refill holds up to 2.5 lease times
+		Settle:       redisSettle,
+	})
+	reject := cfg.Quota.OnStoreFailure == "reject"
+	fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
+		Share:    cfg.Quota.FallbackShare,
+		Reject:   reject,
+		Observer: storeObserver{m: m, log: g.log.Named("quota"), every: rate.NewLimiter(1, 3), suppressed: new(atomic.Int64)},
+	})
+	g.fallback = fb
+	// A cold start waits for Redis's first answer, unless local counts
+	// from the start were asked for explicitly.
+	coldLocal := cfg.Quota.OnStoreFailure == "local"
+	g.health = func() (bool, string) {
+		status := "quota store: " + fb.Status()
+		if !fb.Answered() && !coldLocal {
+			return false, "quota store has not answered yet: " + status
+		}
+		if fb.Degraded() {
+			// Degraded but serving from the local count is ready (and
+			// says so); rejecting every request is not.
+			return !reject, "degraded, " + status
+		}
+		return true, status
+	}
+	return fb, nil
+}
 
+// limiterConfig is the admission queue's configuration for cfg.
+func limiterConfig(cfg config.Config, store limiter.Store, m *metrics.Metrics) limiter.Config {
 	r, burst := cfg.SmoothingRate()
 	lc := limiter.Config{
 		Store:          store,
@@ -190,17 +236,18 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		// costs no more per slot than a lease would.
 		lc.Lease, lc.LeaseMax = leaseTime(cfg), cfg.Redis.LeaseMax
 	}
-	g.Limiter = limiter.New(lc)
+	return lc
+}
 
-	base := upstreamTransport(cfg.Upstream)
-	g.closers = append(g.closers, func() error { base.CloseIdleConnections(); return nil })
-	retries := retry.New(retry.Config{
+// retryConfig is the retry policy's configuration for cfg.
+func retryConfig(cfg config.Config, routes *fusioo.Routes, m *metrics.Metrics) retry.Config {
+	return retry.Config{
 		Routes:      routes,
 		MaxAttempts: cfg.Retry.MaxAttempts,
 		BaseDelay:   cfg.Retry.BaseDelay.Duration,
 		MaxDelay:    cfg.Retry.MaxDelay.Duration,
 		// retry.Config reads zero as "default": the file's explicit zeros
-		// mean "none" and are passed as the transport's "off" values.
+		// mean "none" and are passed as the policy's "off" values.
 		BudgetRatio:       offIfZero(cfg.Retry.BudgetRatio, math.SmallestNonzeroFloat64),
 		MaxBodyBytes:      offIfZero(cfg.Retry.MaxBodyBytes, -1),
 		MaxBufferBytes:    max(cfg.Retry.MaxBufferBytes, 1),
@@ -208,29 +255,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		SerializeCooldown: offIfZero(cfg.Retry.SerializeCooldown.Duration, -1),
 		MaxRetryAfter:     cfg.Quota.Window.Duration,
 		Observer:          m,
-	})
-
-	g.Handler = proxy.New(proxy.Config{
-		Upstream:         upstream,
-		Transport:        retry.WithBodyTimeout(base, cfg.Upstream.BodyTimeout.Duration),
-		Retry:            retries,
-		Limiter:          g.Limiter,
-		Routes:           routes,
-		Identifier:       proxy.NewIdentifier([]byte(cfg.Quota.KeySecret)),
-		Logger:           log.Named("access"),
-		Observer:         m,
-		MaxBodyBytes:     cfg.Server.MaxBodyBytes,
-		MaxWait:          cfg.Queue.MaxWait.Duration,
-		Limit:            cfg.Quota.Limit,
-		Window:           cfg.Quota.Window.Duration,
-		MaxPause:         cfg.Upstream.MaxPause.Duration,
-		ForwardedHeaders: cfg.Upstream.ForwardedHeaders,
-		BodyTimeout:      cfg.Server.BodyTimeout.Duration,
-		// Headers go out at once, before a body the upstream may stall.
-		FlushInterval: 100 * time.Millisecond,
-		PolicyName:    cfg.Quota.PolicyName,
-	})
-	return g, nil
+	}
 }
 
 // upstreamTransport is the base transport of every upstream attempt.
