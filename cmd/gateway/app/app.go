@@ -172,6 +172,9 @@ func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (limiter.Store
 		Buckets: cfg.Quota.Buckets,
 		MaxKeys: cfg.Quota.MaxKeys,
 	}
+	if err := policy.Validate(); err != nil {
+		return nil, fmt.Errorf("quota: %w", err)
+	}
 	if cfg.Quota.Store != "redis" {
 		g.mem = limiter.NewMemoryStore(policy, nil)
 		g.health = func() (bool, string) { return true, "quota store: memory" }
