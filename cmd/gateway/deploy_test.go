@@ -40,6 +40,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/metrics"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
@@ -273,7 +274,7 @@ func TestDeployMetricsPromtool(t *testing.T) {
 		"fusioo_gateway_requests_total":                   regexp.MustCompile(`^(GET|HEAD|OPTIONS|POST|PUT|PATCH|DELETE|OTHER)/([1-5][0-9][0-9]|0|other)$`),
 		"fusioo_gateway_retries_total":                    regexp.MustCompile(`^(` + strings.Join(retry.Reasons(), "|") + `)$`),
 		"fusioo_gateway_quota_rejections_total":           regexp.MustCompile(`^(quota|blocked|queue_full|smoothing|keys_full)$`),
-		"fusioo_gateway_store_errors_total":               regexp.MustCompile(`^(` + strings.Join(limiter.StoreOps, "|") + `)$`),
+		"fusioo_gateway_store_errors_total":               regexp.MustCompile(`^(` + strings.Join(quota.StoreOps, "|") + `)$`),
 		"fusioo_gateway_upstream_duration_seconds_bucket": regexp.MustCompile(`^(2xx|3xx|4xx|5xx|error)$`),
 	}
 	labelOf := map[string]func(map[string]string) string{
@@ -425,7 +426,7 @@ func TestDeployDashboardAndRulesMetricNames(t *testing.T) {
 		Routes:           []string{"GET /apps"},
 		RetryReasons:     retry.Reasons(),
 		RejectReasons:    []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing},
-		StoreOps:         limiter.StoreOps,
+		StoreOps:         quota.StoreOps,
 		ClientStatuses:   []int{200},
 		UpstreamStatuses: []int{200},
 	})

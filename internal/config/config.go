@@ -19,7 +19,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 )
 
 // EnvPrefix starts every environment override: FUSIOO_GATEWAY_REDIS_URL
@@ -488,7 +488,7 @@ func walkLeaves(v reflect.Value, prefix string, fn func(key string, f reflect.Va
 	}
 }
 
-// redisKey names a limiter.RedisClientOptions field by its TOML key: the
+// redisKey names a quota.RedisClientOptions field by its TOML key: the
 // redis.* key of the Redis field of the same name; the database lives in
 // redis.url.
 func redisKey(field string) string {
@@ -612,7 +612,7 @@ func (c *Config) validate() Errors {
 				all = j.Unwrap()
 			}
 			for _, e := range all {
-				var oe *limiter.OptionError
+				var oe *quota.OptionError
 				if errors.As(e, &oe) {
 					e = errors.New(oe.Render(redisKey))
 				}
@@ -719,9 +719,9 @@ func (c *Config) validate() Errors {
 
 // RedisClientOptions are the redis.* settings as the Redis client takes
 // them.
-func (c *Config) RedisClientOptions() limiter.RedisClientOptions {
+func (c *Config) RedisClientOptions() quota.RedisClientOptions {
 	r := c.Redis
-	return limiter.RedisClientOptions{
+	return quota.RedisClientOptions{
 		URL:              r.URL,
 		SentinelMaster:   r.SentinelMaster,
 		SentinelAddrs:    r.SentinelAddrs,

@@ -4,19 +4,21 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/quota"
 )
 
 // lease is what a key holds at this replica of slots the store counted
-// ahead (Take.Hold) but that no request has used yet: the batch being used
+// ahead (quota.Take.Hold) but that no request has used yet: the batch being used
 // and, once it is half used or half expired, the next one, fetched in the
 // background so that steady traffic seldom waits for the store. Guarded by
 // keyState.mu.
 type lease struct {
 	cur, next batch
-	last      Result    // the store's latest answer that granted a batch
-	lastAt    time.Time // when it was asked for
-	granted   int       // size of the last batch granted
-	fetching  bool      // a take asking for a batch is in flight
+	last      quota.Result // the store's latest answer that granted a batch
+	lastAt    time.Time    // when it was asked for
+	granted   int          // size of the last batch granted
+	fetching  bool         // a take asking for a batch is in flight
 	// gen counts drops: a batch asked for before a drop (the upstream
 	// said the quota is gone) is not used when it arrives after it.
 	gen uint64
@@ -44,12 +46,12 @@ func (ls *lease) drop() { ls.cur, ls.next, ls.gen = batch{}, batch{}, ls.gen+1 }
 // returns the answer to report (the store's latest, with the slots still
 // held here added to Remaining, since the store counted them as used, and
 // ResetAfter aged) and until when the slot may be used.
-func (ls *lease) use(now time.Time) (Result, time.Time, bool) {
+func (ls *lease) use(now time.Time) (quota.Result, time.Time, bool) {
 	if !ls.cur.usable(now) {
 		ls.cur, ls.next = ls.next, batch{}
 		if !ls.cur.usable(now) {
 			ls.cur = batch{}
-			return Result{}, time.Time{}, false
+			return quota.Result{}, time.Time{}, false
 		}
 	}
 	ls.cur.left--
@@ -57,7 +59,7 @@ func (ls *lease) use(now time.Time) (Result, time.Time, bool) {
 	res.Remaining += ls.cur.left + ls.next.left
 	res.ResetAfter = max(res.ResetAfter-now.Sub(ls.lastAt), 0)
 	res.Granted = 0
-	res.Slot = Reservation{} // one of a batch: not given back alone
+	res.Slot = quota.Reservation{} // one of a batch: not given back alone
 	return res, ls.cur.until, true
 }
 
@@ -79,7 +81,7 @@ func (ls *lease) want(most int) int { return min(max(ls.prev, ls.count, 1), most
 // (before the call: the store counted them hold after the moment it ran,
 // which is later, so they are safe to use until asked + hold). kept is how
 // many of them the caller used itself.
-func (ls *lease) grant(res Result, asked time.Time, hold time.Duration, kept int) {
+func (ls *lease) grant(res quota.Result, asked time.Time, hold time.Duration, kept int) {
 	b := batch{left: res.Granted - kept, until: asked.Add(hold)}
 	if ls.cur.left == 0 {
 		ls.cur = b
@@ -122,7 +124,7 @@ func (l *Limiter) leasing() bool { return l.cfg.Lease > 0 && l.cfg.LeaseMax > 1 
 // the demand the last one saw when nobody else of the key is asking
 // already. ok false is the store's refusal, and s.res says why.
 func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time.Time, turn, wait time.Duration) (s slot, ok bool, _ error) {
-	t := Take{Wait: wait, NotBefore: turn}
+	t := quota.Take{Wait: wait, NotBefore: turn}
 	fetch, gen := false, uint64(0)
 	if l.leasing() && turn == 0 {
 		ks.mu.Lock()
@@ -199,7 +201,7 @@ func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Dura
 		defer l.release(key, ks)
 		// Nobody waits for this call: it is bounded by the store's own
 		// timeout, not by a request's context.
-		res, err := l.cfg.Store.Take(context.Background(), key, Take{Want: want, Hold: hold})
+		res, err := l.cfg.Store.Take(context.Background(), key, quota.Take{Want: want, Hold: hold})
 		ks.mu.Lock()
 		defer ks.mu.Unlock()
 		ks.lease.fetching = false

@@ -11,27 +11,28 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusioo-gateway/gateway/internal/quota"
+
 	"github.com/jonboulle/clockwork"
 
 	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
 
-// leaseRig is one gateway replica's limiter over a RedisStore that runs on
+// leaseRig is one gateway replica's limiter over a quota.RedisStore that runs on
 // a shared fake clock (the scripts read it through the test hook instead of
 // Redis TIME), with its round trips counted.
 type leaseRig struct {
 	lim   *Limiter
-	store *RedisStore
+	store *quota.RedisStore
 	calls *commandCounter
 }
 
-func newLeaseRig(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p Policy, lease time.Duration, most int) *leaseRig {
+func newLeaseRig(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p quota.Policy, lease time.Duration, most int) *leaseRig {
 	t.Helper()
 	client := newRedisTestClient(t, srv, time.Second)
 	calls := &commandCounter{}
 	client.AddHook(calls)
-	rs := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
-	rs.now = func() int64 { return clock.Now().UnixMilli() }
+	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease, Clock: clock})
 	lim := New(Config{Store: rs, Clock: clock, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: most})
 	return &leaseRig{lim: lim, store: rs, calls: calls}
 }
@@ -55,7 +56,7 @@ func (r *leaseRig) admit(t *testing.T, key string) Decision {
 func TestLeaseCutsRoundTrips(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 100_000, Window: time.Hour}
+	p := quota.Policy{Limit: 100_000, Window: time.Hour}
 	const most = 32
 	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, most)
 	key := redisTestKey(t, "k")
@@ -113,7 +114,7 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 func TestLeaseSteadyRateWastesLittle(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 100_000, Window: time.Hour}
+	p := quota.Policy{Limit: 100_000, Window: time.Hour}
 	for _, every := range []time.Duration{50 * time.Millisecond, 20 * time.Millisecond, 7 * time.Millisecond} {
 		r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 32)
 		key := redisTestKey(t, every.String())
@@ -138,7 +139,7 @@ func TestLeaseSteadyRateWastesLittle(t *testing.T) {
 func TestLeaseSlotsCountedAhead(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 1000, Window: 10 * time.Second, Buckets: 100} // 100ms buckets
+	p := quota.Policy{Limit: 1000, Window: 10 * time.Second, Buckets: 100} // 100ms buckets
 	lease := 250 * time.Millisecond
 	r := newLeaseRig(t, srv, clock, p, lease, 8)
 	key := redisTestKey(t, "k")
@@ -170,7 +171,7 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 	used := clock.Now()
 	// That slot is held a whole span after its use: a replica with a limit
 	// of 2 sees no room a millisecond before.
-	other := newLeaseRig(t, srv, clock, Policy{Limit: 2, Window: p.Window, Buckets: p.Buckets}, 0, 0)
+	other := newLeaseRig(t, srv, clock, quota.Policy{Limit: 2, Window: p.Window, Buckets: p.Buckets}, 0, 0)
 	clock.Advance(p.Span() - time.Millisecond - clock.Since(used))
 	if d := other.admit(t, key); d.Allowed {
 		t.Fatalf("1ms before a span after the last use, a limit of 2 admitted: %+v", d)
@@ -182,7 +183,7 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 func TestLeaseExhaustDropsLease(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 1000, Window: time.Minute}
+	p := quota.Policy{Limit: 1000, Window: time.Minute}
 	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 8)
 	key := redisTestKey(t, "k")
 	for range 4 { // 1 slot, a lease of 2 used up, then a lease of 4
@@ -215,7 +216,7 @@ func (r *leaseRig) leaseLeft(key string) int {
 func TestLeaseNeverExceedsQuota(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 300, Window: 2 * time.Second, Margin: 100 * time.Millisecond, Buckets: 20}
+	p := quota.Policy{Limit: 300, Window: 2 * time.Second, Margin: 100 * time.Millisecond, Buckets: 20}
 	var rigs []*leaseRig
 	for range 3 {
 		rigs = append(rigs, newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 32))
@@ -291,11 +292,11 @@ func TestLeaseNeverExceedsQuota(t *testing.T) {
 func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 	verifyNoRedisLeaks(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 10_000, Window: time.Minute}
+	p := quota.Policy{Limit: 10_000, Window: time.Minute}
 	lease := 100 * time.Millisecond
 	client := newRedisTestClient(t, srv, time.Second)
-	rs := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
-	fb := NewFallbackStore(rs, p, FallbackOptions{})
+	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
+	fb := quota.NewFallbackStore(rs, p, quota.FallbackOptions{})
 	clock := clockwork.NewFakeClock()
 	lim := New(Config{Store: fb, Clock: clock, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: 32})
 	r := &leaseRig{lim: lim, store: rs}
@@ -317,7 +318,7 @@ func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 	}
 	// The next take sees the key's new epoch, so the shadow's counts are
 	// known lost, and the write-back restores them all.
-	if _, err := fb.Take(ctx, key, Take{}); err != nil {
+	if _, err := fb.Take(ctx, key, quota.Take{}); err != nil {
 		t.Fatal(err)
 	}
 	if !fb.Reconcile(ctx) {
@@ -335,10 +336,10 @@ func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 // unused on the way (the real clock runs on while the goroutines wait).
 func TestLeaseConcurrentAccounting(t *testing.T) {
 	srv := redistest.Start(t)
-	p := Policy{Limit: 1_000_000, Window: time.Hour}
+	p := quota.Policy{Limit: 1_000_000, Window: time.Hour}
 	lease, most := 20*time.Millisecond, 16
 	client := newRedisTestClient(t, srv, time.Second)
-	rs := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
+	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
 	lim := New(Config{Store: rs, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: most})
 	keys := []string{redisTestKey(t, "a"), redisTestKey(t, "b")}
 	var admitted [2]atomic.Int64
@@ -376,7 +377,7 @@ func TestLeaseConcurrentAccounting(t *testing.T) {
 func TestLeaseRefillAfterExhaustNotUsed(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 1000, Window: time.Minute}
+	p := quota.Policy{Limit: 1000, Window: time.Minute}
 	lease := 100 * time.Millisecond
 	r := newLeaseRig(t, srv, clock, p, lease, 8)
 	key := redisTestKey(t, "k")

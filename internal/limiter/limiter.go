@@ -1,3 +1,10 @@
+// Package limiter decides when a request may be sent upstream: a local
+// smoother (x/time/rate) per key, a FIFO queue per key for requests that
+// may wait a bounded time for their quota slot, and lease batching for a
+// shared store. The slots themselves are counted by a quota.Store.
+//
+// It knows nothing of HTTP. Keys are opaque strings (the proxy passes a hash
+// of the access token, never the token).
 package limiter
 
 import (
@@ -9,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/quota"
 
 	"github.com/jonboulle/clockwork"
 	"golang.org/x/time/rate"
@@ -41,7 +50,7 @@ type Observer interface {
 
 // Config holds the limiter's tunables.
 type Config struct {
-	Store Store           // counts attempts; required
+	Store quota.Store     // counts attempts; required
 	Clock clockwork.Clock // nil: the real clock
 
 	// Rate and Burst smooth each key locally (x/time/rate): a request's
@@ -62,7 +71,7 @@ type Config struct {
 	// whose slot frees later is refused at once, with the honest
 	// RetryAfter.
 	MaxWait time.Duration
-	// Late is how long past its end (Result.Usable) a waiter woken late may
+	// Late is how long past its end (quota.Result.Usable) a waiter woken late may
 	// still use its slot: the part of quota.margin the gateway's own timers
 	// may take (the rest covers the send to the upstream). 0: none.
 	Late time.Duration
@@ -79,7 +88,7 @@ type Config struct {
 	MaxKeys int
 
 	// Lease and LeaseMax let a busy key draw its admissions from small
-	// batches of slots the store counts at once (Take.Hold), so a shared
+	// batches of slots the store counts at once (quota.Take.Hold), so a shared
 	// store is asked about once per batch instead of once per request, and
 	// mostly off the request path: a batch half used is refilled in the
 	// background. Batches are usable for Lease (redis.lease_time) and sized
@@ -99,10 +108,10 @@ type Config struct {
 // Decision is the limiter's answer for one attempt.
 type Decision struct {
 	Allowed bool
-	// Result is the store's answer that counted (or refused) the slot:
+	// quota.Result is the store's answer that counted (or refused) the slot:
 	// Limit, Remaining and ResetAfter feed the client's RateLimit headers,
 	// RetryAfter its Retry-After.
-	Result
+	quota.Result
 	Reason string        // why it was refused (a Reason constant)
 	Waited time.Duration // time spent waiting for the slot
 }
@@ -160,8 +169,8 @@ type keyState struct {
 // from the key's lease) to be used from notBefore until notAfter.
 type slot struct {
 	notBefore, notAfter time.Time
-	res                 Result      // the store's answer that counted it
-	give                Reservation // what Release gives back when unused
+	res                 quota.Result      // the store's answer that counted it
+	give                quota.Reservation // what Release gives back when unused
 }
 
 type waiter struct {
@@ -213,7 +222,7 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 	}
 	ks := l.acquire(key)
 	if ks == nil {
-		return l.refuse(Result{RetryAfter: time.Second}, ReasonKeysFull, start), nil
+		return l.refuse(quota.Result{RetryAfter: time.Second}, ReasonKeysFull, start), nil
 	}
 	defer l.release(key, ks)
 	if key == "" {
@@ -370,7 +379,7 @@ func (l *Limiter) abandon(ctx context.Context, ks *keyState, key string, el *lis
 // left, bounded by the store's own timeout; a release that fails leaves the
 // slot counted until it ages out, which only costs quota.
 func (l *Limiter) giveBack(ctx context.Context, key string, s *slot) {
-	if s == nil || !s.give.ok {
+	if s == nil || !s.give.Held() {
 		return
 	}
 	_ = l.cfg.Store.Release(context.WithoutCancel(ctx), key, s.give)
@@ -483,7 +492,7 @@ func (l *Limiter) admitAnonymous(ctx context.Context, ks *keyState, start, deadl
 	d := r.DelayFrom(start)
 	if !r.OK() || !fits(start, d, deadline) {
 		r.CancelAt(start)
-		return l.refuse(Result{RetryAfter: max(d, time.Second)}, ReasonSmoothing, start), nil
+		return l.refuse(quota.Result{RetryAfter: max(d, time.Second)}, ReasonSmoothing, start), nil
 	}
 	if d > 0 {
 		if err := l.sleep(ctx, d); err != nil {
@@ -513,13 +522,13 @@ func (l *Limiter) admitted(s *slot, start time.Time) Decision {
 	return Decision{Allowed: true, Result: s.res, Waited: l.clock.Since(start)}
 }
 
-func (l *Limiter) refuse(res Result, reason string, start time.Time) Decision {
+func (l *Limiter) refuse(res quota.Result, reason string, start time.Time) Decision {
 	l.obs.Rejected(reason)
 	res.Allowed = false
 	return Decision{Result: res, Reason: reason, Waited: l.clock.Since(start)}
 }
 
-func reasonFor(res Result) string {
+func reasonFor(res quota.Result) string {
 	switch {
 	case res.Full:
 		return ReasonKeysFull
@@ -570,8 +579,8 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 
 // Status reports key's quota without counting anything: what the
 // RateLimit headers of an uncharged request show.
-func (l *Limiter) Status(ctx context.Context, key string) (Result, error) {
-	res, err := l.cfg.Store.Take(ctx, key, Take{Peek: true})
+func (l *Limiter) Status(ctx context.Context, key string) (quota.Result, error) {
+	res, err := l.cfg.Store.Take(ctx, key, quota.Take{Peek: true})
 	if err != nil {
 		return res, fmt.Errorf("quota store: %w", err)
 	}
@@ -675,7 +684,7 @@ func (l *Limiter) Forget(key string) {
 		l.drop(ks)
 	}
 	l.mu.Unlock()
-	if f, ok := l.cfg.Store.(Forgetter); ok {
+	if f, ok := l.cfg.Store.(quota.Forgetter); ok {
 		f.Forget(key)
 	}
 }
@@ -707,7 +716,7 @@ func (l *Limiter) Sweep() int {
 
 // Run sweeps idle keys every interval until ctx is done.
 func (l *Limiter) Run(ctx context.Context, interval time.Duration) error {
-	every(ctx, l.clock, interval, func() { l.Sweep() })
+	quota.Every(ctx, l.clock, interval, func() { l.Sweep() })
 	return nil
 }
 

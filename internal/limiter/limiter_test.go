@@ -10,6 +10,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/fusioo-gateway/gateway/internal/quota"
+
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/goleak"
 )
@@ -46,10 +48,10 @@ func (o *countingObserver) rejections(r string) int {
 	return o.rejected[r]
 }
 
-// newTestLimiter is a limiter over a MemoryStore on clk (nil: the real
+// newTestLimiter is a limiter over a quota.MemoryStore on clk (nil: the real
 // clock, which is the bubble's fake clock inside synctest.Test).
-func newTestLimiter(clk clockwork.Clock, p Policy, mod func(*Config)) (*Limiter, *MemoryStore, *countingObserver) {
-	s := NewMemoryStore(p, clk)
+func newTestLimiter(clk clockwork.Clock, p quota.Policy, mod func(*Config)) (*Limiter, *quota.MemoryStore, *countingObserver) {
+	s := quota.NewMemoryStore(p, clk)
 	obs := &countingObserver{}
 	cfg := Config{Store: s, Clock: clk, MaxWait: time.Minute, MaxDepth: 10, MaxQueued: 100, Observer: obs}
 	if mod != nil {
@@ -83,7 +85,7 @@ func admitAsync(ctx context.Context, l *Limiter, key string, i int, out chan<- o
 // exactly when it frees.
 func TestQueueFIFO(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil) // 1 s buckets
+		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil) // 1 s buckets
 		ctx := context.Background()
 		if d, err := l.Admit(ctx, "k", time.Time{}); err != nil || !d.Allowed {
 			t.Fatalf("first: %+v %v", d, err)
@@ -112,7 +114,7 @@ func TestQueueFIFO(t *testing.T) {
 
 func TestMaxWaitRejectsAtOnceWithRetryAfter(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, obs := newTestLimiter(clk, Policy{Limit: 2, Window: time.Hour, Buckets: 60}, func(c *Config) { c.MaxWait = 5 * time.Second })
+	l, _, obs := newTestLimiter(clk, quota.Policy{Limit: 2, Window: time.Hour, Buckets: 60}, func(c *Config) { c.MaxWait = 5 * time.Second })
 	ctx := context.Background()
 	for range 2 {
 		l.Admit(ctx, "k", time.Time{})
@@ -139,7 +141,7 @@ func TestMaxWaitRejectsAtOnceWithRetryAfter(t *testing.T) {
 // nobody has reserved, not the first slot that frees.
 func TestRetryAfterCountsWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, _ := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 15 * time.Second })
+		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 15 * time.Second })
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		l.Admit(ctx, "k", time.Time{})
@@ -159,7 +161,7 @@ func TestRetryAfterCountsWaiters(t *testing.T) {
 // behind it moves up into its slot.
 func TestDisconnectWhileQueued(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, s, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil)
+		l, s, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil)
 		bg := context.Background()
 		l.Admit(bg, "k", time.Time{})
 		ctx, cancel := context.WithCancel(bg)
@@ -202,7 +204,7 @@ func TestQueueFullAndGlobalCap(t *testing.T) {
 	}{{"per key", 2, 100}, {"global", 100, 2}} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				l, _, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
+				l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
 					c.MaxDepth, c.MaxQueued = tc.depth, tc.qd
 				})
 				ctx, cancel := context.WithCancel(context.Background())
@@ -231,7 +233,7 @@ func TestQueueFullAndGlobalCap(t *testing.T) {
 
 func TestBlockedKeyWaitsOrRejects(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, _ := newTestLimiter(nil, Policy{Limit: 100, Window: time.Hour}, func(c *Config) { c.MaxWait = 10 * time.Second })
+		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 100, Window: time.Hour}, func(c *Config) { c.MaxWait = 10 * time.Second })
 		ctx := context.Background()
 		if err := l.Exhaust(ctx, "k", time.Hour); err != nil {
 			t.Fatal(err)
@@ -252,7 +254,7 @@ func TestBlockedKeyWaitsOrRejects(t *testing.T) {
 // the block refuses at once when it outlasts the wait.
 func TestExhaustWithdrawsWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, s, obs := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 30 * time.Second })
+		l, s, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 30 * time.Second })
 		ctx := context.Background()
 		l.Admit(ctx, "k", time.Time{})
 		out := make(chan outcome, 2)
@@ -284,7 +286,7 @@ func TestExhaustWithdrawsWaiters(t *testing.T) {
 // wait is given up rather than refused, since the quota would serve it.
 func TestSmoothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, obs := newTestLimiter(nil, Policy{Limit: 5, Window: time.Hour}, func(c *Config) {
+		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 5, Window: time.Hour}, func(c *Config) {
 			c.Rate, c.Burst = 1, 2
 			c.MaxWait = 1500 * time.Millisecond
 		})
@@ -324,7 +326,7 @@ func TestSmoothing(t *testing.T) {
 // back, so once the quota frees the next request goes at once.
 func TestSmoothingSpendsNoTurnOnRefusals(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, _ := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
+		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
 			c.Rate, c.Burst = 0.1, 1 // one turn every 10 s
 			c.MaxWait = 500 * time.Millisecond
 		})
@@ -345,7 +347,7 @@ func TestSmoothingSpendsNoTurnOnRefusals(t *testing.T) {
 
 func TestAnonymous(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, obs := newTestLimiter(nil, Policy{Limit: 1000, Window: time.Hour}, func(c *Config) {
+		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1000, Window: time.Hour}, func(c *Config) {
 			c.AnonymousRate, c.AnonymousBurst = 1, 1
 			c.MaxWait = 1500 * time.Millisecond
 		})
@@ -370,7 +372,7 @@ func TestAnonymous(t *testing.T) {
 
 func TestCloseWakesWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, s, _ := newTestLimiter(nil, Policy{Limit: 1, Window: 10 * time.Second}, nil)
+		l, s, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second}, nil)
 		ctx := context.Background()
 		l.Admit(ctx, "k", time.Time{})
 		out := make(chan outcome, 2)
@@ -391,7 +393,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 
 func TestSweepKeepsBusyKeys(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, _ := newTestLimiter(clk, Policy{Limit: 10, Window: time.Minute}, func(c *Config) { c.IdleAfter = time.Minute })
+	l, _, _ := newTestLimiter(clk, quota.Policy{Limit: 10, Window: time.Minute}, func(c *Config) { c.IdleAfter = time.Minute })
 	ctx := context.Background()
 	l.Admit(ctx, "a", time.Time{})
 	l.Admit(ctx, "b", time.Time{})
@@ -409,7 +411,7 @@ func TestSweepKeepsBusyKeys(t *testing.T) {
 // and the quota holds.
 func TestNoWaiterPastItsDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p := Policy{Limit: 3, Window: 10 * time.Second, Buckets: 10}
+		p := quota.Policy{Limit: 3, Window: 10 * time.Second, Buckets: 10}
 		l, _, _ := newTestLimiter(nil, p, func(c *Config) { c.MaxDepth, c.MaxWait = 100, time.Minute })
 		rng := rand.New(rand.NewPCG(7, 7))
 		var wg sync.WaitGroup

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fusioo-gateway/gateway/internal/quota"
+
 	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
 
@@ -21,15 +23,15 @@ var benchKeys = func() []string {
 }()
 
 // benchPolicy admits every take, so each take is one admission.
-var benchPolicy = Policy{Limit: 1 << 30, Window: time.Hour}
+var benchPolicy = quota.Policy{Limit: 1 << 30, Window: time.Hour}
 
 // benchTake runs b.N takes on store (from one goroutine or, with parallel,
 // from GOMAXPROCS goroutines) over all benchKeys, checks they were all
 // admitted, and reports admissions per second and, when rt is set, Redis
 // round trips per admission.
-func benchTake(b *testing.B, store Store, rt *commandCounter, parallel bool) {
+func benchTake(b *testing.B, store quota.Store, rt *commandCounter, parallel bool) {
 	benchAdmissions(b, len(benchKeys), rt, parallel, func(ctx context.Context, key string) (bool, error) {
-		res, err := store.Take(ctx, key, Take{})
+		res, err := store.Take(ctx, key, quota.Take{})
 		return res.Allowed, err
 	})
 }
@@ -79,25 +81,29 @@ func benchAdmissions(b *testing.B, keys int, rt *commandCounter, parallel bool, 
 
 // redisBenchStore starts a redis-server and returns a store on it whose
 // round trips are counted, with the script loaded and connections made.
-func redisBenchStore(b *testing.B) (*RedisStore, *commandCounter) {
+func redisBenchStore(b *testing.B, maxHold ...time.Duration) (*quota.RedisStore, *commandCounter) {
 	b.Helper()
 	srv := redistest.Start(b)
 	client := newRedisTestClient(b, srv, time.Second)
 	rt := &commandCounter{}
 	client.AddHook(rt)
-	s := NewRedisStore(client, benchPolicy, RedisOptions{Timeout: time.Second})
-	if _, err := s.Take(context.Background(), "warmup", Take{}); err != nil {
+	opts := quota.RedisOptions{Timeout: time.Second}
+	if len(maxHold) > 0 {
+		opts.MaxHold = maxHold[0]
+	}
+	s := quota.NewRedisStore(client, benchPolicy, opts)
+	if _, err := s.Take(context.Background(), "warmup", quota.Take{}); err != nil {
 		b.Fatal(err)
 	}
 	return s, rt
 }
 
 func BenchmarkTakeMemory(b *testing.B) {
-	benchTake(b, NewMemoryStore(benchPolicy, nil), nil, false)
+	benchTake(b, quota.NewMemoryStore(benchPolicy, nil), nil, false)
 }
 
 func BenchmarkTakeMemoryParallel(b *testing.B) {
-	benchTake(b, NewMemoryStore(benchPolicy, nil), nil, true)
+	benchTake(b, quota.NewMemoryStore(benchPolicy, nil), nil, true)
 }
 
 func BenchmarkTakeRedis(b *testing.B) {
@@ -114,7 +120,7 @@ func BenchmarkTakeRedisParallel(b *testing.B) {
 // circuit breaker and the shadow accounting, as the gateway runs it.
 func BenchmarkTakeFallbackParallel(b *testing.B) {
 	s, rt := redisBenchStore(b)
-	benchTake(b, NewFallbackStore(s, benchPolicy, FallbackOptions{}), rt, true)
+	benchTake(b, quota.NewFallbackStore(s, benchPolicy, quota.FallbackOptions{}), rt, true)
 }
 
 // BenchmarkRedisPing is the floor a take through Redis cannot beat: one
@@ -134,9 +140,8 @@ func BenchmarkRedisPing(b *testing.B) {
 // behind the fallback, as the gateway wires it, spread over 16 busy keys
 // from GOMAXPROCS goroutines; lease 0 is one round trip per admission.
 func benchAdmit(b *testing.B, lease time.Duration) {
-	s, rt := redisBenchStore(b)
-	s.maxHold = 3 * lease
-	lim := New(Config{Store: NewFallbackStore(s, benchPolicy, FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
+	s, rt := redisBenchStore(b, 3*lease)
+	lim := New(Config{Store: quota.NewFallbackStore(s, benchPolicy, quota.FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
 		Lease: lease, LeaseMax: 32})
 	b.Cleanup(lim.Close) // before the client closes: waits for refills in flight
 	benchAdmissions(b, 16, rt, true, func(ctx context.Context, key string) (bool, error) {

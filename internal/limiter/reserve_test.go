@@ -3,8 +3,11 @@ package limiter
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/fusioo-gateway/gateway/internal/quota"
 
 	"github.com/jonboulle/clockwork"
 
@@ -14,14 +17,13 @@ import (
 // redisReplica is one gateway replica's store and limiter on a shared Redis
 // and a shared fake clock (the scripts read it through the test hook).
 type redisReplica struct {
-	store *RedisStore
+	store *quota.RedisStore
 	lim   *Limiter
 }
 
-func newRedisReplica(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p Policy, lease time.Duration) *redisReplica {
+func newRedisReplica(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p quota.Policy, lease time.Duration) *redisReplica {
 	t.Helper()
-	rs := NewRedisStore(newRedisTestClient(t, srv, time.Second), p, RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
-	rs.now = func() int64 { return clock.Now().UnixMilli() }
+	rs := quota.NewRedisStore(newRedisTestClient(t, srv, time.Second), p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease, Clock: clock})
 	lim := New(Config{Store: rs, Clock: clock, MaxWait: time.Minute, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: 8})
 	t.Cleanup(lim.Close)
 	return &redisReplica{store: rs, lim: lim}
@@ -34,12 +36,12 @@ func newRedisReplica(t *testing.T, srv *redistest.Server, clock *clockwork.FakeC
 func TestRedisReservationsAcrossReplicas(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 2, Window: 10 * time.Second, Buckets: 10} // 1 s buckets: a slot frees 11 s after its bucket starts
+	p := quota.Policy{Limit: 2, Window: 10 * time.Second, Buckets: 10} // 1 s buckets: a slot frees 11 s after its bucket starts
 	a := newRedisReplica(t, srv, clock, p, 0)
 	b := newRedisReplica(t, srv, clock, p, 100*time.Millisecond)
 	ctx := context.Background()
 	key := redisTestKey(t, "k")
-	take := func(r *redisReplica, tk Take) Result {
+	take := func(r *redisReplica, tk quota.Take) quota.Result {
 		t.Helper()
 		res, err := r.store.Take(ctx, key, tk)
 		if err != nil {
@@ -47,22 +49,22 @@ func TestRedisReservationsAcrossReplicas(t *testing.T) {
 		}
 		return res
 	}
-	take(a, Take{})
+	take(a, quota.Take{})
 	clock.Advance(time.Second)
-	take(b, Take{})
-	if res := take(a, Take{Wait: 20 * time.Second}); !res.Allowed || res.Delay != 10*time.Second {
+	take(b, quota.Take{})
+	if res := take(a, quota.Take{Wait: 20 * time.Second}); !res.Allowed || res.Delay != 10*time.Second {
 		t.Fatalf("replica a's waiter: %+v, want the slot freeing at 11s", res)
 	}
-	if res := take(b, Take{Wait: 20 * time.Second}); !res.Allowed || res.Delay != 11*time.Second {
+	if res := take(b, quota.Take{Wait: 20 * time.Second}); !res.Allowed || res.Delay != 11*time.Second {
 		t.Fatalf("replica b's waiter: %+v, want the next slot, freeing at 12s", res)
 	}
-	if res := take(a, Take{Wait: 20 * time.Second}); res.Allowed || res.RetryAfter != 21*time.Second {
+	if res := take(a, quota.Take{Wait: 20 * time.Second}); res.Allowed || res.RetryAfter != 21*time.Second {
 		t.Fatalf("third waiter: %+v, want refused with the first slot nobody holds (22s)", res)
 	}
 	// At 11.5 s the first slot has freed, but it is a's waiter's: replica
 	// b's lease cannot have it.
 	clock.Advance(10500 * time.Millisecond)
-	if res := take(b, Take{Want: 8, Hold: 100 * time.Millisecond}); res.Allowed || res.RetryAfter != 10500*time.Millisecond {
+	if res := take(b, quota.Take{Want: 8, Hold: 100 * time.Millisecond}); res.Allowed || res.RetryAfter != 10500*time.Millisecond {
 		t.Fatalf("lease at 11.5s: %+v, want refused until 22s", res)
 	}
 }
@@ -74,7 +76,7 @@ func TestRedisReservationsAcrossReplicas(t *testing.T) {
 func TestRedisWaiterLeaves(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}
+	p := quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}
 	a := newRedisReplica(t, srv, clock, p, 0)
 	b := newRedisReplica(t, srv, clock, p, 0)
 	bg := context.Background()
@@ -101,7 +103,7 @@ func TestRedisWaiterLeaves(t *testing.T) {
 		t.Fatalf("the waiter that left: %+v", o)
 	}
 	// Replica a gave back the 22 s slot: a newcomer at replica b gets it.
-	res, err := b.store.Take(bg, key, Take{Wait: time.Minute})
+	res, err := b.store.Take(bg, key, quota.Take{Wait: time.Minute})
 	if err != nil || !res.Allowed || res.Delay != 22*time.Second {
 		t.Fatalf("newcomer: %+v %v, want the slot given back (22s)", res, err)
 	}
@@ -125,7 +127,7 @@ func TestRedisWaiterLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := clock.Now().Add(-33 * time.Second).UnixMilli()
-	want := map[string]string{slotField(start+11_000, true): "1", slotField(start+33_000, true): "1"}
+	want := map[string]string{"q" + strconv.FormatInt(start+11_000, 10): "1", "q" + strconv.FormatInt(start+33_000, 10): "1"}
 	for f, v := range fields {
 		if f[0] == 'q' && want[f] != v {
 			t.Fatalf("Redis holds reservation %s=%s; want only %v", f, v, want)

@@ -21,6 +21,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/metrics"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
@@ -34,14 +35,14 @@ type stack struct {
 	mu       sync.Mutex
 	handler  *proxy.Handler
 	lim      *limiter.Limiter
-	store    *limiter.MemoryStore
+	store    *quota.MemoryStore
 	logs     *syncBuffer
 	reg      *prometheus.Registry
 	client   *http.Client
 }
 
 type stackOpts struct {
-	policy      limiter.Policy
+	policy      quota.Policy
 	maxWait     time.Duration
 	maxBody     int64
 	sim         *fusioosim.Config // nil with upstream set
@@ -72,7 +73,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	t.Cleanup(s.upstream.Close)
 	if o.policy.Limit == 0 {
-		o.policy = limiter.Policy{Limit: 1000, Window: time.Hour}
+		o.policy = quota.Policy{Limit: 1000, Window: time.Hour}
 	}
 	if o.maxWait == 0 {
 		o.maxWait = 5 * time.Second
@@ -93,7 +94,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		names = append(names, r.Name())
 	}
 	m := metrics.New(s.reg, metrics.Options{Routes: names, UpstreamStatuses: []int{200, 429}})
-	s.store = limiter.NewMemoryStore(o.policy, o.clock)
+	s.store = quota.NewMemoryStore(o.policy, o.clock)
 	s.lim = limiter.New(limiter.Config{
 		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
 		Observer: m,

@@ -19,6 +19,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
@@ -44,12 +45,12 @@ func (l *fakeLimiter) Admit(_ context.Context, key string, _ time.Time) (limiter
 	l.admits++
 	l.keys = append(l.keys, key)
 	ok := l.allow == nil || l.allow(l.admits)
-	d := limiter.Decision{Allowed: ok, Result: limiter.Result{Allowed: ok, Limit: 100, Remaining: 50}}
+	d := limiter.Decision{Allowed: ok, Result: quota.Result{Allowed: ok, Limit: 100, Remaining: 50}}
 	if !ok {
 		d.RetryAfter = 30 * time.Second
 	}
 	if l.full {
-		d = limiter.Decision{Reason: limiter.ReasonKeysFull, Result: limiter.Result{RetryAfter: 30 * time.Second}}
+		d = limiter.Decision{Reason: limiter.ReasonKeysFull, Result: quota.Result{RetryAfter: 30 * time.Second}}
 	}
 	return d, nil
 }
@@ -73,8 +74,8 @@ func (l *fakeLimiter) forgotten() int {
 	return l.forgets
 }
 
-func (l *fakeLimiter) Status(context.Context, string) (limiter.Result, error) {
-	return limiter.Result{Limit: 100, Remaining: 50}, nil
+func (l *fakeLimiter) Status(context.Context, string) (quota.Result, error) {
+	return quota.Result{Limit: 100, Remaining: 50}, nil
 }
 
 func (l *fakeLimiter) counts() (int, []time.Duration) {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
@@ -43,7 +44,7 @@ type Limiter interface {
 	// Exhaust refuses key for d: the upstream said its quota is gone.
 	Exhaust(ctx context.Context, key string, d time.Duration) error
 	// Status reports key's quota without charging it.
-	Status(ctx context.Context, key string) (limiter.Result, error)
+	Status(ctx context.Context, key string) (quota.Result, error)
 	// Forget drops key's state: the upstream answered its token 10003
 	// or 20007.
 	Forget(key string)
@@ -210,7 +211,7 @@ type reqState struct {
 	quotaVals [5]string // backing of the quota header values (setQuotaHeaders)
 
 	mu         sync.Mutex
-	quota      limiter.Result // last admission's answer, for headers
+	quota      quota.Result // last admission's answer, for headers
 	hasQuota   bool
 	waited     time.Duration
 	attempts   int
@@ -737,7 +738,7 @@ var quotaHeaderNames = [...]string{"Ratelimit-Policy", "Ratelimit", "Ratelimit-L
 // The names are canonical already, so no canonicalisation allocates; the
 // five value slices share rs.quotaVals as their backing array, and the
 // formatted numbers are substrings of the RateLimit value: one allocation.
-func (h *Handler) setQuotaHeaders(hd http.Header, rs *reqState, q limiter.Result) {
+func (h *Handler) setQuotaHeaders(hd http.Header, rs *reqState, q quota.Result) {
 	var buf [128]byte
 	b := append(buf[:0], h.rlPrefix...)
 	remAt := len(b)

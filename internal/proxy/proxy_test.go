@@ -20,8 +20,8 @@ import (
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
-	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/testutil/leaktest"
 )
 
@@ -156,7 +156,7 @@ func TestGatewayErrors(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	})
-	s := newStack(t, stackOpts{maxBody: 1 << 10, policy: limiter.Policy{Limit: 1, Window: time.Hour}, maxWait: time.Second})
+	s := newStack(t, stackOpts{maxBody: 1 << 10, policy: quota.Policy{Limit: 1, Window: time.Hour}, maxWait: time.Second})
 	timeoutStack := newStack(t, stackOpts{upstream: slow, timeout: 50 * time.Millisecond})
 	down := newStack(t, stackOpts{})
 	down.upstream.Close() // nothing listens there any more
@@ -224,7 +224,7 @@ func TestRollingBoundAtSimulator(t *testing.T) {
 	}
 	const limit, window = 40, time.Second
 	s := newStack(t, stackOpts{
-		policy:  limiter.Policy{Limit: limit, Window: window, Margin: 100 * time.Millisecond, Buckets: 20},
+		policy:  quota.Policy{Limit: limit, Window: window, Margin: 100 * time.Millisecond, Buckets: 20},
 		maxWait: 200 * time.Millisecond,
 		sim:     &fusioosim.Config{Limit: limit, Window: window},
 	})
@@ -276,7 +276,7 @@ func TestRollingBoundAtSimulator(t *testing.T) {
 // when that is within max_wait, then goes through.
 func TestQueueWaitsThenForwards(t *testing.T) {
 	s := newStack(t, stackOpts{
-		policy:  limiter.Policy{Limit: 2, Window: 300 * time.Millisecond, Buckets: 10},
+		policy:  quota.Policy{Limit: 2, Window: 300 * time.Millisecond, Buckets: 10},
 		maxWait: 5 * time.Second,
 	})
 	start := time.Now()
@@ -295,7 +295,7 @@ func TestQueueWaitsThenForwards(t *testing.T) {
 
 // TestMaxWaitRetryAfter checks the immediate 429 carries the honest wait.
 func TestMaxWaitRetryAfter(t *testing.T) {
-	s := newStack(t, stackOpts{policy: limiter.Policy{Limit: 1, Window: 90 * time.Second, Buckets: 90}, maxWait: time.Second})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 90 * time.Second, Buckets: 90}, maxWait: time.Second})
 	s.do("GET", "/v3/apps", "tok-r", nil)
 	resp, b := s.do("GET", "/v3/apps", "tok-r", nil)
 	if resp.StatusCode != 429 {
@@ -313,7 +313,7 @@ func TestMaxWaitRetryAfter(t *testing.T) {
 // TestDisconnectWhileQueued: a client that leaves while queued consumes no
 // quota, never reaches the upstream, and leaves no goroutine behind.
 func TestDisconnectWhileQueued(t *testing.T) {
-	s := newStack(t, stackOpts{policy: limiter.Policy{Limit: 1, Window: 10 * time.Second}, maxWait: time.Minute})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 10 * time.Second}, maxWait: time.Minute})
 	s.do("GET", "/v3/apps", "tok-d", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -349,7 +349,7 @@ func TestDisconnectWhileQueued(t *testing.T) {
 // TestTokenNeverLogged sends requests on every path with a distinctive
 // token and checks the logs carry its fingerprint, never the token.
 func TestTokenNeverLogged(t *testing.T) {
-	s := newStack(t, stackOpts{policy: limiter.Policy{Limit: 2, Window: time.Hour}, maxWait: time.Millisecond, maxBody: 100})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour}, maxWait: time.Millisecond, maxBody: 100})
 	token := "SECRET-" + strings.Repeat("Zq9", 300)
 	s.do("GET", "/v3/apps", token, nil)
 	s.do("POST", "/v3/records/apps/a", token, []byte(`{"a":1}`))
@@ -374,7 +374,7 @@ func TestTokenNeverLogged(t *testing.T) {
 // TestAnonymousAndUncharged: requests without a token pass through (the
 // upstream answers 10003) and ping never spends quota.
 func TestAnonymousAndUncharged(t *testing.T) {
-	s := newStack(t, stackOpts{policy: limiter.Policy{Limit: 1, Window: time.Hour}, maxWait: time.Millisecond})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: time.Hour}, maxWait: time.Millisecond})
 	resp, b := s.do("GET", "/v3/apps", "", nil)
 	if env := envelope(t, resp, b); resp.StatusCode != 401 || env.Code != 10003 {
 		t.Fatalf("anonymous: %d %s", resp.StatusCode, b)
@@ -413,7 +413,7 @@ func TestAbortAnswers503(t *testing.T) {
 		}
 		fusioo.WriteSuccess(w, map[string]any{})
 	})
-	s := newStack(t, stackOpts{upstream: up, policy: limiter.Policy{Limit: 2, Window: time.Hour}, maxWait: 3 * time.Hour})
+	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour}, maxWait: 3 * time.Hour})
 	defer close(hang)
 	s.do("GET", "/v3/apps", "tok-s", nil)
 	type res struct {

@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"errors"
-	"github.com/fusioo-gateway/gateway/internal/limiter"
-	"github.com/jonboulle/clockwork"
 	"testing"
+
+	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/quota"
+	"github.com/jonboulle/clockwork"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
@@ -94,7 +96,7 @@ func (r *signalReader) Read(p []byte) (int, error) {
 // (found by review).
 func TestSlowBodyAdmittedOnceArrived(t *testing.T) {
 	clk := clockwork.NewFakeClock()
-	store := limiter.NewMemoryStore(limiter.Policy{Limit: 1, Window: time.Minute}, clk)
+	store := quota.NewMemoryStore(quota.Policy{Limit: 1, Window: time.Minute}, clk)
 	lim := limiter.New(limiter.Config{Store: store, Clock: clk, MaxWait: 5 * time.Second, MaxDepth: 10, MaxQueued: 100})
 	up := &arrivals{rt: &fakeUpstream{answers: []fakeAnswer{{status: 200}}}, clk: clk}
 	r := newLoopRigWith(t, func(c *proxy.Config) {

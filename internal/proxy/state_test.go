@@ -17,6 +17,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 )
 
 // stateRig is the handler over the real limiter and memory store, as
@@ -25,7 +26,7 @@ import (
 type stateRig struct {
 	h     *proxy.Handler
 	lim   *limiter.Limiter
-	store *limiter.MemoryStore
+	store *quota.MemoryStore
 	up    *fakeUpstream
 }
 
@@ -35,8 +36,8 @@ func newStateRig(t *testing.T, maxKeys int, answer fakeAnswer) *stateRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := limiter.Policy{Limit: 1000, Window: time.Hour, Margin: 5 * time.Second, Buckets: 60, MaxKeys: maxKeys}
-	r := &stateRig{store: limiter.NewMemoryStore(p, nil), up: &fakeUpstream{answers: []fakeAnswer{answer}, discard: true}}
+	p := quota.Policy{Limit: 1000, Window: time.Hour, Margin: 5 * time.Second, Buckets: 60, MaxKeys: maxKeys}
+	r := &stateRig{store: quota.NewMemoryStore(p, nil), up: &fakeUpstream{answers: []fakeAnswer{answer}, discard: true}}
 	r.lim = limiter.New(limiter.Config{Store: r.store, Rate: rate.Limit(float64(p.Limit) / 3600 * 10), Burst: 50,
 		MaxWait: 5 * time.Second, MaxDepth: 100, MaxQueued: 10000, IdleAfter: time.Nanosecond, MaxKeys: maxKeys})
 	u, _ := url.Parse("http://upstream.invalid")
@@ -144,7 +145,7 @@ func TestMadeUpTokensLeaveNoState(t *testing.T) {
 func TestMaxKeysKeepsRealTokens(t *testing.T) {
 	const maxKeys = 640
 	r := newStateRig(t, maxKeys, fakeAnswer{status: 200})
-	status := func() limiter.Result {
+	status := func() quota.Result {
 		res, err := r.lim.Status(context.Background(), proxy.NewIdentifier(nil).Key("real-0"+strings.Repeat("x", 1000)))
 		if err != nil {
 			t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/metrics"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
+	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
@@ -72,8 +73,8 @@ type Gateway struct {
 	Limiter  *limiter.Limiter
 
 	log      *zap.Logger
-	mem      *limiter.MemoryStore
-	fallback *limiter.FallbackStore
+	mem      *quota.MemoryStore
+	fallback *quota.FallbackStore
 	closers  []func() error
 	ready    atomic.Bool
 	health   func() (ok bool, detail string)
@@ -156,7 +157,7 @@ func (g *Gateway) newMetrics(routes *fusioo.Routes, version string) *metrics.Met
 		Routes:           routeNames,
 		RetryReasons:     retry.Reasons(),
 		RejectReasons:    []string{limiter.ReasonQuota, limiter.ReasonBlocked, limiter.ReasonQueueFull, limiter.ReasonSmoothing, limiter.ReasonKeysFull},
-		StoreOps:         limiter.StoreOps,
+		StoreOps:         quota.StoreOps,
 		ClientStatuses:   []int{200, 400, 401, 404, 408, 413, 415, 429, 499, 503, 504},
 		UpstreamStatuses: []int{200, 400, 401, 404, 429, 500, 503, 504},
 	})
@@ -164,8 +165,8 @@ func (g *Gateway) newMetrics(routes *fusioo.Routes, version string) *metrics.Met
 
 // newStore is the quota store cfg asks for (the Redis one behind its
 // local fallback), and sets g's health and what Run and Close drive.
-func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (limiter.Store, error) {
-	policy := limiter.Policy{
+func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (quota.Store, error) {
+	policy := quota.Policy{
 		Limit:   cfg.Quota.Limit,
 		Window:  cfg.Quota.Window.Duration,
 		Margin:  cfg.QuotaMargin(),
@@ -176,16 +177,16 @@ func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (limiter.Store
 		return nil, fmt.Errorf("quota: %w", err)
 	}
 	if cfg.Quota.Store != "redis" {
-		g.mem = limiter.NewMemoryStore(policy, nil)
+		g.mem = quota.NewMemoryStore(policy, nil)
 		g.health = func() (bool, string) { return true, "quota store: memory" }
 		return g.mem, nil
 	}
-	client, err := limiter.NewRedisClient(cfg.RedisClientOptions())
+	client, err := quota.NewRedisClient(cfg.RedisClientOptions())
 	if err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	g.closers = append(g.closers, client.Close)
-	primary := limiter.NewRedisStore(client, policy, limiter.RedisOptions{
+	primary := quota.NewRedisStore(client, policy, quota.RedisOptions{
 		KeyPrefix:    cfg.Redis.KeyPrefix,
 		Timeout:      cfg.Redis.Timeout.Duration,
 		AutoPipeline: cfg.Redis.AutoPipeline,
@@ -193,7 +194,7 @@ func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (limiter.Store
 		Settle:       redisSettle,
 	})
 	reject := cfg.Quota.OnStoreFailure == "reject"
-	fb := limiter.NewFallbackStore(primary, policy, limiter.FallbackOptions{
+	fb := quota.NewFallbackStore(primary, policy, quota.FallbackOptions{
 		Share:    cfg.Quota.FallbackShare,
 		Reject:   reject,
 		Observer: storeObserver{m: m, log: g.log.Named("quota"), every: rate.NewLimiter(1, 3), suppressed: new(atomic.Int64)},
@@ -218,7 +219,7 @@ func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (limiter.Store
 }
 
 // limiterConfig is the admission queue's configuration for cfg.
-func limiterConfig(cfg config.Config, store limiter.Store, m *metrics.Metrics) limiter.Config {
+func limiterConfig(cfg config.Config, store quota.Store, m *metrics.Metrics) limiter.Config {
 	r, burst := cfg.SmoothingRate()
 	lc := limiter.Config{
 		Store:          store,

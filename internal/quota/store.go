@@ -1,11 +1,12 @@
-// Package limiter decides when a request may be sent upstream: a local
-// smoother (x/time/rate) per key, a quota store that counts attempts in a
-// rolling window (in memory or in Redis), and a FIFO queue per key for
-// requests that may wait a bounded time for the quota to free.
+// Package quota holds the quota stores: each counts attempts per key in a
+// rolling window (window.go states the algorithm once): MemoryStore in
+// this process, RedisStore shared by every replica (its Lua scripts mirror
+// window.go), and FallbackStore, Redis behind a circuit breaker with local
+// counts while it is away. internal/limiter drives them through Store.
 //
-// It knows nothing of HTTP. Keys are opaque strings (the proxy passes a hash
-// of the access token, never the token).
-package limiter
+// It knows nothing of HTTP or of the gateway above it. Keys are opaque
+// strings (the proxy passes a hash of the access token, never the token).
+package quota
 
 import (
 	"context"
@@ -150,6 +151,10 @@ type Reservation struct {
 	ok       bool   // zero Reservation: nothing to release
 }
 
+// Held reports whether r names a slot to give back (the zero Reservation
+// names none).
+func (r Reservation) Held() bool { return r.ok }
+
 // Store counts attempts per key. Implementations are safe for concurrent
 // use, make one atomic check-and-count per Take, and use one clock of their
 // own (the injected clock in memory, Redis TIME in Redis) so that clock skew
@@ -175,9 +180,9 @@ type Forgetter interface {
 	Forget(key string)
 }
 
-// every calls fn every interval on clock until ctx is done: the one loop
+// Every calls fn every interval on clock until ctx is done: the one loop
 // behind the sweepers' Run methods.
-func every(ctx context.Context, clock clockwork.Clock, interval time.Duration, fn func()) {
+func Every(ctx context.Context, clock clockwork.Clock, interval time.Duration, fn func()) {
 	t := clock.NewTicker(interval)
 	defer t.Stop()
 	for {

@@ -1,4 +1,4 @@
-package limiter
+package quota
 
 import (
 	"cmp"
@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
@@ -78,6 +79,10 @@ type RedisOptions struct {
 	// instance key off; it is always off in a Redis Cluster, where a
 	// script may touch one hash slot only.
 	Settle time.Duration
+	// Clock, when set, replaces Redis TIME in the scripts: tests that run
+	// a limiter and the store on one fake clock. Nil (always, outside
+	// tests): Redis's own clock, the one clock of every replica.
+	Clock clockwork.Clock
 }
 
 // RedisStore is the quota store shared by every gateway replica: each Take
@@ -151,6 +156,9 @@ func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *R
 		maxHold:  max(opts.MaxHold, 0),
 	}
 	s.limitAny, s.widthArg, s.spanArg, s.settleArg = int64(p.Limit), s.width, s.span, s.settle.Milliseconds()
+	if opts.Clock != nil {
+		s.now = func() int64 { return opts.Clock.Now().UnixMilli() }
+	}
 	if _, cluster := client.(*redis.ClusterClient); !cluster && s.settle > 0 {
 		s.instanceKey = opts.KeyPrefix + ":instance"
 	}

@@ -1,4 +1,4 @@
-package limiter
+package quota
 
 import (
 	"context"
@@ -244,7 +244,7 @@ func (s *MemoryStore) Sweep() int {
 
 // Run sweeps idle keys every interval until ctx is done.
 func (s *MemoryStore) Run(ctx context.Context, interval time.Duration) error {
-	every(ctx, s.clock, interval, func() { s.Sweep() })
+	Every(ctx, s.clock, interval, func() { s.Sweep() })
 	return nil
 }
 
