@@ -604,7 +604,7 @@ func (c *Config) validate() Errors {
 	switch c.Quota.Store {
 	case "memory":
 	case "redis":
-		// The client's rules are the client's (limiter): what startup
+		// The client's rules are the client's (quota): what startup
 		// refuses, -check refuses, each problem once.
 		if err := c.RedisClientOptions().Validate(); err != nil {
 			all := []error{err}
