@@ -254,12 +254,13 @@ var durationType = reflect.TypeOf(Duration{})
 func syntaxError(data []byte, err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
-		secret := secretKeys()[pe.LastKey]
+		keys := secretKeys()
+		secret := keys[pe.LastKey]
 		if lines := strings.Split(string(data), "\n"); pe.Position.Line >= 1 && pe.Position.Line <= len(lines) {
 			k, _, _ := strings.Cut(lines[pe.Position.Line-1], "=")
 			k = strings.Trim(strings.TrimSpace(k), `"'`)
 			k = k[strings.LastIndex(k, ".")+1:]
-			for sk := range secretKeys() {
+			for sk := range keys {
 				secret = secret || k == sk[strings.LastIndex(sk, ".")+1:]
 			}
 		}

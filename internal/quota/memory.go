@@ -136,21 +136,7 @@ func (s *MemoryStore) reclaim(now int64) int64 {
 	if until := s.fullUntil.Load(); until > now {
 		return until - now // another scan just ran
 	}
-	first := int64(math.MaxInt64)
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for k, c := range sh.keys {
-			c.prune(s.geo, now)
-			if c.blockedUntil <= now && c.empty() {
-				delete(sh.keys, k)
-				s.n.Add(-1)
-				continue
-			}
-			first = min(first, s.freeAt(c))
-		}
-		sh.mu.Unlock()
-	}
+	first := s.sweep(now)
 	if s.n.Load() < int64(s.policy.MaxKeys) {
 		return 0
 	}
@@ -224,8 +210,14 @@ func (s *MemoryStore) Block(_ context.Context, key string, d time.Duration) erro
 // Sweep drops every key that counts nothing and is not blocked, and
 // returns how many keys remain. Idle tokens therefore cost nothing.
 func (s *MemoryStore) Sweep() int {
-	now := s.clock.Now().UnixNano()
-	left := 0
+	s.sweep(s.clock.Now().UnixNano())
+	return int(s.n.Load())
+}
+
+// sweep drops, at now, every key that counts nothing and is not blocked,
+// and returns when the first of the others frees (math.MaxInt64: none).
+func (s *MemoryStore) sweep(now int64) int64 {
+	first := int64(math.MaxInt64)
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
@@ -234,12 +226,13 @@ func (s *MemoryStore) Sweep() int {
 			if c.blockedUntil <= now && c.empty() {
 				delete(sh.keys, k)
 				s.n.Add(-1)
+				continue
 			}
+			first = min(first, s.freeAt(c))
 		}
-		left += len(sh.keys)
 		sh.mu.Unlock()
 	}
-	return left
+	return first
 }
 
 // Run sweeps idle keys every interval until ctx is done.
