@@ -18,6 +18,7 @@ import (
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
+	"github.com/fusioo-gateway/gateway/internal/testutil/poll"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -252,13 +253,7 @@ level = "info"
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition never became true")
-		}
-		time.Sleep(5 * time.Millisecond) // polling an observable condition
-	}
+	poll.Until(t, 10*time.Second, "condition", cond)
 }
 
 type syncWriter struct {

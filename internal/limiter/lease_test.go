@@ -15,6 +15,8 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/fusioo-gateway/gateway/internal/testutil/leaktest"
+	"github.com/fusioo-gateway/gateway/internal/testutil/poll"
 	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
 
@@ -24,13 +26,13 @@ import (
 type leaseRig struct {
 	lim   *Limiter
 	store *quota.RedisStore
-	calls *commandCounter
+	calls *redistest.CommandCounter
 }
 
 func newLeaseRig(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p quota.Policy, lease time.Duration, most int) *leaseRig {
 	t.Helper()
 	client := newRedisTestClient(t, srv, time.Second)
-	calls := &commandCounter{}
+	calls := &redistest.CommandCounter{}
 	client.AddHook(calls)
 	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease, Clock: clock})
 	lim := New(Config{Store: rs, Clock: clock, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: most})
@@ -74,7 +76,7 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 		lastRemaining = d.Remaining
 		clock.Advance(time.Millisecond)
 	}
-	calls := int(r.calls.n.Load())
+	calls := int(r.calls.N.Load())
 	counted := bucketSum(t, r.store.Client(), r.store.Key(key))
 	t.Logf("%d admissions, %d Redis calls, %d counted", n, calls, counted)
 	if calls > n/most+20 {
@@ -93,9 +95,9 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 	// (a refill's, 2.5 lease times) has passed, the next admission asks
 	// Redis again.
 	clock.Advance(250 * time.Millisecond)
-	before := r.calls.n.Load()
+	before := r.calls.N.Load()
 	r.admit(t, key)
-	if r.calls.n.Load() != before+1 {
+	if r.calls.N.Load() != before+1 {
 		t.Fatal("an admission after the lease ended did not ask Redis")
 	}
 	// Demand gone: after a long idle time the lease is sized to it, a
@@ -123,7 +125,7 @@ func TestLeaseSteadyRateWastesLittle(t *testing.T) {
 			r.admit(t, key)
 			clock.Advance(every)
 		}
-		calls := int(r.calls.n.Load())
+		calls := int(r.calls.N.Load())
 		waste := bucketSum(t, r.store.Client(), r.store.Key(key)) - n
 		t.Logf("one request every %s: %d requests, %d Redis calls, %d leased slots unused", every, n, calls, waste)
 		if calls > n*3/4 || waste > n/100+2 {
@@ -271,7 +273,7 @@ func TestLeaseNeverExceedsQuota(t *testing.T) {
 	}
 	calls := 0
 	for _, r := range rigs {
-		calls += int(r.calls.n.Load())
+		calls += int(r.calls.N.Load())
 	}
 	// The saturated phase lasts half the run: 5 windows.
 	full := float64(p.Limit) * 5 * float64(p.Window) / float64(p.Span())
@@ -290,7 +292,7 @@ func TestLeaseNeverExceedsQuota(t *testing.T) {
 // them, so a Redis that lost the key gets every leased slot back, used or
 // not.
 func TestLeaseWrittenBackAfterLoss(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := quota.Policy{Limit: 10_000, Window: time.Minute}
 	lease := 100 * time.Millisecond
@@ -396,7 +398,7 @@ func TestLeaseRefillAfterExhaustNotUsed(t *testing.T) {
 	}
 	exhausted := make(chan error, 1)
 	go func() { exhausted <- r.lim.Exhaust(context.Background(), key, time.Minute) }()
-	pollUntil(t, 5*time.Second, "lease dropped", func() bool { return r.leaseLeft(key) == 0 })
+	poll.Until(t, 5*time.Second, "lease dropped", func() bool { return r.leaseLeft(key) == 0 })
 	if err := srv.Resume(); err != nil {
 		t.Fatal(err)
 	}

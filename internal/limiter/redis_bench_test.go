@@ -29,7 +29,7 @@ var benchPolicy = quota.Policy{Limit: 1 << 30, Window: time.Hour}
 // from GOMAXPROCS goroutines) over all benchKeys, checks they were all
 // admitted, and reports admissions per second and, when rt is set, Redis
 // round trips per admission.
-func benchTake(b *testing.B, store quota.Store, rt *commandCounter, parallel bool) {
+func benchTake(b *testing.B, store quota.Store, rt *redistest.CommandCounter, parallel bool) {
 	benchAdmissions(b, len(benchKeys), rt, parallel, func(ctx context.Context, key string) (bool, error) {
 		res, err := store.Take(ctx, key, quota.Take{})
 		return res.Allowed, err
@@ -38,7 +38,7 @@ func benchTake(b *testing.B, store quota.Store, rt *commandCounter, parallel boo
 
 // benchAdmissions runs b.N calls of admit over the first keys of benchKeys
 // and reports as benchTake does.
-func benchAdmissions(b *testing.B, keys int, rt *commandCounter, parallel bool, admit func(context.Context, string) (bool, error)) {
+func benchAdmissions(b *testing.B, keys int, rt *redistest.CommandCounter, parallel bool, admit func(context.Context, string) (bool, error)) {
 	ctx := context.Background()
 	var next, admitted atomic.Int64
 	one := func() {
@@ -53,7 +53,7 @@ func benchAdmissions(b *testing.B, keys int, rt *commandCounter, parallel bool, 
 	}
 	var trips0 int64
 	if rt != nil {
-		trips0 = rt.n.Load()
+		trips0 = rt.N.Load()
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -75,17 +75,17 @@ func benchAdmissions(b *testing.B, keys int, rt *commandCounter, parallel bool, 
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "admissions/s")
 	if rt != nil {
-		b.ReportMetric(float64(rt.n.Load()-trips0)/float64(n), "roundtrips/admission")
+		b.ReportMetric(float64(rt.N.Load()-trips0)/float64(n), "roundtrips/admission")
 	}
 }
 
 // redisBenchStore starts a redis-server and returns a store on it whose
 // round trips are counted, with the script loaded and connections made.
-func redisBenchStore(b *testing.B, maxHold ...time.Duration) (*quota.RedisStore, *commandCounter) {
+func redisBenchStore(b *testing.B, maxHold ...time.Duration) (*quota.RedisStore, *redistest.CommandCounter) {
 	b.Helper()
 	srv := redistest.Start(b)
 	client := newRedisTestClient(b, srv, time.Second)
-	rt := &commandCounter{}
+	rt := &redistest.CommandCounter{}
 	client.AddHook(rt)
 	opts := quota.RedisOptions{Timeout: time.Second}
 	if len(maxHold) > 0 {

@@ -260,16 +260,3 @@ func (s *stack) retarget(rawURL string) {
 	s.cfg.Upstream = u
 	s.handler = proxy.New(s.cfg)
 }
-
-// waitUntil polls an observable condition of the stack until it holds,
-// failing the test after a bound no loaded machine comes near.
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition never became true")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}

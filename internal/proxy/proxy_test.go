@@ -23,6 +23,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/proxy"
 	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/testutil/leaktest"
+	"github.com/fusioo-gateway/gateway/internal/testutil/poll"
 )
 
 func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
@@ -326,12 +327,12 @@ func TestDisconnectWhileQueued(t *testing.T) {
 		}
 		errc <- err
 	}()
-	waitUntil(t, func() bool { return s.lim.Queued() == 1 })
+	poll.Until(t, 30*time.Second, "condition", func() bool { return s.lim.Queued() == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client: %v", err)
 	}
-	waitUntil(t, func() bool { return s.lim.Queued() == 0 })
+	poll.Until(t, 30*time.Second, "condition", func() bool { return s.lim.Queued() == 0 })
 	if l := s.sim.Ledger(); l.Requests != 1 {
 		t.Fatalf("upstream saw %d requests", l.Requests)
 	}
@@ -437,7 +438,7 @@ func TestAbortAnswers503(t *testing.T) {
 	go send("/v3/hang")
 	inflight.Wait()
 	go send("/v3/apps")
-	waitUntil(t, func() bool { return s.lim.Queued() == 1 })
+	poll.Until(t, 30*time.Second, "condition", func() bool { return s.lim.Queued() == 1 })
 	s.handler.Abort()
 	// The queued one never reached the upstream: 503/10004; the one at the
 	// upstream may have been applied: 504/10001.

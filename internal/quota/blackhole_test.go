@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fusioo-gateway/gateway/internal/testutil/faultproxy"
+	"github.com/fusioo-gateway/gateway/internal/testutil/leaktest"
 	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
 
@@ -27,7 +28,7 @@ func TestRedisTimeoutBlackholed(t *testing.T) {
 const blackholeSlack = 25 * time.Millisecond
 
 func testRedisTimeoutBlackholed(t *testing.T, autoPipeline bool) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	proxy, err := faultproxy.New(srv.Addr())
 	if err != nil {

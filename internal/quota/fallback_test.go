@@ -14,24 +14,11 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
-	"go.uber.org/goleak"
 
+	"github.com/fusioo-gateway/gateway/internal/testutil/leaktest"
+	"github.com/fusioo-gateway/gateway/internal/testutil/poll"
 	"github.com/fusioo-gateway/gateway/internal/testutil/redistest"
 )
-
-// verifyNoRedisLeaks checks, after every other cleanup of the test (clients
-// closed, redis-server stopped, Run returned), that the test left no
-// goroutine behind. Call it first in the test.
-func verifyNoRedisLeaks(t *testing.T) {
-	t.Helper()
-	current := goleak.IgnoreCurrent()
-	t.Cleanup(func() {
-		goleak.VerifyNone(t, current,
-			// go-redis probes a pool whose dials all failed from a goroutine
-			// that notices Close within a second.
-			goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"))
-	})
-}
 
 // fallbackRecorder records what a FallbackStore reports.
 type fallbackRecorder struct {
@@ -93,19 +80,6 @@ func (c *scriptCounter) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n
-}
-
-// pollUntil polls cond every 10ms until it holds or timeout passes: a
-// bounded wait on an observable condition, never a fixed sleep.
-func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // bucketSum adds up the bucket fields of a quota HASH.
@@ -176,7 +150,7 @@ func (r *fallbackRig) takeN(t *testing.T, key string, n int) int {
 // error; Redis restarts empty, the store recovers and writes back what was
 // admitted before and during the outage.
 func TestFallbackKillAndRestart(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 20, Window: time.Minute}
 	clock := clockwork.NewFakeClockAt(time.Now())
@@ -219,7 +193,7 @@ func TestFallbackKillAndRestart(t *testing.T) {
 	}
 
 	srv.Restart()
-	pollUntil(t, 10*time.Second, "recovery after restart", func() bool { return r.store.recover(ctx) })
+	poll.Until(t, 10*time.Second, "recovery after restart", func() bool { return r.store.recover(ctx) })
 	if r.store.Degraded() || r.store.Status() != "redis" {
 		t.Fatalf("still degraded: %s", r.store.Status())
 	}
@@ -244,7 +218,7 @@ func TestFallbackKillAndRestart(t *testing.T) {
 // Redis; Run recovers on its own once Redis answers, writing back only what
 // Redis does not hold.
 func TestFallbackPausedRedis(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	const timeout = 50 * time.Millisecond
 	p := Policy{Limit: 100, Window: time.Minute}
@@ -291,7 +265,7 @@ func TestFallbackPausedRedis(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	srv.Resume()
-	pollUntil(t, 10*time.Second, "recovery after resume", func() bool { return !r.store.Degraded() })
+	poll.Until(t, 10*time.Second, "recovery after resume", func() bool { return !r.store.Degraded() })
 	if res := r.take(t, key); !res.Allowed {
 		t.Fatalf("take after recovery: %+v", res)
 	}
@@ -316,7 +290,7 @@ func TestFallbackPausedRedis(t *testing.T) {
 // TestFallbackReject: with on_store_failure = "reject" takes fail with an
 // error wrapping ErrStoreUnavailable and the cause.
 func TestFallbackReject(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 10, Window: time.Minute}
 	r := newFallbackRig(t, srv, p, 100*time.Millisecond, FallbackOptions{Reject: true, OpenFor: 50 * time.Millisecond})
@@ -345,7 +319,7 @@ func TestFallbackReject(t *testing.T) {
 		t.Fatalf("status %q", s)
 	}
 	srv.Restart()
-	pollUntil(t, 10*time.Second, "recovery", func() bool { return r.store.recover(ctx) })
+	poll.Until(t, 10*time.Second, "recovery", func() bool { return r.store.recover(ctx) })
 	if res := r.take(t, key); !res.Allowed {
 		t.Fatalf("take after recovery: %+v", res)
 	}
@@ -355,7 +329,7 @@ func TestFallbackReject(t *testing.T) {
 // (a fast restart, a flush, an eviction) without the breaker noticing. Each
 // replica sees the key's new epoch and writes back its own counts.
 func TestFallbackLostKeyWithoutOutage(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 50, Window: time.Minute}
 	a := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
@@ -409,7 +383,7 @@ func TestFallbackLostKeyWithoutOutage(t *testing.T) {
 	}
 	a.takeN(t, key, 1)
 	b.takeN(t, key, 1)
-	pollUntil(t, 5*time.Second, "write-back by Run", func() bool { return bucketSum(t, a.client, name) == 7+4+2 })
+	poll.Until(t, 5*time.Second, "write-back by Run", func() bool { return bucketSum(t, a.client, name) == 7+4+2 })
 	if errs, active := a.obs.snapshot(); len(errs) != 0 || len(active) != 0 {
 		t.Fatalf("observer saw %v %v without an outage", errs, active)
 	}
@@ -435,7 +409,7 @@ func TestFallbackLocalQuota(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			verifyNoRedisLeaks(t)
+			leaktest.AtEnd(t)
 			srv := redistest.Start(t)
 			p := Policy{Limit: tc.limit, Window: time.Minute}
 			clock := clockwork.NewFakeClockAt(time.Now())
@@ -467,7 +441,7 @@ func TestFallbackLocalQuota(t *testing.T) {
 // TestFallbackBlockDuringOutage: a Block while Redis is away holds locally
 // and reaches Redis with the write-back.
 func TestFallbackBlockDuringOutage(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 10, Window: time.Minute}
 	clock := clockwork.NewFakeClockAt(time.Now())
@@ -484,7 +458,7 @@ func TestFallbackBlockDuringOutage(t *testing.T) {
 		t.Fatalf("local take after block: %+v", res)
 	}
 	srv.Restart()
-	pollUntil(t, 10*time.Second, "recovery", func() bool { return r.store.recover(ctx) })
+	poll.Until(t, 10*time.Second, "recovery", func() bool { return r.store.recover(ctx) })
 	res := r.take(t, key)
 	if res.Allowed || !res.Blocked || res.RetryAfter < 25*time.Second || res.RetryAfter > 31*time.Second {
 		t.Fatalf("take through Redis after recovery: %+v, want blocked for about 30s", res)
@@ -497,7 +471,7 @@ func TestFallbackBlockDuringOutage(t *testing.T) {
 // TestFallbackCallerGone: a caller whose context ends gets its error,
 // nothing is counted locally and the breaker does not blame Redis.
 func TestFallbackCallerGone(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 10, Window: time.Minute}
 	r := newFallbackRig(t, srv, p, time.Second, FallbackOptions{FailuresToOpen: 1})
@@ -520,7 +494,7 @@ func TestFallbackCallerGone(t *testing.T) {
 
 // TestFallbackSweep drops idle keys from the shadow and the local store.
 func TestFallbackSweep(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 10, Window: time.Minute}
 	clock := clockwork.NewFakeClockAt(time.Now())
@@ -541,7 +515,7 @@ func TestFallbackSweep(t *testing.T) {
 // made locally while Redis is away is given back locally and never written
 // back, while what was admitted locally is.
 func TestFallbackReleases(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 4, Window: time.Minute}
 	clock := clockwork.NewFakeClockAt(time.Now())
@@ -593,7 +567,7 @@ func TestFallbackReleases(t *testing.T) {
 		t.Fatalf("local store after the release: %+v, want the 2 takes", c)
 	}
 	srv.Restart()
-	pollUntil(t, 10*time.Second, "recovery after restart", func() bool { return r.store.recover(ctx) })
+	poll.Until(t, 10*time.Second, "recovery after restart", func() bool { return r.store.recover(ctx) })
 	if sum := bucketSum(t, r.client, r.redis.Key(key)); sum != 2 {
 		t.Fatalf("Redis holds %d after reconciliation, want the 2 local takes", sum)
 	}
@@ -605,7 +579,7 @@ func TestFallbackReleases(t *testing.T) {
 // (without it, the replica that comes second would admit on top of the
 // first one's write-back only).
 func TestFallbackWritesBackBeforeAdmitting(t *testing.T) {
-	verifyNoRedisLeaks(t)
+	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	p := Policy{Limit: 10, Window: time.Minute}
 	a := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})

@@ -31,26 +31,6 @@ func newRedisTestClient(t testing.TB, srv *redistest.Server, timeout time.Durati
 	return c
 }
 
-// commandCounter is a go-redis hook counting round trips: one per command
-// and one per pipeline.
-type commandCounter struct{ n atomic.Int64 }
-
-func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmds)
-	}
-}
-
 // redisTestKey returns a distinct key per test, shaped like the proxy's keys.
 func redisTestKey(t testing.TB, suffix string) string {
 	return fmt.Sprintf("%x", []byte(t.Name()+"/"+suffix))
@@ -490,7 +470,7 @@ func TestRedisBlockAcrossInstances(t *testing.T) {
 func TestRedisRoundTripsAndScriptReload(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newRedisTestClient(t, srv, time.Second)
-	cnt := &commandCounter{}
+	cnt := &redistest.CommandCounter{}
 	client.AddHook(cnt)
 	ctx := context.Background()
 	rs := NewRedisStore(client, Policy{Limit: 1000, Window: time.Minute}, RedisOptions{})
@@ -500,11 +480,11 @@ func TestRedisRoundTripsAndScriptReload(t *testing.T) {
 	}
 	take := func() int64 {
 		t.Helper()
-		before := cnt.n.Load()
+		before := cnt.N.Load()
 		if r, err := rs.Take(ctx, key, Take{}); err != nil || !r.Allowed {
 			t.Fatalf("take: %+v, %v", r, err)
 		}
-		return cnt.n.Load() - before
+		return cnt.N.Load() - before
 	}
 	take() // loads the script if this Redis has not seen it
 	if n := take(); n != 1 {

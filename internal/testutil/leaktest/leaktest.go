@@ -23,3 +23,15 @@ func VerifyTestMain(m *testing.M) {
 	}
 	goleak.VerifyTestMain(m)
 }
+
+// AtEnd checks, when t ends, that it left no goroutine behind but
+// go-redis's own dial probes (a pool whose dials all failed probes from a
+// goroutine that notices Close within a second).
+func AtEnd(t *testing.T) {
+	t.Helper()
+	current := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		goleak.VerifyNone(t, current,
+			goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"))
+	})
+}
