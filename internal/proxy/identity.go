@@ -157,12 +157,19 @@ func hasAccessToken(raw string) bool {
 	return false
 }
 
+// The spellings of "_" that common parsers read in a parameter name:
+// IIS's %u005F, and PHP's "." and " ". Replacers are immutable, built once.
+var (
+	iisUnderscore = strings.NewReplacer("%u005f", "_", "%u005F", "_", "%U005F", "_", "%U005f", "_")
+	phpUnderscore = strings.NewReplacer(".", "_", " ", "_")
+)
+
 // accessTokenName reports whether a raw query parameter name is one that
 // common parsers read as access_token: percent-decoded (and IIS's %uXXXX),
 // "+" as space, case-folded, then as PHP reads names (".", " " and an
 // unclosed "[" become "_", and "name[…]" is an array named name).
 func accessTokenName(raw string) bool {
-	name := strings.NewReplacer("%u005f", "_", "%u005F", "_", "%U005F", "_", "%U005f", "_").Replace(raw)
+	name := iisUnderscore.Replace(raw)
 	if n, err := url.QueryUnescape(name); err == nil {
 		name = n
 	}
@@ -174,6 +181,6 @@ func accessTokenName(raw string) bool {
 			name = name[:i] + "_" + name[i+1:]
 		}
 	}
-	name = strings.NewReplacer(".", "_", " ", "_").Replace(name)
+	name = phpUnderscore.Replace(name)
 	return name == "access_token"
 }

@@ -645,17 +645,10 @@ func (h *Handler) awaitPause(ctx context.Context, deadline time.Time) (wait time
 	if wait <= 0 {
 		return 0, true
 	}
-	if now.Add(wait).After(deadline) {
+	if now.Add(wait).After(deadline) || !h.sleep(ctx, wait) {
 		return wait, false
 	}
-	t := h.clock.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.Chan():
-		return 0, true
-	case <-ctx.Done():
-		return wait, false
-	}
+	return 0, true
 }
 
 // errorHandler answers a request whose upstream exchange failed, saying
