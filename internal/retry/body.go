@@ -17,8 +17,8 @@ import (
 
 // How a request's body is sent, attempt after attempt.
 const (
-	bodyNil      = iota // no body: Body nil (not replayable by Base for this method and header)
-	bodyEmpty           // no body: a non-nil empty body sent unframed, so Base cannot replay it
+	bodyNil      = iota // no body: Body nil (not replayable by the transport for this method and header)
+	bodyEmpty           // no body: a non-nil empty body sent unframed, so the transport cannot replay it
 	bodyBuffered        // buffered: each attempt reads the buffer again
 	bodyStream          // streamed once: never retried
 )
@@ -107,7 +107,7 @@ func (b *body) replayable() bool { return b.mode != bodyStream }
 // next returns the body and ContentLength of the next attempt, and for a
 // buffered body the buffer the attempt holds a reference to: the caller
 // releases it when the attempt's request was written (httptrace
-// WroteRequest), after which Base reads the body no more.
+// WroteRequest), after which the transport reads the body no more.
 //
 // The buffered body is an io.NopCloser around a *bytes.Reader, a reader
 // http.Transport knows to be in memory, so it writes the headers and a
@@ -239,7 +239,7 @@ type emptyBody struct{}
 func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (emptyBody) Close() error             { return nil }
 
-// WriteTo spares io.Copy, which Base uses to send a body of unknown length,
+// WriteTo spares io.Copy, which the transport uses to send a body of unknown length,
 // its 32 KiB buffer.
 func (emptyBody) WriteTo(io.Writer) (int64, error) { return 0, nil }
 

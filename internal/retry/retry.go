@@ -271,7 +271,7 @@ func (tr *attemptTrace) wroteHeaders() {
 	tr.t.writes.Add(1)
 }
 
-// wroteRequest runs when Base has finished writing the request (or failed
+// wroteRequest runs when the transport has finished writing the request (or failed
 // to): it reads the body no more, so the attempt's buffer reference goes.
 func (tr *attemptTrace) wroteRequest(httptrace.WroteRequestInfo) {
 	if tr.buf != nil && tr.done.CompareAndSwap(false, true) {
