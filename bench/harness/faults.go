@@ -1039,10 +1039,10 @@ level = "warn"
 	fmt.Fprintf(w, "  after (2 GCs): goroutines %.0f, heap in use %.1f MB, RSS %.1f MB\n", after.Goroutines, after.HeapInuse/1e6, after.RSS/1e6)
 	// The runtime's background scavenger returns freed memory to the
 	// system over time: how long until RSS is back near where it started.
-	rssBack := start.RSS + 32e6
+	rssBack := start.RSS + 8e6
 	scav := time.Now()
 	back, rssOK := WaitFor(ctx, gw.AdminURL, 5*time.Minute, func(s Snapshot) bool { return s.RSS <= rssBack })
-	fmt.Fprintf(w, "  RSS %.1f MB %.0fs later (back within 32 MB of the start: %v)\n", back.RSS/1e6, time.Since(scav).Seconds(), rssOK)
+	fmt.Fprintf(w, "  RSS %.1f MB %.0fs later (back within 8 MB of the start: %v)\n", back.RSS/1e6, time.Since(scav).Seconds(), rssOK)
 
 	var v Verdicts
 	v.Check("every slow client answered 408 or closed within body_timeout of the last one opening (+2s)", took <= bodyTimeout+2*time.Second,
@@ -1052,7 +1052,7 @@ level = "warn"
 	v.Check("goroutines back to baseline (+50)", after.Goroutines <= start.Goroutines+50, "%.0f -> %.0f", start.Goroutines, after.Goroutines)
 	v.Check("heap in use back within 2x of baseline + 16 MB", after.HeapInuse <= 2*start.HeapInuse+16e6, "%.1f -> %.1f MB (peak %.1f)",
 		start.HeapInuse/1e6, after.HeapInuse/1e6, peak.HeapInuse/1e6)
-	v.Check("RSS back within 32 MB of the start (background scavenger, 5 min at most)", rssOK, "%.1f -> %.1f MB (peak %.1f)",
+	v.Check("RSS back within 8 MB of the start (background scavenger, 5 min at most)", rssOK, "%.1f -> %.1f MB (peak %.1f)",
 		start.RSS/1e6, back.RSS/1e6, peak.RSS/1e6)
 	v.Write(w, "slow-bodies")
 	return v, nil
