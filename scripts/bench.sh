@@ -12,6 +12,12 @@
 #      (60 / 10 s per token), 5 tokens, 3x the quota demanded for 40 s,
 #      judged at the simulator (breaches, quota used, how fast 429s come).
 #
+#   scripts/bench.sh wrk [REV] [FLAGS] # issue 17's comparison under wrk (a load
+#                                    # generator in C on its own core): bare
+#                                    # proxy, gateway memory 1/16 tokens, Redis
+#                                    # 16/2000 tokens, rotated rounds, paired
+#                                    # ratios; with REV, the gateway built at REV
+#                                    # runs the Redis workloads too (base-…)
 #   scripts/bench.sh quota-compare [REV]  # the quota run with the gateway
 #                                    # built at REV (default 9ae3c03, before
 #                                    # fleet-wide reservations), then this tree
@@ -26,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/lib.sh
-ensure_commands redis-server:redis-server
+ensure_commands redis-server:redis-server taskset:util-linux
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gwbench.XXXXXX")
 echo "building into $tmp/bin"
@@ -44,6 +50,19 @@ case "$what" in
   bench|quota)
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-$what" "$@" "$what" || status=$?
     ;;
+  wrk)
+    ensure_commands wrk:wrk nginx:nginx-light
+    base_flag=()
+    if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+      git worktree add --quiet --detach "$tmp/base-src" "$1"
+      (cd "$tmp/base-src" && go build -o "$tmp/base-bin/" ./cmd/gateway)
+      git worktree remove --force "$tmp/base-src"
+      echo "base: gateway at $1"
+      base_flag=(-wrk-base "$tmp/base-bin")
+      shift
+    fi
+    "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-wrk" -wrk-script bench/wrk/bench.lua "${base_flag[@]}" "$@" wrk || status=$?
+    ;;
   quota-compare)
     base=${1:-9ae3c03}
     [ $# -gt 0 ] && shift
@@ -57,7 +76,7 @@ case "$what" in
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-quota" "$@" quota || status=$?
     ;;
   *)
-    echo "usage: $0 [all|bench|quota|quota-compare [REV]] [gwbench flags]" >&2; exit 2 ;;
+    echo "usage: $0 [all|bench|wrk [REV]|quota|quota-compare [REV]] [gwbench flags]" >&2; exit 2 ;;
 esac
 echo "logs: $tmp"
 exit $status

@@ -64,6 +64,19 @@ type Launcher interface {
 type ProcLauncher struct {
 	BinDir string
 	Logs   string
+	// CPUs, when set, is the CPU list (taskset -c) every process starts
+	// on, so a Go binary's GOMAXPROCS fits the CPUs it has.
+	CPUs string
+}
+
+// start runs bin under taskset when l.CPUs is set (taskset execs bin:
+// the pid is bin's).
+func (l *ProcLauncher) start(name, bin string, args, env []string) (*Proc, error) {
+	if l.CPUs != "" {
+		args = append([]string{"-c", l.CPUs, bin}, args...)
+		bin = "taskset"
+	}
+	return StartProc(name, bin, args, env, l.Logs)
 }
 
 // LogDir implements Launcher.
@@ -84,7 +97,7 @@ func (l *ProcLauncher) Sim(o SimOptions) (*Service, error) {
 	if o.History {
 		args = append(args, "-history")
 	}
-	p, err := StartProc("fusioo-sim", filepath.Join(l.BinDir, "fusioo-sim"), args, nil, l.Logs)
+	p, err := l.start("fusioo-sim", filepath.Join(l.BinDir, "fusioo-sim"), args, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +115,7 @@ func (l *ProcLauncher) Bare(upstream string) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := StartProc("bareproxy", filepath.Join(l.BinDir, "bareproxy"), []string{"-listen", addr, "-upstream", upstream}, nil, l.Logs)
+	p, err := l.start("bareproxy", filepath.Join(l.BinDir, "bareproxy"), []string{"-listen", addr, "-upstream", upstream}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +144,7 @@ func (l *ProcLauncher) Gateway(name, cfg string, env []string) (*Service, error)
 	}
 	env = append(append([]string(nil), env...),
 		"FUSIOO_GATEWAY_SERVER_LISTEN="+listen, "FUSIOO_GATEWAY_SERVER_ADMIN_LISTEN="+admin)
-	p, err := StartProc(name, filepath.Join(l.BinDir, "gateway"), []string{"-config", path}, env, l.Logs)
+	p, err := l.start(name, filepath.Join(l.BinDir, "gateway"), []string{"-config", path}, env)
 	if err != nil {
 		return nil, err
 	}

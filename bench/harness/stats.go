@@ -100,13 +100,20 @@ func PairedRatio(target, bare []*Run, f func(Summary) float64) (float64, []float
 	if len(rs) == 0 {
 		return math.NaN(), nil
 	}
-	s := append([]float64(nil), rs...)
-	sort.Float64s(s)
-	m := s[len(s)/2]
-	if len(s)%2 == 0 {
-		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	return Median(rs), rs
+}
+
+// Median is the median of xs (0 when empty).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
 	}
-	return m, rs
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[len(s)/2]
 }
 
 // DurRatio is Ratio for durations.

@@ -38,9 +38,9 @@ func run() int {
 	bin := fs.String("bin", "", "directory holding the built gateway, fusioo-sim and bareproxy binaries (required)")
 	logs := fs.String("logs", "", "directory for logs and generated configs (default: a new temporary directory)")
 	// bench
-	rounds := fs.Int("rounds", 3, "bench: alternating rounds")
+	rounds := fs.Int("rounds", 3, "bench, wrk: alternating rounds")
 	closedFor := fs.Duration("closed", 5*time.Second, "bench: closed-loop run per target per round")
-	conc := fs.Int("concurrency", 32, "bench: closed-loop workers")
+	conc := fs.Int("concurrency", 32, "bench: closed-loop workers; wrk: connections")
 	openFor := fs.Duration("open", 6*time.Second, "bench: constant-rate run per target, round and load level")
 	rate := fs.Float64("rate", 0, "bench: one constant rate in req/s (0: the -rate-fractions of the bare proxy's max)")
 	fracs := fs.String("rate-fractions", "0.25,0.6", "bench: constant rates as fractions of the bare proxy's closed-loop max, comma-separated")
@@ -53,6 +53,12 @@ func run() int {
 	fs.Var(&gwEnv, "env", "bench, quota: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
 	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (closed loop: >= 0.9x throughput, <= 1.2x p99)")
+	// wrk
+	wrkScript := fs.String("wrk-script", "bench/wrk/bench.lua", "wrk: the Lua script of the requests")
+	wrkBase := fs.String("wrk-base", "", "wrk: directory with another build of the gateway, whose Redis-store workloads run too")
+	wrkLoads := fs.String("wrk-workloads", "", "wrk: comma-separated workloads (bare always runs; empty: all)")
+	wrkSim := fs.Bool("wrk-sim-upstream", false, "wrk: forward to the simulator itself, not nginx serving its page")
+	wrkFor := fs.Duration("wrk-duration", 4*time.Second, "wrk: run per workload and round")
 	// quota
 	qDuration := fs.Duration("quota-duration", 40*time.Second, "quota: how long clients demand")
 	qDemand := fs.Float64("quota-demand", 3, "quota: demand as a multiple of the quota")
@@ -60,7 +66,7 @@ func run() int {
 	// faults
 	short := fs.Bool("short", false, "faults: shorter phases (a quick check, not the documented run)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|quota|redis-kill|redis-delay|redis-loss|upstream-errors|upstream-hang|disconnect|faults")
+		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|wrk|quota|redis-kill|redis-delay|redis-loss|upstream-errors|upstream-hang|disconnect|faults")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -107,6 +113,17 @@ func run() int {
 			OpenFor: *openFor, Rate: *rate, RateFractions: fractions, Warmup: *warmup, SimLatency: *simLatency,
 			LogLevel: *logLevel, Enforce: *enforce, ProfileDir: *profile, Tokens: *tokens, GatewayEnv: gwEnv, Out: out,
 		})
+		if r != nil {
+			v = r.Verdicts
+		}
+	case "wrk":
+		var loads []string
+		if *wrkLoads != "" {
+			loads = strings.Split(*wrkLoads, ",")
+		}
+		var r *harness.WrkResult
+		r, err = harness.RunWrk(ctx, l, harness.WrkOptions{Rounds: *rounds, Duration: *wrkFor, Connections: *conc,
+			Script: *wrkScript, BaseBin: *wrkBase, SimUpstream: *wrkSim, Workloads: loads, Out: out})
 		if r != nil {
 			v = r.Verdicts
 		}
