@@ -28,6 +28,7 @@ type Service struct {
 	Name     string
 	URL      string // base URL of what clients talk to
 	AdminURL string // a gateway's admin listener ("" otherwise)
+	PprofURL string // where /debug/pprof/ answers, when it does (a gateway's with server.pprof)
 	Proc     *Proc  // nil when in process
 	stop     func()
 	once     sync.Once
@@ -115,11 +116,15 @@ func (l *ProcLauncher) Bare(upstream string) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := l.start("bareproxy", filepath.Join(l.BinDir, "bareproxy"), []string{"-listen", addr, "-upstream", upstream}, nil)
+	admin, err := FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{Name: "bare", URL: "http://" + addr, Proc: p, stop: func() { p.Stop(6 * time.Second) }}
+	p, err := l.start("bareproxy", filepath.Join(l.BinDir, "bareproxy"), []string{"-listen", addr, "-upstream", upstream, "-pprof", admin}, nil)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{Name: "bare", URL: "http://" + addr, PprofURL: "http://" + admin, Proc: p, stop: func() { p.Stop(6 * time.Second) }}
 	// The simulator's ledger through the proxy proves both are up.
 	if err := WaitHTTP(s.URL+"/_sim/ledger", p, 15*time.Second); err != nil {
 		s.Stop()
@@ -148,7 +153,7 @@ func (l *ProcLauncher) Gateway(name, cfg string, env []string) (*Service, error)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{Name: name, URL: "http://" + listen, AdminURL: "http://" + admin, Proc: p,
+	s := &Service{Name: name, URL: "http://" + listen, AdminURL: "http://" + admin, PprofURL: "http://" + admin, Proc: p,
 		stop: func() { p.Stop(10 * time.Second) }}
 	if err := WaitHTTP(s.AdminURL+"/readyz", p, 15*time.Second); err != nil {
 		s.Stop()

@@ -33,6 +33,9 @@ type WrkOptions struct {
 	// SimUpstream forwards to the simulator itself instead of nginx
 	// serving the simulator's page.
 	SimUpstream bool
+	// ProfileDir, when set, turns on the gateways' server.pprof and saves
+	// a CPU profile of each gateway workload's first round there.
+	ProfileDir string
 	// Workloads to run, by name (see wrkWorkloads); empty: all.
 	Workloads []string
 	Out       io.Writer
@@ -155,6 +158,9 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 		return nil, err
 	}
 	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upURL}
+	if o.ProfileDir != "" {
+		gwEnv = append(gwEnv, "FUSIOO_GATEWAY_SERVER_PPROF=true")
+	}
 	services := map[string]*Service{}
 	start := func(target string) error {
 		var s *Service
@@ -220,9 +226,18 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 	for r := 0; r < o.Rounds; r++ {
 		for i := range loads {
 			wl := loads[(i+r)%len(loads)]
+			var prof <-chan error
+			if pp := services[wl.target].PprofURL; r == 0 && o.ProfileDir != "" && pp != "" {
+				prof = profileCPU(ctx, pp, o.Duration-time.Second, filepath.Join(o.ProfileDir, wl.name+".cpu.pprof"))
+			}
 			x, err := run(wl, o.Duration)
 			if err != nil {
 				return nil, err
+			}
+			if prof != nil {
+				if err := <-prof; err != nil {
+					return nil, err
+				}
 			}
 			res.Runs[wl.name] = append(res.Runs[wl.name], x)
 		}
@@ -254,6 +269,19 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 		res.Verdicts.Check(wl.name+": no errors", errs == 0, "%d socket errors or non-2xx answers", errs)
 	}
 	t.Write(w)
+	// Two builds of the gateway, paired round by round with each other.
+	for _, wl := range loads {
+		base := res.Runs["base-"+wl.name]
+		if base == nil {
+			continue
+		}
+		var tr, cr []float64
+		for i, x := range res.Runs[wl.name] {
+			tr = append(tr, Ratio(x.Throughput, base[i].Throughput))
+			cr = append(cr, Ratio(float64(x.ProxyCPU)/float64(max(x.Requests, 1)), float64(base[i].ProxyCPU)/float64(max(base[i].Requests, 1))))
+		}
+		fmt.Fprintf(w, "%s vs base-%s: throughput %s, proxy CPU per request %s\n", wl.name, wl.name, ratios(tr), ratios(cr))
+	}
 	res.Verdicts.Write(w, "wrk")
 	return res, nil
 }

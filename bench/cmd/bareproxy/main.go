@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
@@ -21,11 +22,15 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	upstream := flag.String("upstream", "", "upstream base URL (required)")
+	pprofAddr := flag.String("pprof", "", "address to serve net/http/pprof on (empty: none), to profile the baseline as the gateway's server.pprof does")
 	flag.Parse()
 	u, err := url.Parse(*upstream)
 	if err != nil || u.Scheme == "" || u.Host == "" {
 		fmt.Fprintln(os.Stderr, "bareproxy: -upstream must be an absolute URL")
 		os.Exit(2)
+	}
+	if *pprofAddr != "" {
+		go func() { _ = http.ListenAndServe(*pprofAddr, pprofMux()) }()
 	}
 	h, tr := bareproxy.New(u)
 	defer tr.CloseIdleConnections()
@@ -49,4 +54,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bareproxy:", err)
 		os.Exit(1)
 	}
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	return mux
 }

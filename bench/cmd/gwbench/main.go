@@ -51,7 +51,7 @@ func run() int {
 	tokens := fs.Int("tokens", 16, "bench: distinct client tokens the load is spread over")
 	var gwEnv envList
 	fs.Var(&gwEnv, "env", "bench, quota: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
-	profile := fs.String("profile", "", "bench: save a CPU profile of each gateway's first closed-loop round in this directory")
+	profile := fs.String("profile", "", "bench, wrk: save a CPU profile of each gateway's first round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (closed loop: >= 0.9x throughput, <= 1.2x p99)")
 	// wrk
 	wrkScript := fs.String("wrk-script", "bench/wrk/bench.lua", "wrk: the Lua script of the requests")
@@ -123,7 +123,7 @@ func run() int {
 		}
 		var r *harness.WrkResult
 		r, err = harness.RunWrk(ctx, l, harness.WrkOptions{Rounds: *rounds, Duration: *wrkFor, Connections: *conc,
-			Script: *wrkScript, BaseBin: *wrkBase, SimUpstream: *wrkSim, Workloads: loads, Out: out})
+			Script: *wrkScript, BaseBin: *wrkBase, SimUpstream: *wrkSim, ProfileDir: *profile, Workloads: loads, Out: out})
 		if r != nil {
 			v = r.Verdicts
 		}
