@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -939,6 +941,7 @@ func runSlowBodies(ctx context.Context, l Launcher, o FaultOptions) (Verdicts, e
 [server]
 shutdown_timeout = "2s"
 body_timeout = %q
+pprof = true
 [quota]
 limit = 1000000
 [smoothing]
@@ -1043,6 +1046,13 @@ level = "warn"
 	scav := time.Now()
 	back, rssOK := WaitFor(ctx, gw.AdminURL, 5*time.Minute, func(s Snapshot) bool { return s.RSS <= rssBack })
 	fmt.Fprintf(w, "  RSS %.1f MB %.0fs later (back within 8 MB of the start: %v)\n", back.RSS/1e6, time.Since(scav).Seconds(), rssOK)
+	if !rssOK {
+		// What the heap still holds, for whoever looks into it.
+		path := filepath.Join(l.LogDir(), "slow-bodies-after.heap.pprof")
+		if err := saveURL(ctx, gw.AdminURL+"/debug/pprof/heap", path); err == nil {
+			fmt.Fprintf(w, "  heap profile: %s\n", path)
+		}
+	}
 
 	var v Verdicts
 	v.Check("every slow client answered 408 or closed within body_timeout of the last one opening (+2s)", took <= bodyTimeout+2*time.Second,
@@ -1056,4 +1066,25 @@ level = "warn"
 		start.RSS/1e6, back.RSS/1e6, peak.RSS/1e6)
 	v.Write(w, "slow-bodies")
 	return v, nil
+}
+
+// saveURL writes the body of a GET of u to path.
+func saveURL(ctx context.Context, u, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }

@@ -78,7 +78,9 @@ type Config struct {
 	// MaxDepth bounds each key's queue, MaxQueued all queues together.
 	MaxDepth  int
 	MaxQueued int
-	// IdleAfter is how long a key's local state outlives its last use.
+	// IdleAfter is how long at most a key's local state outlives its last
+	// use; Sweep drops it sooner once it is spent (holds no leased slot and
+	// its smoother is full). 0: 10 minutes.
 	IdleAfter time.Duration
 	// MaxKeys bounds the keys whose local state is kept (quota.max_keys):
 	// a new key beyond it takes the place of the least recently used key
@@ -700,18 +702,51 @@ func (l *Limiter) release(key string, ks *keyState) {
 	l.mu.Unlock()
 }
 
-// Sweep drops the local state of keys unused for IdleAfter and returns how
-// many remain.
+// Sweep drops the local state of the keys no request is using that hold
+// nothing a fresh state would not (spent), or were unused for IdleAfter,
+// and returns how many remain. It walks from the least recently used key
+// and stops at the first used since the smoother last had to refill,
+// so a sweep costs what it drops, not what the limiter tracks.
 func (l *Limiter) Sweep() int {
-	cutoff := l.clock.Now().Add(-l.cfg.IdleAfter)
+	now := l.clock.Now()
+	idle := now.Add(-l.cfg.IdleAfter)
+	recent := now.Add(-l.refillTime())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, ks := range l.keys {
-		if ks.refs == 0 && ks.lastUsed.Before(cutoff) {
-			l.drop(ks)
+	for ks := l.lruTail; ks != nil; {
+		prev := ks.prev
+		if ks.refs == 0 {
+			if !ks.lastUsed.Before(recent) {
+				break
+			}
+			if ks.lastUsed.Before(idle) || ks.spent(now) {
+				l.drop(ks)
+			}
 		}
+		ks = prev
 	}
 	return len(l.keys)
+}
+
+// refillTime is how long an unused key's smoother takes to refill.
+func (l *Limiter) refillTime() time.Duration {
+	if l.cfg.Rate <= 0 || l.cfg.Rate == rate.Inf {
+		return 0
+	}
+	return time.Duration(float64(max(l.cfg.Burst, 1)) / float64(l.cfg.Rate) * float64(time.Second))
+}
+
+// spent reports whether ks, which no request uses, holds nothing a fresh
+// state would not: no usable leased slot and a full smoother. Dropping it
+// then changes no decision (only the next batch's size, which starts from
+// the demand anew).
+func (ks *keyState) spent(now time.Time) bool {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.lease != nil && (ks.lease.fetching || ks.lease.cur.usable(now) || ks.lease.next.usable(now)) {
+		return false
+	}
+	return ks.smooth == nil || ks.smooth.TokensAt(now) >= float64(ks.smooth.Burst())
 }
 
 // Run sweeps idle keys every interval until ctx is done.

@@ -391,17 +391,41 @@ func TestCloseWakesWaiters(t *testing.T) {
 	})
 }
 
+// TestSweepKeepsBusyKeys: Sweep drops a key unused for IdleAfter and one
+// whose smoother is full again (it holds nothing a fresh state would not),
+// and keeps one whose smoother is still refilling.
 func TestSweepKeepsBusyKeys(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(epoch)
-	l, _, _ := newTestLimiter(clk, quota.Policy{Limit: 10, Window: time.Minute}, func(c *Config) { c.IdleAfter = time.Minute })
+	// Smoothing at 0.1/s with a burst of 5: an unused smoother refills in
+	// 50 s.
+	l, _, _ := newTestLimiter(clk, quota.Policy{Limit: 100, Window: time.Minute}, func(c *Config) {
+		c.IdleAfter, c.Rate, c.Burst = time.Minute, 0.1, 5
+	})
 	ctx := context.Background()
-	l.Admit(ctx, "a", time.Time{})
-	l.Admit(ctx, "b", time.Time{})
-	clk.Advance(30 * time.Second)
-	l.Admit(ctx, "b", time.Time{})
-	clk.Advance(31 * time.Second)
-	if n := l.Sweep(); n != 1 {
-		t.Fatalf("%d keys left, want 1", n)
+	admit := func(key string, n int) {
+		for range n {
+			if d, err := l.Admit(ctx, key, time.Time{}); err != nil || !d.Allowed {
+				t.Fatalf("%s: %+v, %v", key, d, err)
+			}
+		}
+	}
+	admit("idle", 1) // t=0: idle for IdleAfter at the sweep
+	clk.Advance(5 * time.Second)
+	admit("spent", 1) // t=5: its smoother is full again by the sweep
+	clk.Advance(35 * time.Second)
+	admit("drained", 5) // t=40: 2 of 5 tokens back by the sweep
+	clk.Advance(19 * time.Second)
+	admit("recent", 1) // t=59
+	clk.Advance(2 * time.Second)
+	if n := l.Sweep(); n != 2 {
+		t.Fatalf("%d keys left, want 2 (drained, recent)", n)
+	}
+	l.mu.Lock()
+	_, drained := l.keys["drained"]
+	_, recent := l.keys["recent"]
+	l.mu.Unlock()
+	if !drained || !recent {
+		t.Fatalf("kept drained %v, recent %v; want both", drained, recent)
 	}
 }
 

@@ -311,10 +311,12 @@ func (g *Gateway) Admin() http.Handler {
 }
 
 // Run does the gateway's background work (idle-key sweeps, the Redis
-// fallback's probes and write-backs) until ctx is done.
+// fallback's probes and write-backs, returning memory a burst left) until
+// ctx is done.
 func (g *Gateway) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = g.Limiter.Run(ctx, time.Minute) })
+	wg.Go(func() { _ = g.Limiter.Run(ctx, 5*time.Second) })
+	wg.Go(func() { newMemoryRelease().Run(ctx, 30*time.Second) })
 	if g.mem != nil {
 		wg.Go(func() { _ = g.mem.Run(ctx, time.Minute) })
 	}
