@@ -967,6 +967,22 @@ level = "warn"
 	}
 	results := make([]outcome, clients)
 	var wg sync.WaitGroup
+	// The highest figures while the clients are open and being answered.
+	var high Snapshot
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			s := Look(ctx, gw.AdminURL)
+			high.RSS, high.HeapInuse, high.StackInuse = max(high.RSS, s.RSS), max(high.HeapInuse, s.HeapInuse), max(high.StackInuse, s.StackInuse)
+			select {
+			case <-sampling:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
 	opened := time.Now()
 	for i := range clients {
 		conn, err := net.DialTimeout("tcp", host, 5*time.Second)
@@ -1023,6 +1039,8 @@ level = "warn"
 	}
 	_ = SimFaults(ctx, sim.URL, `{}`)
 	wg.Wait()
+	close(sampling)
+	<-sampled
 	var last time.Time
 	statuses := map[int]int{}
 	errs := 0
@@ -1039,6 +1057,7 @@ level = "warn"
 	after := settle(ctx, gw, 4)
 	fmt.Fprintf(w, "  all answered or closed %.1fs after the last one opened: statuses %v, connection errors %d\n", took.Seconds(), statuses, errs)
 	fmt.Fprintf(w, "  other token: %d of 40 filters 200 through 30%% 503 (retried)\n", okOther)
+	fmt.Fprintf(w, "  highest while open (sampled every 200 ms): RSS %.1f MB, heap in use %.1f MB, stacks %.1f MB\n", high.RSS/1e6, high.HeapInuse/1e6, high.StackInuse/1e6)
 	fmt.Fprintf(w, "  after (2 GCs): goroutines %.0f, heap in use %.1f MB, RSS %.1f MB\n", after.Goroutines, after.HeapInuse/1e6, after.RSS/1e6)
 	// The runtime's background scavenger returns freed memory to the
 	// system over time: how long until RSS is back near where it started.

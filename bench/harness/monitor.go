@@ -22,6 +22,7 @@ type Snapshot struct {
 	Fallback   float64 // store_fallback_active
 	GCCycles   float64 // go_gc_duration_seconds_count
 	RSS        float64 // process_resident_memory_bytes
+	StackInuse float64 // go_memstats_stack_inuse_bytes
 	Ready      int     // /readyz status (0: no answer)
 	ReadyBody  string
 	Err        error
@@ -49,6 +50,7 @@ func Look(ctx context.Context, adminURL string) Snapshot {
 	s.Fallback = m.Sum("fusioo_gateway_store_fallback_active")
 	s.GCCycles = m.Sum("go_gc_duration_seconds_count")
 	s.RSS = m.Sum("process_resident_memory_bytes")
+	s.StackInuse = m.Sum("go_memstats_stack_inuse_bytes")
 	s.Ready, s.ReadyBody, s.Err = Readyz(ctx, adminURL)
 	return s
 }

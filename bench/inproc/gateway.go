@@ -60,6 +60,9 @@ func New(cfg config.Config, logw io.Writer) (*Gateway, error) {
 	return gw, nil
 }
 
+// Sweep runs the gateway's idle-key sweeps now.
+func (g *Gateway) Sweep() { g.g.Sweep() }
+
 // Close stops the background work and releases connections.
 func (g *Gateway) Close() {
 	g.once.Do(func() {

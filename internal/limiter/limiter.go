@@ -154,17 +154,31 @@ type Limiter struct {
 type keyState struct {
 	mu     sync.Mutex
 	smooth *rate.Limiter
-	// queue holds the waiters (*waiter) in arrival order and slots their
-	// slots, earliest first: queue's i-th waiter holds slots[i].
-	queue    list.List
-	slots    []*slot
-	lease    *lease    // guarded by mu; nil unless the limiter leases
-	refs     int       // guarded by Limiter.mu
-	lastUsed time.Time // guarded by Limiter.mu
+	// q is the key's queue, guarded by mu; nil until a request of the key
+	// first waits, so a key that never queued costs no queue.
+	q        *queue
+	lease    *lease // guarded by mu; nil unless the limiter leases
+	refs     int    // guarded by Limiter.mu
+	lastUsed int64  // unix ns on the limiter's clock; guarded by Limiter.mu
 	// key and the LRU links (most recently used at Limiter.lru's head),
 	// guarded by Limiter.mu.
 	key        string
 	prev, next *keyState
+}
+
+// queue holds a key's waiters (*waiter) in arrival order and their slots,
+// earliest first: the i-th waiter holds slots[i].
+type queue struct {
+	waiters list.List
+	slots   []*slot
+}
+
+// waiting is how many requests of the key wait (ks.mu held).
+func (ks *keyState) waiting() int {
+	if ks.q == nil {
+		return 0
+	}
+	return ks.q.waiters.Len()
 }
 
 // slot is one admission a request holds: counted by the store (or drawn
@@ -245,7 +259,7 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 	now := l.clock.Now()
 	wait := max(deadline.Sub(now), 0)
 	ks.mu.Lock()
-	full := ks.queue.Len() >= l.cfg.MaxDepth || l.queued.Load() >= int64(l.cfg.MaxQueued)
+	full := ks.waiting() >= l.cfg.MaxDepth || l.queued.Load() >= int64(l.cfg.MaxQueued)
 	ks.mu.Unlock()
 	if full {
 		wait = 0 // no room to wait: a slot now, or a refusal
@@ -282,7 +296,7 @@ func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start
 		return l.refuse(res, ReasonQuota, start), false, nil
 	}
 	ks.mu.Lock()
-	if !s.notBefore.After(l.clock.Now()) && (ks.queue.Len() == 0 || full) {
+	if !s.notBefore.After(l.clock.Now()) && (ks.waiting() == 0 || full) {
 		ks.mu.Unlock()
 		return l.admitted(&s, start), false, nil
 	}
@@ -368,10 +382,10 @@ func (l *Limiter) abandon(ctx context.Context, ks *keyState, key string, el *lis
 		l.giveBack(ctx, key, gone)
 		return
 	}
-	last := ks.slots[len(ks.slots)-1]
-	ks.slots[len(ks.slots)-1] = nil
-	ks.slots = ks.slots[:len(ks.slots)-1]
-	ks.queue.Remove(el)
+	last := ks.q.slots[len(ks.q.slots)-1]
+	ks.q.slots[len(ks.q.slots)-1] = nil
+	ks.q.slots = ks.q.slots[:len(ks.q.slots)-1]
+	ks.q.waiters.Remove(el)
 	ks.reassign()
 	ks.mu.Unlock()
 	l.giveBack(ctx, key, last)
@@ -394,31 +408,34 @@ func (l *Limiter) giveBack(ctx context.Context, key string, s *slot) {
 // before it: the waiters' own); a waiter with a shorter wait (a retry, a
 // client deadline) goes before those that can wait longer. ks.mu is held.
 func (ks *keyState) enqueue(w *waiter) *list.Element {
-	for el := ks.queue.Back(); el != nil; el = el.Prev() {
+	if ks.q == nil {
+		ks.q = new(queue)
+	}
+	for el := ks.q.waiters.Back(); el != nil; el = el.Prev() {
 		if !el.Value.(*waiter).deadline.After(w.deadline) {
-			return ks.queue.InsertAfter(w, el)
+			return ks.q.waiters.InsertAfter(w, el)
 		}
 	}
-	return ks.queue.PushFront(w)
+	return ks.q.waiters.PushFront(w)
 }
 
 // insert adds s to the key's slots, earliest first, and hands the slots
 // to the waiters in order; ks.mu is held.
 func (ks *keyState) insert(s *slot) {
-	i := sort.Search(len(ks.slots), func(i int) bool { return ks.slots[i].notBefore.After(s.notBefore) })
-	ks.slots = append(ks.slots, nil)
-	copy(ks.slots[i+1:], ks.slots[i:])
-	ks.slots[i] = s
+	i := sort.Search(len(ks.q.slots), func(i int) bool { return ks.q.slots[i].notBefore.After(s.notBefore) })
+	ks.q.slots = append(ks.q.slots, nil)
+	copy(ks.q.slots[i+1:], ks.q.slots[i:])
+	ks.q.slots[i] = s
 	ks.reassign()
 }
 
 // leave takes an admitted waiter and its own slot out of the queue; the
 // others keep theirs. ks.mu is held.
 func (ks *keyState) leave(el *list.Element, s *slot) {
-	ks.queue.Remove(el)
-	for i, x := range ks.slots {
+	ks.q.waiters.Remove(el)
+	for i, x := range ks.q.slots {
 		if x == s {
-			ks.slots = append(ks.slots[:i], ks.slots[i+1:]...)
+			ks.q.slots = append(ks.q.slots[:i], ks.q.slots[i+1:]...)
 			break
 		}
 	}
@@ -428,10 +445,10 @@ func (ks *keyState) leave(el *list.Element, s *slot) {
 // changed; ks.mu is held.
 func (ks *keyState) reassign() {
 	i := 0
-	for el := ks.queue.Front(); el != nil; el = el.Next() {
+	for el := ks.q.waiters.Front(); el != nil; el = el.Next() {
 		w := el.Value.(*waiter)
-		if w.slot != ks.slots[i] {
-			w.slot = ks.slots[i]
+		if w.slot != ks.q.slots[i] {
+			w.slot = ks.q.slots[i]
 			w.notify()
 		}
 		i++
@@ -441,15 +458,18 @@ func (ks *keyState) reassign() {
 // withdraw takes every waiter's slot away (the key was blocked): each
 // gives its slot back and asks again. ks.mu is held.
 func (ks *keyState) withdraw() {
-	for el := ks.queue.Front(); el != nil; {
+	if ks.q == nil {
+		return
+	}
+	for el := ks.q.waiters.Front(); el != nil; {
 		next := el.Next()
-		w := ks.queue.Remove(el).(*waiter)
+		w := ks.q.waiters.Remove(el).(*waiter)
 		w.withdrawn, w.slot = w.slot, nil
 		w.notify()
 		el = next
 	}
-	clear(ks.slots)
-	ks.slots = ks.slots[:0]
+	clear(ks.q.slots)
+	ks.q.slots = ks.q.slots[:0]
 }
 
 func (w *waiter) notify() {
@@ -698,28 +718,29 @@ func (l *Limiter) release(key string, ks *keyState) {
 	now := l.clock.Now()
 	l.mu.Lock()
 	ks.refs--
-	ks.lastUsed = now
+	ks.lastUsed = now.UnixNano()
 	l.mu.Unlock()
 }
 
 // Sweep drops the local state of the keys no request is using that hold
 // nothing a fresh state would not (spent), or were unused for IdleAfter,
 // and returns how many remain. It walks from the least recently used key
-// and stops at the first used since the smoother last had to refill,
-// so a sweep costs what it drops, not what the limiter tracks.
+// and stops at the first used within the smoother's refill time (and
+// IdleAfter): neither idle nor, from empty, spent yet. A sweep so costs
+// what it drops, not what the limiter tracks.
 func (l *Limiter) Sweep() int {
 	now := l.clock.Now()
-	idle := now.Add(-l.cfg.IdleAfter)
-	recent := now.Add(-l.refillTime())
+	idle := now.Add(-l.cfg.IdleAfter).UnixNano()
+	recent := now.Add(-min(l.refillTime(), l.cfg.IdleAfter)).UnixNano()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for ks := l.lruTail; ks != nil; {
 		prev := ks.prev
 		if ks.refs == 0 {
-			if !ks.lastUsed.Before(recent) {
+			if ks.lastUsed >= recent {
 				break
 			}
-			if ks.lastUsed.Before(idle) || ks.spent(now) {
+			if ks.lastUsed < idle || ks.spent(now) {
 				l.drop(ks)
 			}
 		}
