@@ -14,9 +14,10 @@
 #                    gateway 504s in time, no goroutine growth
 #   disconnect       10k clients queued over quota go away: no quota used,
 #                    queue empty, goroutines and memory back to baseline
-#   slow-bodies      10k clients stall their request bodies: answered 408
-#                    within server.body_timeout, memory back, another
-#                    token's retries unaffected
+#   slow-bodies      10k clients stall their request bodies, twice:
+#                    answered 408 within server.body_timeout, another
+#                    token's retries unaffected, freed memory returned
+#                    (>= 80% of the growth) and no growth flood to flood
 #
 #   scripts/faults.sh                 # all of them (about 12 minutes)
 #   scripts/faults.sh redis-kill ...  # some of them
