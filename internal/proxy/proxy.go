@@ -170,7 +170,7 @@ func New(cfg Config) *Handler {
 		},
 		Transport:      attemptLoop{h},
 		FlushInterval:  cfg.FlushInterval,
-		BufferPool:     bufferPool{},
+		BufferPool:     new(bufferPool),
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.errorHandler,
 		ErrorLog:       zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
@@ -814,13 +814,26 @@ func ceilSeconds(d time.Duration) int64 {
 }
 
 // bufferPool lends ReverseProxy its copy buffers, so streaming a response
-// does not allocate 32 KB per request.
-type bufferPool struct{}
+// does not allocate 32 KB per request. It holds array pointers, which go
+// in and out of the pool without an allocation (a *[]byte would need a new
+// pointer on every Put).
+type bufferPool struct{ p sync.Pool }
 
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// copyBufSize is ReverseProxy's own copy buffer size.
+const copyBufSize = 32 << 10
 
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
+func (b *bufferPool) Get() []byte {
+	if a, ok := b.p.Get().(*[copyBufSize]byte); ok {
+		return a[:]
+	}
+	return make([]byte, copyBufSize)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if len(buf) == copyBufSize {
+		b.p.Put((*[copyBufSize]byte)(buf))
+	}
+}
 
 type nopObserver struct{}
 
