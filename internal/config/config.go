@@ -4,15 +4,17 @@
 package config
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/url"
 	"os"
 	"reflect"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -231,16 +233,20 @@ func Load(path string, env []string) (Config, error) {
 
 // Parse is Load on the file's contents.
 func Parse(data []byte, env []string) (Config, error) {
-	cfg := Default()
-	var raw map[string]any
-	if _, err := toml.Decode(string(data), &raw); err != nil {
+	var doc map[string]toml.Primitive
+	md, err := toml.Decode(string(data), &doc)
+	if err != nil {
 		return Config{}, Errors{syntaxError(data, err)}
 	}
-	var errs Errors
-	decodeStruct(reflect.ValueOf(&cfg).Elem(), raw, "", &errs)
-	applyEnv(reflect.ValueOf(&cfg).Elem(), "", env, &errs)
-	errs = append(errs, cfg.validate()...)
-	if len(errs) > 0 {
+	cfg := Default()
+	d := decoder{md: md}
+	d.fields(doc, reflect.ValueOf(&cfg).Elem(), "")
+	slices.Sort(d.unknown)
+	for _, k := range d.unknown {
+		d.errs = append(d.errs, fmt.Errorf("%s: unknown key", k))
+	}
+	applyEnv(&cfg, env, &d.errs)
+	if errs := append(d.errs, cfg.validate()...); len(errs) > 0 {
 		return Config{}, errs
 	}
 	return cfg, nil
@@ -283,184 +289,170 @@ func secretKeys() map[string]bool {
 	return keys
 }
 
-// decodeStruct copies raw into v field by field, recording an error for
-// every unknown key and every value of the wrong type instead of stopping
-// at the first.
-func decodeStruct(v reflect.Value, raw map[string]any, prefix string, errs *Errors) {
-	known := map[string]bool{}
-	t := v.Type()
+// decoder has the library decode a parsed file one key at a time, because
+// one Decode into Config stops at the first value of the wrong type and a
+// run must report every bad key.
+type decoder struct {
+	md      toml.MetaData
+	errs    Errors
+	unknown []string // full keys, such as "routes[0].bogus"
+}
+
+// fields decodes each key of a TOML table into the field of the struct dst
+// its toml tag names, exactly (the library's own struct decoding would also
+// take "Listen" for "listen"). A key no field names is unknown: found here,
+// not by MetaData.Undecoded, which knows no route index and counts every key
+// of a table decoded into a map as decoded.
+func (d *decoder) fields(table map[string]toml.Primitive, dst reflect.Value, prefix string) {
+	t := dst.Type()
 	for i := 0; i < t.NumField(); i++ {
 		name := t.Field(i).Tag.Get("toml")
-		known[name] = true
-		val, ok := raw[name]
-		if !ok {
-			continue
-		}
-		decodeValue(v.Field(i), val, prefix+name, t.Field(i).Tag.Get("secret") == "true", errs)
-	}
-	var unknown []string
-	for k := range raw {
-		if !known[k] {
-			unknown = append(unknown, k)
+		if p, ok := table[name]; ok {
+			delete(table, name)
+			d.value(p, dst.Field(i), prefix+name, t.Field(i).Tag.Get("secret") == "true")
 		}
 	}
-	sort.Strings(unknown)
-	for _, k := range unknown {
-		*errs = append(*errs, fmt.Errorf("%s%s: unknown key", prefix, k))
+	for name := range table {
+		d.unknown = append(d.unknown, prefix+name)
 	}
 }
 
-// decodeValue sets f from val. The value of a secret key is never part
-// of an error, whatever its type: only its type is.
-func decodeValue(f reflect.Value, val any, key string, secret bool, errs *Errors) {
-	bad := func(want string) {
-		if secret {
-			*errs = append(*errs, fmt.Errorf("%s: want %s, got %s (not shown: it is a secret)", key, want, tomlType(val)))
+// value decodes the TOML value p into f, key by key for tables. A leaf is
+// decoded by the library into a fresh value, so that a bad one leaves f at
+// its default and validate does not report the key a second time.
+func (d *decoder) value(p toml.Primitive, f reflect.Value, key string, secret bool) {
+	var raw any // the value as parsed, for errors
+	_ = d.md.PrimitiveDecode(p, &raw)
+	var err error
+	switch _, isString := raw.(string); {
+	case f.Kind() == reflect.Struct && f.Type() != durationType:
+		var table map[string]toml.Primitive // left nil, silently, for a non-table
+		if err = d.md.PrimitiveDecode(p, &table); err == nil && table != nil {
+			d.fields(table, f, key+".")
 			return
 		}
-		*errs = append(*errs, fmt.Errorf("%s: want %s, got %s %v", key, want, tomlType(val), val))
-	}
-	switch {
-	case f.Type() == durationType:
-		s, ok := val.(string)
-		if !ok {
-			bad("a duration string such as \"30s\"")
-			return
-		}
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			bad("a duration string such as \"30s\"")
-			return
-		}
-		f.Set(reflect.ValueOf(Duration{d}))
-	case f.Kind() == reflect.Struct:
-		m, ok := val.(map[string]any)
-		if !ok {
-			bad("a table")
-			return
-		}
-		decodeStruct(f, m, key+".", errs)
 	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
-		items, ok := val.([]map[string]any)
-		if !ok {
-			bad("an array of tables")
-			return
-		}
-		s := reflect.MakeSlice(f.Type(), len(items), len(items))
-		for i, m := range items {
-			decodeStruct(s.Index(i), m, fmt.Sprintf("%s[%d].", key, i), errs)
-		}
-		f.Set(s)
-	case f.Kind() == reflect.Slice:
-		items, ok := val.([]any)
-		if !ok {
-			bad("an array of strings")
-			return
-		}
-		out := make([]string, 0, len(items))
-		for _, it := range items {
-			s, ok := it.(string)
-			if !ok {
-				bad("an array of strings")
-				return
+		var items []toml.Primitive
+		if err = d.md.PrimitiveDecode(p, &items); err == nil {
+			f.Set(reflect.MakeSlice(f.Type(), len(items), len(items)))
+			for i, item := range items {
+				d.value(item, f.Index(i), fmt.Sprintf("%s[%d]", key, i), secret)
 			}
-			out = append(out, s)
-		}
-		f.Set(reflect.ValueOf(out))
-	case f.Kind() == reflect.String:
-		s, ok := val.(string)
-		if !ok {
-			bad("a string")
 			return
 		}
-		f.SetString(s)
-	case f.Kind() == reflect.Bool:
-		b, ok := val.(bool)
-		if !ok {
-			bad("true or false")
+	case f.Type() == durationType && !isString:
+		// Not for UnmarshalText: the library hands it any scalar as text,
+		// and the integer 0 would pass for "0".
+	default:
+		v := reflect.New(f.Type())
+		if err = d.md.PrimitiveDecode(p, v.Interface()); err == nil {
+			f.Set(v.Elem())
 			return
-		}
-		f.SetBool(b)
-	case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
-		n, ok := val.(int64)
-		if !ok {
-			bad("an integer")
-			return
-		}
-		f.SetInt(n)
-	case f.Kind() == reflect.Float64:
-		switch n := val.(type) {
-		case float64:
-			f.SetFloat(n)
-		case int64:
-			f.SetFloat(float64(n))
-		default:
-			bad("a number")
 		}
 	}
+	// The library's error is not passed on as it is: it names Go types
+	// ("int64", "map[string]any"), and some (a bad duration, a float out of
+	// range) quote the value, which for a secret is never shown.
+	msg := fmt.Sprintf("%s: want %s, got %s", key, want(f.Type()), tomlType(raw))
+	var pe toml.ParseError
+	switch {
+	case secret:
+		msg += " (not shown: it is a secret)"
+	case errors.As(err, &pe):
+		msg += ": " + pe.Message
+	default:
+		msg += fmt.Sprintf(" %v", raw)
+	}
+	d.errs = append(d.errs, errors.New(msg))
+}
+
+// want names what a field of type t takes, for errors.
+func want(t reflect.Type) string {
+	switch {
+	case t == durationType:
+		return `a duration string such as "30s"`
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		return "an array of tables"
+	}
+	return map[reflect.Kind]string{reflect.Struct: "a table", reflect.Slice: "an array of strings", reflect.String: "a string",
+		reflect.Bool: "true or false", reflect.Int: "an integer", reflect.Int64: "an integer", reflect.Float64: "a number"}[t.Kind()]
+}
+
+// tomlType names the TOML type of a parsed value, for errors. It goes by
+// the value, not MetaData.Type, which keeps one type per key for all the
+// routes.
+func tomlType(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case time.Time:
+		return "a date-time"
+	case []any, []map[string]any:
+		return "an array"
+	case map[string]any:
+		return "a table"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 // applyEnv overrides scalar keys from FUSIOO_GATEWAY_SECTION_KEY variables;
-// lists take comma-separated values.
-func applyEnv(v reflect.Value, prefix string, env []string, errs *Errors) {
+// lists take comma-separated values. A bad value leaves its key as it was,
+// so that validate does not report the key a second time.
+func applyEnv(cfg *Config, env []string, errs *Errors) {
 	vars := map[string]string{}
 	for _, kv := range env {
 		if k, val, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
 			vars[k] = val
 		}
 	}
-	seen := map[string]bool{}
-	walkLeaves(v, "", func(key string, f reflect.Value, secret bool) {
+	walkLeaves(reflect.ValueOf(cfg).Elem(), "", func(key string, f reflect.Value, secret bool) {
 		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 		s, ok := vars[name]
 		if !ok {
 			return
 		}
-		seen[name] = true
-		var val any = s
-		switch {
-		case f.Type() == durationType || f.Kind() == reflect.String:
-		case f.Kind() == reflect.Slice:
-			var items []any
-			for _, p := range strings.Split(s, ",") {
-				if p = strings.TrimSpace(p); p != "" {
-					items = append(items, p)
+		delete(vars, name)
+		v := reflect.New(f.Type())
+		var err error
+		switch p := v.Interface().(type) {
+		case encoding.TextUnmarshaler:
+			err = p.UnmarshalText([]byte(s))
+		case *string:
+			*p = s
+		case *bool:
+			*p, err = strconv.ParseBool(s)
+		case *int:
+			*p, err = strconv.Atoi(s)
+		case *int64:
+			*p, err = strconv.ParseInt(s, 10, 64)
+		case *float64:
+			*p, err = strconv.ParseFloat(s, 64)
+		case *[]string:
+			*p = []string{}
+			for item := range strings.SplitSeq(s, ",") {
+				if item = strings.TrimSpace(item); item != "" {
+					*p = append(*p, item)
 				}
 			}
-			val = items
-		case f.Kind() == reflect.Bool:
-			b, err := strconv.ParseBool(s)
-			if err != nil {
-				*errs = append(*errs, fmt.Errorf("%s (from %s): want true or false, got %s", key, name, shown(s, secret)))
-				return
-			}
-			val = b
-		case f.Kind() == reflect.Int || f.Kind() == reflect.Int64:
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil {
-				*errs = append(*errs, fmt.Errorf("%s (from %s): want an integer, got %s", key, name, shown(s, secret)))
-				return
-			}
-			val = n
-		case f.Kind() == reflect.Float64:
-			n, err := strconv.ParseFloat(s, 64)
-			if err != nil {
-				*errs = append(*errs, fmt.Errorf("%s (from %s): want a number, got %s", key, name, shown(s, secret)))
-				return
-			}
-			val = n
+		default:
+			err = errors.ErrUnsupported
 		}
-		decodeValue(f, val, key+" (from "+name+")", secret, errs)
+		if err != nil {
+			*errs = append(*errs, fmt.Errorf("%s (from %s): want %s, got %s", key, name, want(f.Type()), shown(s, secret)))
+			return
+		}
+		f.Set(v.Elem())
 	})
-	var unknown []string
-	for k := range vars {
-		if !seen[k] && !serviceLink.MatchString(k) {
-			unknown = append(unknown, k)
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		if !serviceLink.MatchString(k) {
+			*errs = append(*errs, fmt.Errorf("%s: unknown environment override (no such key)", k))
 		}
-	}
-	sort.Strings(unknown)
-	for _, k := range unknown {
-		*errs = append(*errs, fmt.Errorf("%s: unknown environment override (no such key)", k))
 	}
 }
 
@@ -508,27 +500,6 @@ func shown(s string, secret bool) string {
 		return "a value not shown (it is a secret)"
 	}
 	return strconv.Quote(s)
-}
-
-// tomlType names the TOML type of a decoded value, for errors.
-func tomlType(v any) string {
-	switch v.(type) {
-	case string:
-		return "a string"
-	case int64:
-		return "an integer"
-	case float64:
-		return "a float"
-	case bool:
-		return "a boolean"
-	case time.Time:
-		return "a date-time"
-	case []any, []map[string]any:
-		return "an array"
-	case map[string]any:
-		return "a table"
-	}
-	return fmt.Sprintf("%T", v)
 }
 
 // validate checks values, not types: every problem, not the first.
@@ -837,3 +808,13 @@ func (d Duration) String() string { return d.Duration.String() }
 
 // MarshalText lets a redacted config be logged or printed as TOML.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// UnmarshalText lets the TOML library, and environment overrides, read a
+// duration string; a bad one leaves d as it was.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err == nil {
+		d.Duration = v
+	}
+	return err
+}
