@@ -1,15 +1,20 @@
 package requestpath
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/fusioo-gateway/gateway/bench/harness"
+	"github.com/fusioo-gateway/gateway/bench/inproc"
 )
 
 // liveHeap returns the bytes of live heap objects after a full collection.
@@ -79,4 +84,91 @@ func benchTokens(b *testing.B, h http.Handler, settle func()) {
 		_ = pprof.WriteHeapProfile(out)
 		out.Close()
 	}
+}
+
+// BenchmarkQueued reports what a request waiting in the queue costs the
+// whole gateway (memory store): the quota of one token is used up, then
+// b.N requests of that token queue for slots that free within their wait;
+// with all of them waiting, the live heap and the goroutine stacks are
+// measured (the request's own goroutine is its only one), then every
+// client leaves. Issue 17's budget is 10,000 queued requests under 50 MB.
+//
+//	go test -run '^$' -bench Queued -benchtime 10000x ./bench/requestpath
+func BenchmarkQueued(b *testing.B) {
+	n := b.N
+	g := gatewayConfig(b, "memory", upstream(b).URL, "", "warn",
+		"FUSIOO_GATEWAY_QUOTA_LIMIT="+strconv.Itoa(n), "FUSIOO_GATEWAY_QUOTA_WINDOW=20s",
+		"FUSIOO_GATEWAY_QUEUE_MAX_WAIT=60s", "FUSIOO_GATEWAY_QUEUE_MAX_DEPTH="+strconv.Itoa(2*n),
+		"FUSIOO_GATEWAY_QUEUE_MAX_QUEUED="+strconv.Itoa(2*n),
+		"FUSIOO_GATEWAY_SMOOTHING_RATE=1000000000", "FUSIOO_GATEWAY_SMOOTHING_BURST=1000000000")
+	base := baseContext(g.Handler)
+	send := func(ctx context.Context) int {
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/apps", nil)
+		req.Header.Set("Authorization", "Bearer queued-token")
+		w := &discardWriter{h: http.Header{}}
+		g.Handler.ServeHTTP(w, req)
+		return w.status
+	}
+	for range n { // the quota, used up
+		if st := send(base); st != http.StatusOK {
+			b.Fatalf("using the quota: status %d", st)
+		}
+	}
+	before, stacks0 := liveHeap(), stackInuse()
+	ctx, cancel := context.WithCancel(base)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for range n {
+		wg.Go(func() { send(ctx) })
+	}
+	if err := waitQueued(g, n, 30*time.Second); err != nil {
+		cancel()
+		wg.Wait()
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	heap, stacks := liveHeap(), stackInuse()
+	cancel()
+	wg.Wait()
+	b.ReportMetric(float64(int64(heap)-int64(before))/float64(n), "heap-B/queued")
+	b.ReportMetric(float64(int64(stacks)-int64(stacks0))/float64(n), "stack-B/queued")
+	b.ReportMetric(float64(int64(heap+stacks)-int64(before+stacks0))/1e6, "MB-total")
+}
+
+func stackInuse() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.StackInuse
+}
+
+// waitQueued polls the gateway's queue depth gauge until n requests wait,
+// for at most d.
+func waitQueued(g *inproc.Gateway, n int, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		depth, err := queueDepth(g)
+		if err != nil {
+			return err
+		}
+		if depth >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d requests queued after %s", depth, n, d)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the gauge, bounded by d
+	}
+}
+
+func queueDepth(g *inproc.Gateway) (int, error) {
+	mfs, err := g.Registry.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "fusioo_gateway_queue_depth" && len(mf.GetMetric()) > 0 {
+			return int(mf.GetMetric()[0].GetGauge().GetValue()), nil
+		}
+	}
+	return 0, fmt.Errorf("no fusioo_gateway_queue_depth gauge")
 }
