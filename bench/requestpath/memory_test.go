@@ -76,13 +76,23 @@ func benchTokens(b *testing.B, h http.Handler, settle func()) {
 	}
 	after := liveHeap()
 	b.ReportMetric(float64(int64(after)-int64(before))/float64(b.N), "heap-B/token")
-	if f := os.Getenv("HEAPPROFILE"); f != "" {
-		out, err := os.Create(f)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_ = pprof.WriteHeapProfile(out)
-		out.Close()
+	writeHeapProfile(b)
+}
+
+// writeHeapProfile saves a heap profile to $HEAPPROFILE, when set: what
+// the measured heap holds.
+func writeHeapProfile(b *testing.B) {
+	f := os.Getenv("HEAPPROFILE")
+	if f == "" {
+		return
+	}
+	out, err := os.Create(f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer out.Close()
+	if err := pprof.WriteHeapProfile(out); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -128,6 +138,7 @@ func BenchmarkQueued(b *testing.B) {
 	}
 	b.StopTimer()
 	heap, stacks := liveHeap(), stackInuse()
+	writeHeapProfile(b)
 	cancel()
 	wg.Wait()
 	b.ReportMetric(float64(int64(heap)-int64(before))/float64(n), "heap-B/queued")
