@@ -19,12 +19,9 @@ import (
 // New returns the bare proxy to upstream and its transport (close its idle
 // connections when done).
 func New(upstream *url.URL) (http.Handler, *http.Transport) {
-	tr := retry.NewBaseTransport(retry.BaseOptions{
-		DialTimeout:           5 * time.Second,
-		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
-		MaxIdleConnsPerHost:   256,
-	})
+	o := retry.DefaultBaseOptions()
+	o.ResponseHeaderTimeout = 60 * time.Second
+	tr := retry.NewBaseTransport(o)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(upstream)

@@ -609,7 +609,10 @@ func (c *Config) validate() Errors {
 	if c.Redis.KeyPrefix == "" || strings.ContainsAny(c.Redis.KeyPrefix, "{} ") {
 		add("redis.key_prefix", "must be non-empty without braces or spaces, got %q", c.Redis.KeyPrefix)
 	}
-	positive("redis.timeout", c.Redis.Timeout)
+	if c.Quota.Store != "redis" {
+		// With redis, the client's Validate (above) reports it.
+		positive("redis.timeout", c.Redis.Timeout)
+	}
 	positive("upstream.max_pause", c.Upstream.MaxPause)
 	positive("upstream.body_timeout", c.Upstream.BodyTimeout)
 	positive("server.body_timeout", c.Server.BodyTimeout)

@@ -225,3 +225,19 @@ func TestSettingsNameKeys(t *testing.T) {
 		t.Fatalf("secret in settings")
 	}
 }
+
+// TestRedisTimeoutNamedOnce: a redis.timeout that is not positive is
+// reported once, by the client's rules with store = "redis" (which
+// require a timeout), by the file's own otherwise.
+func TestRedisTimeoutNamedOnce(t *testing.T) {
+	for _, file := range []string{
+		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"0s\"\n",
+		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"-1s\"\n",
+		"[redis]\ntimeout = \"0s\"\n",
+	} {
+		_, err := Parse([]byte(file), nil)
+		if err == nil || strings.Count(err.Error(), "redis.timeout: must be positive") != 1 || strings.Count(err.Error(), "redis.timeout") != 1 {
+			t.Errorf("%q: %v, want redis.timeout named once", file, err)
+		}
+	}
+}

@@ -34,8 +34,12 @@ func newLeaseRig(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock
 	client := newRedisTestClient(t, srv, time.Second)
 	calls := &redistest.CommandCounter{}
 	client.AddHook(calls)
-	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease, Clock: clock})
-	lim := New(Config{Store: rs, Clock: clock, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: most})
+	ro := quota.DefaultRedisOptions()
+	ro.Timeout, ro.MaxHold, ro.Clock = time.Second, 3*lease, clock
+	rs := quota.NewRedisStore(client, p, ro)
+	cfg := DefaultConfig()
+	cfg.Store, cfg.Clock, cfg.MaxDepth, cfg.MaxQueued, cfg.Lease, cfg.LeaseMax = rs, clock, 10, 100, lease, most
+	lim := New(cfg)
 	return &leaseRig{lim: lim, store: rs, calls: calls}
 }
 
@@ -58,7 +62,7 @@ func (r *leaseRig) admit(t *testing.T, key string) Decision {
 func TestLeaseCutsRoundTrips(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := quota.Policy{Limit: 100_000, Window: time.Hour}
+	p := quota.Policy{Limit: 100_000, Window: time.Hour, Buckets: quota.DefaultBuckets}
 	const most = 32
 	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, most)
 	key := redisTestKey(t, "k")
@@ -116,7 +120,7 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 func TestLeaseSteadyRateWastesLittle(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := quota.Policy{Limit: 100_000, Window: time.Hour}
+	p := quota.Policy{Limit: 100_000, Window: time.Hour, Buckets: quota.DefaultBuckets}
 	for _, every := range []time.Duration{50 * time.Millisecond, 20 * time.Millisecond, 7 * time.Millisecond} {
 		r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 32)
 		key := redisTestKey(t, every.String())
@@ -185,7 +189,7 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 func TestLeaseExhaustDropsLease(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := quota.Policy{Limit: 1000, Window: time.Minute}
+	p := quota.Policy{Limit: 1000, Window: time.Minute, Buckets: quota.DefaultBuckets}
 	r := newLeaseRig(t, srv, clock, p, 100*time.Millisecond, 8)
 	key := redisTestKey(t, "k")
 	for range 4 { // 1 slot, a lease of 2 used up, then a lease of 4
@@ -294,13 +298,17 @@ func TestLeaseNeverExceedsQuota(t *testing.T) {
 func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := quota.Policy{Limit: 10_000, Window: time.Minute}
+	p := quota.Policy{Limit: 10_000, Window: time.Minute, Buckets: quota.DefaultBuckets}
 	lease := 100 * time.Millisecond
 	client := newRedisTestClient(t, srv, time.Second)
-	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
-	fb := quota.NewFallbackStore(rs, p, quota.FallbackOptions{})
+	ro := quota.DefaultRedisOptions()
+	ro.Timeout, ro.MaxHold = time.Second, 3*lease
+	rs := quota.NewRedisStore(client, p, ro)
+	fb := quota.NewFallbackStore(rs, p, quota.DefaultFallbackOptions())
 	clock := clockwork.NewFakeClock()
-	lim := New(Config{Store: fb, Clock: clock, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: 32})
+	cfg := DefaultConfig()
+	cfg.Store, cfg.Clock, cfg.MaxDepth, cfg.MaxQueued, cfg.Lease, cfg.LeaseMax = fb, clock, 10, 100, lease, 32
+	lim := New(cfg)
 	r := &leaseRig{lim: lim, store: rs}
 	key := redisTestKey(t, "k")
 	ctx := context.Background()
@@ -338,11 +346,15 @@ func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 // unused on the way (the real clock runs on while the goroutines wait).
 func TestLeaseConcurrentAccounting(t *testing.T) {
 	srv := redistest.Start(t)
-	p := quota.Policy{Limit: 1_000_000, Window: time.Hour}
+	p := quota.Policy{Limit: 1_000_000, Window: time.Hour, Buckets: quota.DefaultBuckets}
 	lease, most := 20*time.Millisecond, 16
 	client := newRedisTestClient(t, srv, time.Second)
-	rs := quota.NewRedisStore(client, p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease})
-	lim := New(Config{Store: rs, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: most})
+	ro := quota.DefaultRedisOptions()
+	ro.Timeout, ro.MaxHold = time.Second, 3*lease
+	rs := quota.NewRedisStore(client, p, ro)
+	cfg := DefaultConfig()
+	cfg.Store, cfg.MaxDepth, cfg.MaxQueued, cfg.Lease, cfg.LeaseMax = rs, 10, 100, lease, most
+	lim := New(cfg)
 	keys := []string{redisTestKey(t, "a"), redisTestKey(t, "b")}
 	var admitted [2]atomic.Int64
 	var wg sync.WaitGroup
@@ -379,7 +391,7 @@ func TestLeaseConcurrentAccounting(t *testing.T) {
 func TestLeaseRefillAfterExhaustNotUsed(t *testing.T) {
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-	p := quota.Policy{Limit: 1000, Window: time.Minute}
+	p := quota.Policy{Limit: 1000, Window: time.Minute, Buckets: quota.DefaultBuckets}
 	lease := 100 * time.Millisecond
 	r := newLeaseRig(t, srv, clock, p, lease, 8)
 	key := redisTestKey(t, "k")

@@ -49,38 +49,56 @@ type Observer interface {
 }
 
 // Config holds the limiter's tunables.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// DefaultConfig returns this package's defaults.
 type Config struct {
-	Store quota.Store     // counts attempts; required
+	// Store counts attempts. Required: New panics without it.
+	Store quota.Store
 	Clock clockwork.Clock // nil: the real clock
 
 	// Rate and Burst smooth each key locally (x/time/rate): a request's
 	// turn is asked for in the same store call as its quota slot, so it
 	// never waits for a turn the quota then refuses, and a turn later than
 	// the request can wait is given up rather than refused: smoothing only
-	// spreads what the quota serves. Rate 0 disables smoothing.
+	// spreads what the quota serves. Rate 0: no smoothing. Burst 0 (or
+	// 1): no burst, one request per turn.
 	Rate  rate.Limit
 	Burst int
 	// AnonymousRate and AnonymousBurst limit requests that carry no token
 	// (key ""), which are never charged to a quota: they all share one
 	// local limiter, which refuses what it would delay past MaxWait.
-	// AnonymousRate 0 lets them through unlimited.
+	// AnonymousRate 0: no limit, they go through unlimited.
+	// AnonymousBurst 0 (or 1): no burst.
 	AnonymousRate  rate.Limit
 	AnonymousBurst int
 
 	// MaxWait bounds how long a request may wait for its slot. A request
 	// whose slot frees later is refused at once, with the honest
-	// RetryAfter.
+	// RetryAfter. 0: no wait, a slot now or a refusal.
 	MaxWait time.Duration
 	// Late is how long past its end (quota.Result.Usable) a waiter woken late may
 	// still use its slot: the part of quota.margin the gateway's own timers
 	// may take (the rest covers the send to the upstream). 0: none.
 	Late time.Duration
-	// MaxDepth bounds each key's queue, MaxQueued all queues together.
+	// MaxDepth bounds each key's queue, MaxQueued all queues together;
+	// 0: no queue, no request waits.
 	MaxDepth  int
 	MaxQueued int
 	// IdleAfter is how long at most a key's local state outlives its last
 	// use; Sweep drops it sooner once it is spent (holds no leased slot and
-	// its smoother is full). 0: 10 minutes.
+	// its smoother is full). 0: none kept idle, the first sweep after its
+	// last use drops it, spent or not.
 	IdleAfter time.Duration
 	// MaxKeys bounds the keys whose local state is kept (quota.max_keys):
 	// a new key beyond it takes the place of the least recently used key
@@ -104,7 +122,16 @@ type Config struct {
 	Lease    time.Duration
 	LeaseMax int
 
+	// Observer is told what the limiter does; nil observes nothing.
 	Observer Observer
+}
+
+// DefaultConfig returns the limiter's defaults for the fields whose zero
+// is not what a caller wants without a reason to: a key's state kept 10
+// minutes idle. Store is required; every other field is a caller's choice
+// (the gateway's are config.Default's).
+func DefaultConfig() Config {
+	return Config{IdleAfter: 10 * time.Minute}
 }
 
 // Decision is the limiter's answer for one attempt.
@@ -198,18 +225,20 @@ type waiter struct {
 	wake      chan struct{} // cap 1: slot changed
 }
 
-// New returns a limiter for cfg. It does no I/O and starts nothing; Run
-// sweeps idle keys.
+// New returns a limiter for cfg, taken as it is (see Config for what a
+// zero field means). It does no I/O and starts nothing; Run sweeps idle
+// keys. It panics if cfg.Store is nil.
 func New(cfg Config) *Limiter {
+	if cfg.Store == nil {
+		panic("limiter: Config.Store is nil")
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clockwork.NewRealClock()
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	if cfg.IdleAfter <= 0 {
-		cfg.IdleAfter = 10 * time.Minute
-	}
+	cfg.IdleAfter = max(cfg.IdleAfter, 0)
 	l := &Limiter{cfg: cfg, clock: cfg.Clock, obs: cfg.Observer, closed: make(chan struct{}), keys: map[string]*keyState{}}
 	l.anon = &keyState{}
 	if cfg.AnonymousRate > 0 {

@@ -53,7 +53,8 @@ func (o *countingObserver) rejections(r string) int {
 func newTestLimiter(clk clockwork.Clock, p quota.Policy, mod func(*Config)) (*Limiter, *quota.MemoryStore, *countingObserver) {
 	s := quota.NewMemoryStore(p, clk)
 	obs := &countingObserver{}
-	cfg := Config{Store: s, Clock: clk, MaxWait: time.Minute, MaxDepth: 10, MaxQueued: 100, Observer: obs}
+	cfg := DefaultConfig()
+	cfg.Store, cfg.Clock, cfg.MaxWait, cfg.MaxDepth, cfg.MaxQueued, cfg.Observer = s, clk, time.Minute, 10, 100, obs
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -233,7 +234,7 @@ func TestQueueFullAndGlobalCap(t *testing.T) {
 
 func TestBlockedKeyWaitsOrRejects(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 100, Window: time.Hour}, func(c *Config) { c.MaxWait = 10 * time.Second })
+		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 100, Window: time.Hour, Buckets: quota.DefaultBuckets}, func(c *Config) { c.MaxWait = 10 * time.Second })
 		ctx := context.Background()
 		if err := l.Exhaust(ctx, "k", time.Hour); err != nil {
 			t.Fatal(err)
@@ -286,7 +287,7 @@ func TestExhaustWithdrawsWaiters(t *testing.T) {
 // wait is given up rather than refused, since the quota would serve it.
 func TestSmoothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 5, Window: time.Hour}, func(c *Config) {
+		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 5, Window: time.Hour, Buckets: quota.DefaultBuckets}, func(c *Config) {
 			c.Rate, c.Burst = 1, 2
 			c.MaxWait = 1500 * time.Millisecond
 		})
@@ -347,7 +348,7 @@ func TestSmoothingSpendsNoTurnOnRefusals(t *testing.T) {
 
 func TestAnonymous(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1000, Window: time.Hour}, func(c *Config) {
+		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1000, Window: time.Hour, Buckets: quota.DefaultBuckets}, func(c *Config) {
 			c.AnonymousRate, c.AnonymousBurst = 1, 1
 			c.MaxWait = 1500 * time.Millisecond
 		})
@@ -372,7 +373,7 @@ func TestAnonymous(t *testing.T) {
 
 func TestCloseWakesWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, s, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second}, nil)
+		l, s, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: quota.DefaultBuckets}, nil)
 		ctx := context.Background()
 		l.Admit(ctx, "k", time.Time{})
 		out := make(chan outcome, 2)
@@ -398,7 +399,7 @@ func TestSweepKeepsBusyKeys(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(epoch)
 	// Smoothing at 0.1/s with a burst of 5: an unused smoother refills in
 	// 50 s.
-	l, _, _ := newTestLimiter(clk, quota.Policy{Limit: 100, Window: time.Minute}, func(c *Config) {
+	l, _, _ := newTestLimiter(clk, quota.Policy{Limit: 100, Window: time.Minute, Buckets: quota.DefaultBuckets}, func(c *Config) {
 		c.IdleAfter, c.Rate, c.Burst = time.Minute, 0.1, 5
 	})
 	ctx := context.Background()
@@ -427,6 +428,34 @@ func TestSweepKeepsBusyKeys(t *testing.T) {
 	if !drained || !recent {
 		t.Fatalf("kept drained %v, recent %v; want both", drained, recent)
 	}
+}
+
+// TestIdleAfterZeroKeepsNothingIdle: IdleAfter 0 means no idle time, not
+// a default: a key no request uses is dropped at the next sweep even with
+// its smoother still refilling; DefaultConfig's 10 minutes keep it.
+func TestIdleAfterZeroKeepsNothingIdle(t *testing.T) {
+	for _, c := range []struct {
+		idle time.Duration
+		want int
+	}{{0, 0}, {DefaultConfig().IdleAfter, 1}} {
+		clk := clockwork.NewFakeClockAt(epoch)
+		l, _, _ := newTestLimiter(clk, quota.Policy{Limit: 100, Window: time.Minute, Buckets: quota.DefaultBuckets}, func(cfg *Config) {
+			cfg.IdleAfter, cfg.Rate, cfg.Burst = c.idle, 0.1, 5
+		})
+		if d, err := l.Admit(context.Background(), "k", time.Time{}); err != nil || !d.Allowed {
+			t.Fatalf("%+v, %v", d, err)
+		}
+		clk.Advance(time.Second)
+		if n := l.Sweep(); n != c.want {
+			t.Errorf("IdleAfter %s: %d keys left, want %d", c.idle, n, c.want)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("New without a Store did not panic")
+		}
+	}()
+	New(Config{})
 }
 
 // TestNoWaiterPastItsDeadline: requests with waits of every length,

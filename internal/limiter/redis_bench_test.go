@@ -23,7 +23,7 @@ var benchKeys = func() []string {
 }()
 
 // benchPolicy admits every take, so each take is one admission.
-var benchPolicy = quota.Policy{Limit: 1 << 30, Window: time.Hour}
+var benchPolicy = quota.Policy{Limit: 1 << 30, Window: time.Hour, Buckets: quota.DefaultBuckets}
 
 // benchTake runs b.N takes on store (from one goroutine or, with parallel,
 // from GOMAXPROCS goroutines) over all benchKeys, checks they were all
@@ -87,7 +87,8 @@ func redisBenchStore(b *testing.B, maxHold ...time.Duration) (*quota.RedisStore,
 	client := newRedisTestClient(b, srv, time.Second)
 	rt := &redistest.CommandCounter{}
 	client.AddHook(rt)
-	opts := quota.RedisOptions{Timeout: time.Second}
+	opts := quota.DefaultRedisOptions()
+	opts.Timeout = time.Second
 	if len(maxHold) > 0 {
 		opts.MaxHold = maxHold[0]
 	}
@@ -120,7 +121,7 @@ func BenchmarkTakeRedisParallel(b *testing.B) {
 // circuit breaker and the shadow accounting, as the gateway runs it.
 func BenchmarkTakeFallbackParallel(b *testing.B) {
 	s, rt := redisBenchStore(b)
-	benchTake(b, quota.NewFallbackStore(s, benchPolicy, quota.FallbackOptions{}), rt, true)
+	benchTake(b, quota.NewFallbackStore(s, benchPolicy, quota.DefaultFallbackOptions()), rt, true)
 }
 
 // BenchmarkRedisPing is the floor a take through Redis cannot beat: one
@@ -141,8 +142,10 @@ func BenchmarkRedisPing(b *testing.B) {
 // from GOMAXPROCS goroutines; lease 0 is one round trip per admission.
 func benchAdmit(b *testing.B, lease time.Duration) {
 	s, rt := redisBenchStore(b, 3*lease)
-	lim := New(Config{Store: quota.NewFallbackStore(s, benchPolicy, quota.FallbackOptions{}), MaxDepth: 10, MaxQueued: 100,
-		Lease: lease, LeaseMax: 32})
+	cfg := DefaultConfig()
+	cfg.Store = quota.NewFallbackStore(s, benchPolicy, quota.DefaultFallbackOptions())
+	cfg.MaxDepth, cfg.MaxQueued, cfg.Lease, cfg.LeaseMax = 10, 100, lease, 32
+	lim := New(cfg)
 	b.Cleanup(lim.Close) // before the client closes: waits for refills in flight
 	benchAdmissions(b, 16, rt, true, func(ctx context.Context, key string) (bool, error) {
 		d, err := lim.Admit(ctx, key, time.Time{})

@@ -23,8 +23,12 @@ type redisReplica struct {
 
 func newRedisReplica(t *testing.T, srv *redistest.Server, clock *clockwork.FakeClock, p quota.Policy, lease time.Duration) *redisReplica {
 	t.Helper()
-	rs := quota.NewRedisStore(newRedisTestClient(t, srv, time.Second), p, quota.RedisOptions{Timeout: time.Second, MaxHold: 3 * lease, Clock: clock})
-	lim := New(Config{Store: rs, Clock: clock, MaxWait: time.Minute, MaxDepth: 10, MaxQueued: 100, Lease: lease, LeaseMax: 8})
+	ro := quota.DefaultRedisOptions()
+	ro.Timeout, ro.MaxHold, ro.Clock = time.Second, 3*lease, clock
+	rs := quota.NewRedisStore(newRedisTestClient(t, srv, time.Second), p, ro)
+	cfg := DefaultConfig()
+	cfg.Store, cfg.Clock, cfg.MaxWait, cfg.MaxDepth, cfg.MaxQueued, cfg.Lease, cfg.LeaseMax = rs, clock, time.Minute, 10, 100, lease, 8
+	lim := New(cfg)
 	t.Cleanup(lim.Close)
 	return &redisReplica{store: rs, lim: lim}
 }

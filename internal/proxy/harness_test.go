@@ -48,7 +48,7 @@ type stackOpts struct {
 	sim         *fusioosim.Config // nil with upstream set
 	upstream    http.Handler      // a custom upstream instead of the simulator
 	clock       clockwork.Clock
-	timeout     time.Duration // upstream response header timeout
+	timeout     time.Duration // upstream response header timeout (default the base transport's)
 	transport   http.RoundTripper
 	attempts    int           // retry.max_attempts (default 1: no retries)
 	maxPause    time.Duration // upstream.max_pause (default 1 minute)
@@ -73,7 +73,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	t.Cleanup(s.upstream.Close)
 	if o.policy.Limit == 0 {
-		o.policy = quota.Policy{Limit: 1000, Window: time.Hour}
+		o.policy = quota.Policy{Limit: 1000, Window: time.Hour, Buckets: quota.DefaultBuckets}
 	}
 	if o.maxWait == 0 {
 		o.maxWait = 5 * time.Second
@@ -95,10 +95,9 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	m := metrics.New(s.reg, metrics.Options{Routes: names, UpstreamStatuses: []int{200, 429}})
 	s.store = quota.NewMemoryStore(o.policy, o.clock)
-	s.lim = limiter.New(limiter.Config{
-		Store: s.store, Clock: o.clock, MaxWait: o.maxWait, MaxDepth: 1000, MaxQueued: 10000,
-		Observer: m,
-	})
+	lc := limiter.DefaultConfig()
+	lc.Store, lc.Clock, lc.MaxWait, lc.MaxDepth, lc.MaxQueued, lc.Observer = s.store, o.clock, o.maxWait, 1000, 10000, m
+	s.lim = limiter.New(lc)
 	if o.maxPause == 0 {
 		o.maxPause = time.Minute
 	}
@@ -108,13 +107,23 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	rt := o.transport
 	if rt == nil {
-		base := retry.NewBaseTransport(retry.BaseOptions{ResponseHeaderTimeout: o.timeout, DialTimeout: o.dial})
+		bo := retry.DefaultBaseOptions()
+		if o.timeout != 0 {
+			bo.ResponseHeaderTimeout = o.timeout
+		}
+		if o.dial != 0 {
+			bo.DialTimeout = o.dial
+		}
+		base := retry.NewBaseTransport(bo)
 		t.Cleanup(base.CloseIdleConnections)
 		rt = retry.WithBodyTimeout(base, o.bodyTimeout)
 	}
 	// No backoff: the waits are the retry package's to test; the
 	// loop waits on the stack's clock, which may be a fake one.
-	pol := retry.New(retry.Config{Routes: routes, MaxAttempts: max(o.attempts, 1), BaseDelay: -1, ConcurrentDelay: -1, MaxDelay: 10 * time.Millisecond, Clock: o.clock})
+	rc := retry.DefaultConfig()
+	rc.Routes, rc.MaxAttempts, rc.Clock = routes, max(o.attempts, 1), o.clock
+	rc.BaseDelay, rc.ConcurrentDelay, rc.MaxDelay = 0, 0, 10*time.Millisecond
+	pol := retry.New(rc)
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
 	s.cfg = proxy.Config{
 		Upstream: u, Transport: rt, Retry: pol, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,

@@ -47,7 +47,7 @@ func TestUnavailableIsNotExhausted(t *testing.T) {
 			})
 			const pause = 3 * time.Second
 			s := newStack(t, stackOpts{upstream: up, maxPause: pause, maxWait: 100 * time.Millisecond,
-				policy: quota.Policy{Limit: 10, Window: time.Hour}})
+				policy: quota.Policy{Limit: 10, Window: time.Hour, Buckets: quota.DefaultBuckets}})
 			if resp, _ := s.do("GET", "/v3/apps", "tok-a", nil); resp.StatusCode != 503 {
 				t.Fatalf("maintenance answer: %d, want the upstream's 503", resp.StatusCode)
 			}

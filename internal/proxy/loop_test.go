@@ -179,6 +179,16 @@ func newLoopRig(t *testing.T, attempts int, answers ...fakeAnswer) *loopRig {
 	return newLoopRigWith(t, nil, attempts, answers...)
 }
 
+// fastRetry is retry.DefaultConfig without waits: no backoff and no
+// budget, attempts at most per request.
+func fastRetry(routes *fusioo.Routes, attempts int, clk clockwork.Clock) retry.Config {
+	rc := retry.DefaultConfig()
+	rc.Routes, rc.MaxAttempts, rc.Clock = routes, attempts, clk
+	rc.BaseDelay, rc.ConcurrentDelay = 0, 0
+	rc.BudgetWindow = 0 // no budget
+	return rc
+}
+
 // newLoopRigWith is newLoopRig with edit applied to the handler's Config.
 func newLoopRigWith(t *testing.T, edit func(*proxy.Config), attempts int, answers ...fakeAnswer) *loopRig {
 	t.Helper()
@@ -190,7 +200,7 @@ func newLoopRigWith(t *testing.T, edit func(*proxy.Config), attempts int, answer
 	u, _ := url.Parse("http://upstream.invalid")
 	cfg := proxy.Config{
 		Upstream: u, Transport: r.up, Limiter: r.lim, Routes: routes, Observer: r.obs, Clock: r.clk,
-		Retry:   retry.New(retry.Config{Routes: routes, MaxAttempts: attempts, BaseDelay: -1, ConcurrentDelay: -1, BudgetRatio: -1, Clock: r.clk}),
+		Retry:   retry.New(fastRetry(routes, attempts, r.clk)),
 		MaxWait: 5 * time.Second, Limit: 100, Window: time.Hour, MaxPause: time.Minute,
 	}
 	if edit != nil {

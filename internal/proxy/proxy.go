@@ -64,8 +64,25 @@ type Observer interface {
 }
 
 // Config holds the handler's dependencies and tunables.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// This package has no Default function: every tunable here is the
+// gateway's configuration (config.Default), passed straight through. One
+// field is still an exception: New reads an empty PolicyName as "hourly".
 type Config struct {
-	Upstream *url.URL // the only place requests go
+	// Upstream is the only place requests go. Required: New panics
+	// without it.
+	Upstream *url.URL
 	// Transport sends each upstream attempt: any http.RoundTripper
 	// (retry.NewBaseTransport's in the gateway). The handler's attempt
 	// loop counts and learns from every answer whatever it is. Nil means
@@ -73,31 +90,49 @@ type Config struct {
 	Transport http.RoundTripper
 	// Retry is the retry policy the attempt loop asks; nil means one
 	// attempt per request.
-	Retry      *retry.Policy
-	Limiter    Limiter
-	Routes     *fusioo.Routes
+	Retry *retry.Policy
+	// Limiter admits each attempt, and Routes names and charges each
+	// request. Required: a request panics without them.
+	Limiter Limiter
+	Routes  *fusioo.Routes
+	// Identifier turns a token into its quota key; nil hashes tokens
+	// without a secret (NewIdentifier(nil)).
 	Identifier *Identifier
 	Logger     *zap.Logger     // nil: no request log
 	Observer   Observer        // nil: nothing observed
 	Clock      clockwork.Clock // nil: the real clock
 
-	MaxBodyBytes int64 // larger request bodies get 413/30252
+	// MaxBodyBytes bounds request bodies (server.max_body_bytes): a larger
+	// one gets 413/30252. 0: no bound.
+	MaxBodyBytes int64
 	// BodyTimeout bounds the wait for each read of a client's request body
 	// (server.body_timeout): a client that stops sending is answered
 	// 408/10002 and its connection freed. 0: no bound.
 	BodyTimeout time.Duration
-	MaxWait     time.Duration // queue.max_wait: bound on waiting for quota, retries included
-	Limit       int           // quota.limit, for RateLimit-Policy
-	Window      time.Duration // quota.window: how long an upstream 20005 blocks a key
+	// MaxWait bounds waiting for quota, retries included (queue.max_wait);
+	// 0: no wait.
+	MaxWait time.Duration
+	// Limit is the quota RateLimit-Policy states (quota.limit); 0 states
+	// none.
+	Limit int
+	// Window is the quota's window (quota.window): what RateLimit-Policy
+	// states and how long an upstream 20005 without a Retry-After blocks
+	// a key; 0: no block.
+	Window time.Duration
 	// MaxPause caps how long an upstream 503/10004's Retry-After pauses
-	// sending to the upstream (upstream.max_pause; 0: no pause).
-	MaxPause   time.Duration
-	PolicyName string // the quota policy's name in RateLimit headers ("hourly")
+	// sending to the upstream (upstream.max_pause); 0: no pause.
+	MaxPause time.Duration
+	// PolicyName is the quota policy's name in RateLimit headers
+	// (quota.policy_name). The exception to the convention above: New
+	// reads "" as "hourly".
+	PolicyName string
 	// ForwardedHeaders is what the upstream learns of the client's
-	// address (upstream.forwarded_headers): "" or "none", "set", "append".
+	// address (upstream.forwarded_headers): "" (none) or "none", "set",
+	// "append".
 	ForwardedHeaders string
-	// FlushInterval is passed to httputil.ReverseProxy (0: its default,
-	// which streams responses of unknown length at once).
+	// FlushInterval is passed to httputil.ReverseProxy; 0: no periodic
+	// flush (ReverseProxy still streams responses of unknown length at
+	// once).
 	FlushInterval time.Duration
 }
 

@@ -157,7 +157,7 @@ func TestGatewayErrors(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	})
-	s := newStack(t, stackOpts{maxBody: 1 << 10, policy: quota.Policy{Limit: 1, Window: time.Hour}, maxWait: time.Second})
+	s := newStack(t, stackOpts{maxBody: 1 << 10, policy: quota.Policy{Limit: 1, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Second})
 	timeoutStack := newStack(t, stackOpts{upstream: slow, timeout: 50 * time.Millisecond})
 	down := newStack(t, stackOpts{})
 	down.upstream.Close() // nothing listens there any more
@@ -314,7 +314,7 @@ func TestMaxWaitRetryAfter(t *testing.T) {
 // TestDisconnectWhileQueued: a client that leaves while queued consumes no
 // quota, never reaches the upstream, and leaves no goroutine behind.
 func TestDisconnectWhileQueued(t *testing.T) {
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 10 * time.Second}, maxWait: time.Minute})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: quota.DefaultBuckets}, maxWait: time.Minute})
 	s.do("GET", "/v3/apps", "tok-d", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -350,7 +350,7 @@ func TestDisconnectWhileQueued(t *testing.T) {
 // TestTokenNeverLogged sends requests on every path with a distinctive
 // token and checks the logs carry its fingerprint, never the token.
 func TestTokenNeverLogged(t *testing.T) {
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour}, maxWait: time.Millisecond, maxBody: 100})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Millisecond, maxBody: 100})
 	token := "SECRET-" + strings.Repeat("Zq9", 300)
 	s.do("GET", "/v3/apps", token, nil)
 	s.do("POST", "/v3/records/apps/a", token, []byte(`{"a":1}`))
@@ -375,7 +375,7 @@ func TestTokenNeverLogged(t *testing.T) {
 // TestAnonymousAndUncharged: requests without a token pass through (the
 // upstream answers 10003) and ping never spends quota.
 func TestAnonymousAndUncharged(t *testing.T) {
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: time.Hour}, maxWait: time.Millisecond})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Millisecond})
 	resp, b := s.do("GET", "/v3/apps", "", nil)
 	if env := envelope(t, resp, b); resp.StatusCode != 401 || env.Code != 10003 {
 		t.Fatalf("anonymous: %d %s", resp.StatusCode, b)
@@ -414,7 +414,7 @@ func TestAbortAnswers503(t *testing.T) {
 		}
 		fusioo.WriteSuccess(w, map[string]any{})
 	})
-	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour}, maxWait: 3 * time.Hour})
+	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 3 * time.Hour})
 	defer close(hang)
 	s.do("GET", "/v3/apps", "tok-s", nil)
 	type res struct {

@@ -34,8 +34,9 @@ func TestWrittenIsStickyAcrossAttempts(t *testing.T) {
 		{status: 504},               // the upstream's own 504
 	} {
 		r := newLoopRigWith(t, func(c *proxy.Config) {
-			c.Retry = retry.New(retry.Config{Routes: c.Routes, MaxAttempts: 2, BaseDelay: -1, ConcurrentDelay: -1,
-				BudgetRatio: -1, Clock: c.Clock, IdempotentWrites: true})
+			rc := fastRetry(c.Routes, 2, c.Clock)
+			rc.IdempotentWrites = true
+			c.Retry = retry.New(rc)
 		}, 2, first, fakeAnswer{err: dial})
 		a := r.serve(t, "PUT", "/v3/records/r1")
 		if r.up.attempts() != 2 {
@@ -96,8 +97,10 @@ func (r *signalReader) Read(p []byte) (int, error) {
 // (found by review).
 func TestSlowBodyAdmittedOnceArrived(t *testing.T) {
 	clk := clockwork.NewFakeClock()
-	store := quota.NewMemoryStore(quota.Policy{Limit: 1, Window: time.Minute}, clk)
-	lim := limiter.New(limiter.Config{Store: store, Clock: clk, MaxWait: 5 * time.Second, MaxDepth: 10, MaxQueued: 100})
+	store := quota.NewMemoryStore(quota.Policy{Limit: 1, Window: time.Minute, Buckets: quota.DefaultBuckets}, clk)
+	lc := limiter.DefaultConfig()
+	lc.Store, lc.Clock, lc.MaxWait, lc.MaxDepth, lc.MaxQueued = store, clk, 5*time.Second, 10, 100
+	lim := limiter.New(lc)
 	up := &arrivals{rt: &fakeUpstream{answers: []fakeAnswer{{status: 200}}}, clk: clk}
 	r := newLoopRigWith(t, func(c *proxy.Config) {
 		c.Limiter, c.Transport, c.Limit, c.Window = lim, up, 1, time.Minute

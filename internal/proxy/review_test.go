@@ -15,7 +15,7 @@ import (
 // upstream answer 10003, and the gateway forget the (valid, exhausted)
 // token's counts: such a request is refused (found by review).
 func TestHostileConnectionAuthorizationResetsQuota(t *testing.T) {
-	st := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour}, maxWait: 50 * time.Millisecond})
+	st := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 50 * time.Millisecond})
 	const tok = "validtoken"
 	for i := range 2 {
 		if resp, b := st.do("GET", "/v3/apps", tok, nil); resp.StatusCode != 200 {

@@ -18,7 +18,7 @@ import (
 // TestUnchargedRoutesThroughExhaustedKey: 1,000 pings through a key whose
 // quota is spent all reach the upstream, and none is charged there.
 func TestUnchargedRoutesThroughExhaustedKey(t *testing.T) {
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 3, Window: time.Hour}, maxWait: time.Millisecond})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 3, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Millisecond})
 	for range 3 {
 		s.do("GET", "/v3/apps", "tok-ping", nil)
 	}
@@ -50,7 +50,7 @@ func TestUnchargedRoutesThroughExhaustedKey(t *testing.T) {
 // TestBoundedRouteLabels: 10,000 distinct record ids leave the route label
 // with exactly one value per route of the table.
 func TestBoundedRouteLabels(t *testing.T) {
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 100000, Window: time.Hour}})
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 100000, Window: time.Hour, Buckets: quota.DefaultBuckets}})
 	_, series := s.metric("fusioo_gateway_route_requests_total")
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -82,7 +82,7 @@ func TestLearnFromUpstream20005(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	s := newStack(t, stackOpts{
 		clock:    clk,
-		policy:   quota.Policy{Limit: 100, Window: time.Hour},
+		policy:   quota.Policy{Limit: 100, Window: time.Hour, Buckets: quota.DefaultBuckets},
 		maxWait:  time.Second,
 		attempts: 3,
 		sim:      &fusioosim.Config{Limit: 5, Window: time.Hour, Scope: func(string) string { return "one-user" }, Now: clk.Now},

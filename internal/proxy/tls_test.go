@@ -23,7 +23,9 @@ func TestTLSUpstream(t *testing.T) {
 	defer up.Close()
 	pool := x509.NewCertPool()
 	pool.AddCert(up.Certificate())
-	base := retry.NewBaseTransport(retry.BaseOptions{TLSClientConfig: &tls.Config{RootCAs: pool}})
+	bo := retry.DefaultBaseOptions()
+	bo.TLSClientConfig = &tls.Config{RootCAs: pool}
+	base := retry.NewBaseTransport(bo)
 	defer base.CloseIdleConnections()
 	s := newStack(t, stackOpts{upstream: http.NotFoundHandler(), transport: base})
 	s.retarget(up.URL)

@@ -49,11 +49,11 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		p := Policy{Limit: 3, Window: time.Minute}
+		p := Policy{Limit: 3, Window: time.Minute, Buckets: DefaultBuckets}
 		// A prefix of its own per run (within fgw:*): the first run's flush
 		// leaves its instance key settling.
 		rs := NewRedisStore(c, p, RedisOptions{KeyPrefix: fmt.Sprintf("fgw:%v", ap), Timeout: time.Second, AutoPipeline: ap, MaxHold: time.Second, Settle: 50 * time.Millisecond})
-		f := NewFallbackStore(rs, p, FallbackOptions{})
+		f := NewFallbackStore(rs, p, DefaultFallbackOptions())
 		key := redisTestKey(t, fmt.Sprintf("acl-%v", ap))
 		must := func(what string, err error) {
 			t.Helper()

@@ -41,9 +41,9 @@ func testRedisTimeoutBlackholed(t *testing.T, autoPipeline bool) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	p := Policy{Limit: 1_000_000, Window: time.Minute}
-	store := NewFallbackStore(NewRedisStore(client, p, RedisOptions{Timeout: timeout, AutoPipeline: autoPipeline}), p,
-		FallbackOptions{Share: 1, OpenFor: time.Minute})
+	p := Policy{Limit: 1_000_000, Window: time.Minute, Buckets: DefaultBuckets}
+	store := NewFallbackStore(NewRedisStore(client, p, redisOptions(timeout, autoPipeline)), p,
+		fallbackOptions(time.Minute, func(o *FallbackOptions) { o.Share = 1 }))
 	ctx := context.Background()
 	key := redisTestKey(t, "k")
 	for range 20 { // connections made, the script loaded

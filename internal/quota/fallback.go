@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,11 +22,7 @@ import (
 // Redis cannot answer and quota.on_store_failure is "reject".
 var ErrStoreUnavailable = errors.New("limiter: quota store unavailable")
 
-// Defaults of FallbackOptions.
 const (
-	DefaultFallbackShare  = 0.5
-	DefaultFailuresToOpen = 3
-	DefaultOpenFor        = time.Second
 	// MinForget is the least time the replicas hold a silent replica's
 	// share back (three spans when longer): a replica cut off from Redis
 	// counts locally until then, less a span for its counts to age out.
@@ -62,11 +59,24 @@ type FallbackObserver interface {
 }
 
 // FallbackOptions tunes a FallbackStore.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// DefaultFallbackOptions returns this package's defaults.
 type FallbackOptions struct {
 	// Share is the fraction of the limit each replica may admit on its own
 	// while Redis is away (quota.fallback_share): with n replicas, 1/n keeps
-	// the total within the limit. 0 means DefaultFallbackShare; values
-	// above 1 are treated as 1.
+	// the total within the limit. Required: in (0, 1]; a replica that
+	// must admit nothing on its own sets Reject.
 	Share float64
 	// Reject makes takes fail with an error wrapping ErrStoreUnavailable
 	// instead of answering locally (quota.on_store_failure = "reject").
@@ -78,15 +88,40 @@ type FallbackOptions struct {
 	Observer FallbackObserver
 
 	// FailuresToOpen is how many consecutive Redis failures open the
-	// circuit breaker (default 3).
+	// circuit breaker. Required: at least 1.
 	FailuresToOpen int
 	// OpenFor is how long the breaker stays open before Run probes Redis
-	// again (default 1s). It runs on the real clock: gobreaker has no
-	// injectable one.
+	// again. It runs on the real clock: gobreaker has no injectable one.
+	// Required: positive (gobreaker would read 0 as a minute).
 	OpenFor time.Duration
 	// ProbeEvery is Run's tick: how often it looks whether a probe is due
-	// and reconciles what is pending (default OpenFor/4, at least 10ms).
+	// and reconciles what is pending. Required: positive.
 	ProbeEvery time.Duration
+}
+
+// DefaultFallbackOptions returns a FallbackStore's defaults: half the
+// limit per replica while Redis is away, the breaker opened by 3
+// consecutive failures for 1s, probed every 250ms (a quarter of OpenFor).
+func DefaultFallbackOptions() FallbackOptions {
+	return FallbackOptions{Share: 0.5, FailuresToOpen: 3, OpenFor: time.Second, ProbeEvery: 250 * time.Millisecond}
+}
+
+// Validate reports what NewFallbackStore refuses, naming the fields.
+func (o FallbackOptions) Validate() error {
+	var errs []error
+	if !(o.Share > 0 && o.Share <= 1) {
+		errs = append(errs, fmt.Errorf("Share must be in (0, 1], got %v", o.Share))
+	}
+	if o.FailuresToOpen < 1 {
+		errs = append(errs, fmt.Errorf("FailuresToOpen must be at least 1, got %d", o.FailuresToOpen))
+	}
+	if o.OpenFor <= 0 {
+		errs = append(errs, fmt.Errorf("OpenFor must be positive, got %s", o.OpenFor))
+	}
+	if o.ProbeEvery <= 0 {
+		errs = append(errs, fmt.Errorf("ProbeEvery must be positive, got %s", o.ProbeEvery))
+	}
+	return errors.Join(errs...)
 }
 
 // FallbackStore is the Redis quota store made safe against Redis outages.
@@ -259,25 +294,17 @@ type countKey struct {
 
 // NewFallbackStore wraps primary with a local store and a circuit breaker.
 // p must be primary's policy. It does no I/O and starts nothing: call Run.
+// It panics if p or opts does not Validate.
 func NewFallbackStore(primary *RedisStore, p Policy, opts FallbackOptions) *FallbackStore {
+	p.mustValidate("NewFallbackStore")
+	if err := opts.Validate(); err != nil {
+		panic("quota: NewFallbackStore: FallbackOptions." + strings.ReplaceAll(err.Error(), "\n", "; FallbackOptions."))
+	}
 	if opts.Clock == nil {
 		opts.Clock = clockwork.NewRealClock()
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopFallbackObserver{}
-	}
-	if opts.Share <= 0 || math.IsNaN(opts.Share) {
-		opts.Share = DefaultFallbackShare
-	}
-	opts.Share = min(opts.Share, 1)
-	if opts.FailuresToOpen <= 0 {
-		opts.FailuresToOpen = DefaultFailuresToOpen
-	}
-	if opts.OpenFor <= 0 {
-		opts.OpenFor = DefaultOpenFor
-	}
-	if opts.ProbeEvery <= 0 {
-		opts.ProbeEvery = max(opts.OpenFor/4, 10*time.Millisecond)
 	}
 	lp := p
 	lp.Limit = max(int(math.Floor(opts.Share*float64(p.Limit))), 1)

@@ -112,11 +112,23 @@ type fallbackRig struct {
 	obs     *fallbackRecorder
 }
 
+// fallbackOptions is DefaultFallbackOptions with the breaker open for
+// openFor and Run ticking four times as often (at least every 10ms),
+// changed by set (when not nil).
+func fallbackOptions(openFor time.Duration, set func(*FallbackOptions)) FallbackOptions {
+	o := DefaultFallbackOptions()
+	o.OpenFor, o.ProbeEvery = openFor, max(openFor/4, 10*time.Millisecond)
+	if set != nil {
+		set(&o)
+	}
+	return o
+}
+
 func newFallbackRig(t *testing.T, srv *redistest.Server, p Policy, timeout time.Duration, opts FallbackOptions) *fallbackRig {
 	t.Helper()
 	r := &fallbackRig{srv: srv, client: newRedisTestClient(t, srv, timeout), scripts: &scriptCounter{}, obs: &fallbackRecorder{}}
 	r.client.AddHook(r.scripts)
-	r.redis = NewRedisStore(r.client, p, RedisOptions{Timeout: timeout})
+	r.redis = NewRedisStore(r.client, p, redisOptions(timeout, false))
 	if opts.Observer == nil {
 		opts.Observer = r.obs
 	}
@@ -152,9 +164,9 @@ func (r *fallbackRig) takeN(t *testing.T, key string, n int) int {
 func TestFallbackKillAndRestart(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 20, Window: time.Minute}
+	p := Policy{Limit: 20, Window: time.Minute, Buckets: DefaultBuckets}
 	clock := clockwork.NewFakeClockAt(time.Now())
-	r := newFallbackRig(t, srv, p, 100*time.Millisecond, FallbackOptions{Share: 0.5, Clock: clock, OpenFor: 50 * time.Millisecond})
+	r := newFallbackRig(t, srv, p, 100*time.Millisecond, fallbackOptions(50*time.Millisecond, func(o *FallbackOptions) { o.Share, o.Clock = 0.5, clock }))
 	key := redisTestKey(t, "k")
 	name := r.redis.Key(key)
 	ctx := context.Background()
@@ -221,8 +233,8 @@ func TestFallbackPausedRedis(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
 	const timeout = 50 * time.Millisecond
-	p := Policy{Limit: 100, Window: time.Minute}
-	r := newFallbackRig(t, srv, p, timeout, FallbackOptions{Share: 1, OpenFor: 200 * time.Millisecond})
+	p := Policy{Limit: 100, Window: time.Minute, Buckets: DefaultBuckets}
+	r := newFallbackRig(t, srv, p, timeout, fallbackOptions(200*time.Millisecond, func(o *FallbackOptions) { o.Share = 1 }))
 	key := redisTestKey(t, "k")
 	name := r.redis.Key(key)
 
@@ -292,8 +304,8 @@ func TestFallbackPausedRedis(t *testing.T) {
 func TestFallbackReject(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 10, Window: time.Minute}
-	r := newFallbackRig(t, srv, p, 100*time.Millisecond, FallbackOptions{Reject: true, OpenFor: 50 * time.Millisecond})
+	p := Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}
+	r := newFallbackRig(t, srv, p, 100*time.Millisecond, fallbackOptions(50*time.Millisecond, func(o *FallbackOptions) { o.Reject = true }))
 	key := redisTestKey(t, "k")
 	ctx := context.Background()
 	r.take(t, key)
@@ -331,9 +343,9 @@ func TestFallbackReject(t *testing.T) {
 func TestFallbackLostKeyWithoutOutage(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 50, Window: time.Minute}
-	a := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
-	b := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
+	p := Policy{Limit: 50, Window: time.Minute, Buckets: DefaultBuckets}
+	a := newFallbackRig(t, srv, p, time.Second, DefaultFallbackOptions())
+	b := newFallbackRig(t, srv, p, time.Second, DefaultFallbackOptions())
 	key := redisTestKey(t, "k")
 	name := a.redis.Key(key)
 	ctx := context.Background()
@@ -411,10 +423,10 @@ func TestFallbackLocalQuota(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			leaktest.AtEnd(t)
 			srv := redistest.Start(t)
-			p := Policy{Limit: tc.limit, Window: time.Minute}
+			p := Policy{Limit: tc.limit, Window: time.Minute, Buckets: DefaultBuckets}
 			clock := clockwork.NewFakeClockAt(time.Now())
 			r := newFallbackRig(t, srv, p, 100*time.Millisecond,
-				FallbackOptions{Share: tc.share, Clock: clock, FailuresToOpen: 1, OpenFor: time.Hour})
+				fallbackOptions(time.Hour, func(o *FallbackOptions) { o.Share, o.Clock, o.FailuresToOpen = tc.share, clock, 1 }))
 			key := redisTestKey(t, "k")
 			if n := r.takeN(t, key, tc.before); n != tc.before {
 				t.Fatalf("%d of %d admitted through Redis", n, tc.before)
@@ -443,9 +455,9 @@ func TestFallbackLocalQuota(t *testing.T) {
 func TestFallbackBlockDuringOutage(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 10, Window: time.Minute}
+	p := Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}
 	clock := clockwork.NewFakeClockAt(time.Now())
-	r := newFallbackRig(t, srv, p, 100*time.Millisecond, FallbackOptions{Clock: clock, FailuresToOpen: 1, OpenFor: 50 * time.Millisecond})
+	r := newFallbackRig(t, srv, p, 100*time.Millisecond, fallbackOptions(50*time.Millisecond, func(o *FallbackOptions) { o.Clock, o.FailuresToOpen = clock, 1 }))
 	key := redisTestKey(t, "k")
 	ctx := context.Background()
 	r.take(t, key)
@@ -473,8 +485,8 @@ func TestFallbackBlockDuringOutage(t *testing.T) {
 func TestFallbackCallerGone(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 10, Window: time.Minute}
-	r := newFallbackRig(t, srv, p, time.Second, FallbackOptions{FailuresToOpen: 1})
+	p := Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}
+	r := newFallbackRig(t, srv, p, time.Second, fallbackOptions(time.Second, func(o *FallbackOptions) { o.FailuresToOpen = 1 }))
 	key := redisTestKey(t, "k")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -496,9 +508,9 @@ func TestFallbackCallerGone(t *testing.T) {
 func TestFallbackSweep(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 10, Window: time.Minute}
+	p := Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}
 	clock := clockwork.NewFakeClockAt(time.Now())
-	r := newFallbackRig(t, srv, p, time.Second, FallbackOptions{Clock: clock})
+	r := newFallbackRig(t, srv, p, time.Second, fallbackOptions(time.Second, func(o *FallbackOptions) { o.Clock = clock }))
 	for i := range 5 {
 		r.take(t, redisTestKey(t, strconv.Itoa(i)))
 	}
@@ -517,9 +529,9 @@ func TestFallbackSweep(t *testing.T) {
 func TestFallbackReleases(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 4, Window: time.Minute}
+	p := Policy{Limit: 4, Window: time.Minute, Buckets: DefaultBuckets}
 	clock := clockwork.NewFakeClockAt(time.Now())
-	r := newFallbackRig(t, srv, p, 100*time.Millisecond, FallbackOptions{Share: 0.5, Clock: clock, OpenFor: 50 * time.Millisecond})
+	r := newFallbackRig(t, srv, p, 100*time.Millisecond, fallbackOptions(50*time.Millisecond, func(o *FallbackOptions) { o.Share, o.Clock = 0.5, clock }))
 	ctx := context.Background()
 	key, other := redisTestKey(t, "k"), redisTestKey(t, "other")
 	pending := func(key string) (reserved int) {
@@ -581,9 +593,9 @@ func TestFallbackReleases(t *testing.T) {
 func TestFallbackWritesBackBeforeAdmitting(t *testing.T) {
 	leaktest.AtEnd(t)
 	srv := redistest.Start(t)
-	p := Policy{Limit: 10, Window: time.Minute}
-	a := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
-	b := newFallbackRig(t, srv, p, time.Second, FallbackOptions{})
+	p := Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}
+	a := newFallbackRig(t, srv, p, time.Second, DefaultFallbackOptions())
+	b := newFallbackRig(t, srv, p, time.Second, DefaultFallbackOptions())
 	ctx := context.Background()
 	key := redisTestKey(t, "k")
 	if n := a.takeN(t, key, 5); n != 5 {

@@ -12,7 +12,7 @@ import (
 // found by review).
 func TestMaxKeysIsTheStores(t *testing.T) {
 	for _, max := range []int{64, 1000} {
-		s := NewMemoryStore(Policy{Limit: 10, Window: time.Hour, MaxKeys: max}, nil)
+		s := NewMemoryStore(Policy{Limit: 10, Window: time.Hour, MaxKeys: max, Buckets: DefaultBuckets}, nil)
 		full := 0
 		firstFull := -1
 		for i := range max {

@@ -40,8 +40,10 @@ type memShard struct {
 }
 
 // NewMemoryStore returns a store enforcing p with clock (nil: the real
-// clock). It starts nothing; call Sweep (or Run) to drop idle keys.
+// clock). It starts nothing; call Sweep (or Run) to drop idle keys. It
+// panics if p does not Validate.
 func NewMemoryStore(p Policy, clock clockwork.Clock) *MemoryStore {
+	p.mustValidate("NewMemoryStore")
 	if clock == nil {
 		clock = clockwork.NewRealClock()
 	}

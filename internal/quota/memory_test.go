@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,7 +135,7 @@ func TestMemoryStoreRollingBound(t *testing.T) {
 	}{
 		{"3x demand, 60 buckets", Policy{Limit: 100, Window: time.Minute, Buckets: 60}, 200 * time.Millisecond},
 		{"10x demand, 7 buckets, margin", Policy{Limit: 50, Window: 10 * time.Second, Margin: time.Second, Buckets: 7}, 20 * time.Millisecond},
-		{"under demand", Policy{Limit: 1000, Window: time.Minute}, 100 * time.Millisecond},
+		{"under demand", Policy{Limit: 1000, Window: time.Minute, Buckets: DefaultBuckets}, 100 * time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,7 +176,7 @@ func TestMemoryStoreRollingBound(t *testing.T) {
 
 func TestMemoryStoreBlockAndSweep(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(epoch)
-	s := NewMemoryStore(Policy{Limit: 10, Window: 10 * time.Second}, clk)
+	s := NewMemoryStore(Policy{Limit: 10, Window: 10 * time.Second, Buckets: DefaultBuckets}, clk)
 	ctx := context.Background()
 	if err := s.Block(ctx, "k", 3*time.Second); err != nil {
 		t.Fatal(err)
@@ -228,15 +229,24 @@ func TestMemoryStoreCounted(t *testing.T) {
 }
 
 func TestPolicyValidate(t *testing.T) {
-	for _, p := range []Policy{{}, {Limit: 1}, {Limit: 1, Window: time.Second, Margin: -1}, {Limit: 1, Window: time.Second, Buckets: 4000}} {
-		if p.Validate() == nil {
-			t.Errorf("%+v: no error", p)
+	for field, p := range map[string]Policy{
+		"Limit":   {},
+		"Window":  {Limit: 1, Buckets: DefaultBuckets},
+		"Margin":  {Limit: 1, Window: time.Second, Margin: -1, Buckets: DefaultBuckets},
+		"Buckets": {Limit: 1, Window: time.Second}, // required: no default
+		"MaxKeys": {Limit: 1, Window: time.Second, Buckets: DefaultBuckets, MaxKeys: -1},
+	} {
+		if err := p.Validate(); err == nil || !strings.HasPrefix(err.Error(), field+" ") {
+			t.Errorf("%+v: error %v, want one naming %s", p, err, field)
 		}
 	}
-	if err := (Policy{Limit: 1, Window: time.Hour}).Validate(); err != nil {
+	if err := (Policy{Limit: 1, Window: time.Second, Buckets: 4000}).Validate(); err == nil {
+		t.Error("4000 buckets: no error")
+	}
+	if err := (Policy{Limit: 1, Window: time.Hour, Buckets: DefaultBuckets}).Validate(); err != nil {
 		t.Error(err)
 	}
-	if w := (Policy{Limit: 1, Window: time.Hour}).BucketWidth(); w != time.Minute {
+	if w := (Policy{Limit: 1, Window: time.Hour, Buckets: DefaultBuckets}).BucketWidth(); w != time.Minute {
 		t.Errorf("width %s", w)
 	}
 }

@@ -21,12 +21,6 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// Defaults of RedisOptions.
-const (
-	DefaultRedisKeyPrefix = "fgw"
-	DefaultRedisTimeout   = 50 * time.Millisecond
-)
-
 var (
 	//go:embed redis_take.lua
 	takeLua string
@@ -55,12 +49,27 @@ var (
 )
 
 // RedisOptions tunes a RedisStore.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// DefaultRedisOptions returns this package's defaults.
 type RedisOptions struct {
 	// KeyPrefix starts every key name (redis.key_prefix), so several
-	// gateways or environments can share one Redis. Default "fgw".
+	// gateways or environments can share one Redis. Required: a key
+	// without a prefix could be any application's.
 	KeyPrefix string
 	// Timeout bounds every call to Redis (redis.timeout), so a Redis that
-	// stops answering cannot hold a request longer. Default 50ms.
+	// stops answering cannot hold a request longer. Required: unbounded,
+	// such a Redis would hold every request.
 	Timeout time.Duration
 	// AutoPipeline sends concurrent takes through go-redis's autopipeliner
 	// (redis.auto_pipeline): each take is still its own atomic script, but
@@ -70,19 +79,37 @@ type RedisOptions struct {
 	// three lease times: a refill holds up to 2.5): a take asking to hold
 	// longer is an ordinary take, its one slot counted now and Granted 0.
 	// It also bounds how far ahead reconciliation writes buckets back.
-	// 0 disables leases.
+	// 0: no leases.
 	MaxHold time.Duration
 	// Settle is how long no slot is used after Redis (a standalone server
 	// or a Sentinel-managed primary) lost all its data, so that every
 	// replica holding counts can write them back before anything is
-	// admitted on them (see redis_take.lua's instance key). 0 turns the
-	// instance key off; it is always off in a Redis Cluster, where a
+	// admitted on them (see redis_take.lua's instance key). 0: no settling,
+	// the instance key off; it is always off in a Redis Cluster, where a
 	// script may touch one hash slot only.
 	Settle time.Duration
 	// Clock, when set, replaces Redis TIME in the scripts: tests that run
 	// a limiter and the store on one fake clock. Nil (always, outside
 	// tests): Redis's own clock, the one clock of every replica.
 	Clock clockwork.Clock
+}
+
+// DefaultRedisOptions returns a RedisStore's defaults: keys prefixed
+// "fgw", calls bounded by 50ms; no leases, no settling, no autopipelining.
+func DefaultRedisOptions() RedisOptions {
+	return RedisOptions{KeyPrefix: "fgw", Timeout: 50 * time.Millisecond}
+}
+
+// Validate reports what NewRedisStore refuses, naming the fields.
+func (o RedisOptions) Validate() error {
+	var errs []error
+	if o.KeyPrefix == "" {
+		errs = append(errs, errors.New("KeyPrefix is required"))
+	}
+	if o.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("Timeout must be positive, got %s", o.Timeout))
+	}
+	return errors.Join(errs...)
 }
 
 // RedisStore is the quota store shared by every gateway replica: each Take
@@ -136,13 +163,12 @@ type RedisStore struct {
 }
 
 // NewRedisStore returns a store enforcing p in Redis through client. It
-// does no I/O and starts nothing.
+// does no I/O and starts nothing. It panics if p or opts does not
+// Validate.
 func NewRedisStore(client redis.UniversalClient, p Policy, opts RedisOptions) *RedisStore {
-	if opts.KeyPrefix == "" {
-		opts.KeyPrefix = DefaultRedisKeyPrefix
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultRedisTimeout
+	p.mustValidate("NewRedisStore")
+	if err := opts.Validate(); err != nil {
+		panic("quota: NewRedisStore: RedisOptions." + strings.ReplaceAll(err.Error(), "\n", "; RedisOptions."))
 	}
 	s := &RedisStore{
 		client:   client,
@@ -490,6 +516,19 @@ func ceilMillis(d time.Duration) int64 {
 
 // RedisClientOptions describes how to reach Redis (the redis.* settings).
 // Exactly one of URL, SentinelMaster or ClusterAddrs selects the topology.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// DefaultRedisClientOptions returns this package's defaults.
 type RedisClientOptions struct {
 	// URL is a standalone server: redis://[user:password@]host:port[/db],
 	// rediss:// for TLS, or unix:///path/to/redis.sock?db=N.
@@ -509,23 +548,35 @@ type RedisClientOptions struct {
 	Username string
 	Password string
 	// DB selects a database (standalone and Sentinel only; with URL it may
-	// be given in the URL path instead).
+	// be given in the URL path instead); 0 is database 0.
 	DB int
 	// TLS connects with TLS (implied by rediss://). CAFile is a PEM file
-	// of the CAs to trust instead of the system's; CertFile and KeyFile a
-	// client certificate for mutual TLS; ServerName the name to verify the
-	// server's certificate against (default: the host dialled).
+	// of the CAs to trust instead of the system's ("": none, the system's
+	// are trusted); CertFile and KeyFile a client certificate for mutual
+	// TLS ("": none); ServerName the name to verify the server's
+	// certificate against ("": none given, the host dialled is verified).
 	TLS               bool
 	CAFile            string
 	CertFile, KeyFile string
 	ServerName        string
 
-	// PoolSize is the number of connections per node (0: go-redis default,
-	// 10 per GOMAXPROCS).
+	// PoolSize is the number of connections per node. 0 sets no size:
+	// go-redis sizes the pool (10 connections per GOMAXPROCS, 5 per node
+	// in a Cluster). This zero is the one exception to the convention
+	// above, because the size that fits follows the machine and the
+	// topology, which go-redis knows when it builds the client.
 	PoolSize int
-	// Timeout is the store's per-call timeout (default 50ms); socket read
-	// and write deadlines follow it and dials get a few multiples of it.
+	// Timeout is the store's per-call timeout; socket read and write
+	// deadlines follow it and dials get a few multiples of it. Required:
+	// unbounded, a Redis that stops answering would hold every request.
 	Timeout time.Duration
+}
+
+// DefaultRedisClientOptions returns the client's defaults: calls bounded
+// as DefaultRedisOptions bounds the store's, and no topology (URL,
+// SentinelMaster or ClusterAddrs is the caller's to set).
+func DefaultRedisClientOptions() RedisClientOptions {
+	return RedisClientOptions{Timeout: DefaultRedisOptions().Timeout}
 }
 
 // OptionError is one problem of a RedisClientOptions field. Option is
@@ -594,8 +645,8 @@ func (o RedisClientOptions) Validate() error {
 	if o.PoolSize < 0 {
 		bad("PoolSize", "must not be negative (0 = go-redis default), got %d", o.PoolSize)
 	}
-	if o.Timeout < 0 {
-		bad("Timeout", "must not be negative, got %s", o.Timeout)
+	if o.Timeout <= 0 {
+		bad("Timeout", "must be positive, got %s", o.Timeout)
 	}
 	for _, a := range o.SentinelAddrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -702,9 +753,6 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 		return nil, err
 	}
 	timeout := o.Timeout
-	if timeout == 0 {
-		timeout = DefaultRedisTimeout
-	}
 	// A dial runs in the background of the call that needs it, so it may
 	// take longer than one call (TLS handshakes do) without holding it.
 	dial := min(max(10*timeout, 100*time.Millisecond), 5*time.Second)

@@ -31,6 +31,14 @@ func newRedisTestClient(t testing.TB, srv *redistest.Server, timeout time.Durati
 	return c
 }
 
+// redisOptions is DefaultRedisOptions with calls bounded by timeout and,
+// when autoPipeline is set, concurrent takes pipelined.
+func redisOptions(timeout time.Duration, autoPipeline bool) RedisOptions {
+	o := DefaultRedisOptions()
+	o.Timeout, o.AutoPipeline = timeout, autoPipeline
+	return o
+}
+
 // redisTestKey returns a distinct key per test, shaped like the proxy's keys.
 func redisTestKey(t testing.TB, suffix string) string {
 	return fmt.Sprintf("%x", []byte(t.Name()+"/"+suffix))
@@ -116,7 +124,7 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 		},
 		{
 			name:   "smoothing turn",
-			policy: Policy{Limit: 10, Window: 10 * time.Second},
+			policy: Policy{Limit: 10, Window: 10 * time.Second, Buckets: DefaultBuckets},
 			steps: cat([]scriptStep{{notBefore: 300 * time.Millisecond, wait: time.Second}, {notBefore: 2 * time.Second, wait: time.Second}},
 				repeat(9, scriptStep{}), []scriptStep{{notBefore: time.Second, wait: 15 * time.Second}, {peek: true}}),
 		},
@@ -138,7 +146,7 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 		},
 		{
 			name:   "random, default buckets",
-			policy: Policy{Limit: 20, Window: 5 * time.Second},
+			policy: Policy{Limit: 20, Window: 5 * time.Second, Buckets: DefaultBuckets},
 			steps:  random(2, 600),
 		},
 	}
@@ -146,7 +154,7 @@ func TestRedisScriptMatchesMemory(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 			mem := NewMemoryStore(tc.policy, clock)
-			rs := NewRedisStore(client, tc.policy, RedisOptions{Timeout: time.Second})
+			rs := NewRedisStore(client, tc.policy, redisOptions(time.Second, false))
 			rs.now = func() int64 { return clock.Now().UnixMilli() }
 			ctx := context.Background()
 			key := redisTestKey(t, "k")
@@ -202,9 +210,9 @@ func sameRedisResult(a, b Result) bool {
 func TestRedisRetryAfterIsExact(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newRedisTestClient(t, srv, time.Second)
-	p := Policy{Limit: 3, Window: 2 * time.Second, Margin: 250 * time.Millisecond}
+	p := Policy{Limit: 3, Window: 2 * time.Second, Margin: 250 * time.Millisecond, Buckets: DefaultBuckets}
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_123))
-	rs := NewRedisStore(client, p, RedisOptions{})
+	rs := NewRedisStore(client, p, DefaultRedisOptions())
 	rs.now = func() int64 { return clock.Now().UnixMilli() }
 	ctx := context.Background()
 	key := redisTestKey(t, "k")
@@ -248,7 +256,7 @@ func testRedisBoundUnderConcurrency(t *testing.T, autoPipeline bool) {
 		workers  = 5 // per replica
 		windows  = 4
 	)
-	p := Policy{Limit: 100, Window: time.Second}
+	p := Policy{Limit: 100, Window: time.Second, Buckets: DefaultBuckets}
 	demand := 3 * float64(p.Limit) / p.Window.Seconds() // attempts per second, all workers
 	period := time.Duration(float64(replicas*workers) / demand * float64(time.Second))
 	key := redisTestKey(t, "k")
@@ -265,7 +273,7 @@ func testRedisBoundUnderConcurrency(t *testing.T, autoPipeline bool) {
 	var wg sync.WaitGroup
 	for r := range replicas {
 		client := newRedisTestClient(t, srv, time.Second)
-		store := NewRedisStore(client, p, RedisOptions{Timeout: time.Second, AutoPipeline: autoPipeline})
+		store := NewRedisStore(client, p, redisOptions(time.Second, autoPipeline))
 		if err := store.Ping(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -339,9 +347,11 @@ func TestRedisKeyLayoutTTLAndMemory(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("bounded fields and ttl", func(t *testing.T) {
-		p := Policy{Limit: 10_000, Window: time.Minute}
+		p := Policy{Limit: 10_000, Window: time.Minute, Buckets: DefaultBuckets}
 		clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
-		rs := NewRedisStore(client, p, RedisOptions{KeyPrefix: "test"})
+		o := DefaultRedisOptions()
+		o.KeyPrefix = "test"
+		rs := NewRedisStore(client, p, o)
 		rs.now = func() int64 { return clock.Now().UnixMilli() }
 		key := redisTestKey(t, "k")
 		name := rs.Key(key)
@@ -383,7 +393,7 @@ func TestRedisKeyLayoutTTLAndMemory(t *testing.T) {
 	})
 
 	t.Run("denial creates nothing", func(t *testing.T) {
-		rs := NewRedisStore(client, Policy{Limit: 5, Window: time.Minute}, RedisOptions{})
+		rs := NewRedisStore(client, Policy{Limit: 5, Window: time.Minute, Buckets: DefaultBuckets}, DefaultRedisOptions())
 		key := redisTestKey(t, "k")
 		if r, err := rs.Take(ctx, key, Take{Peek: true}); err != nil || r.Allowed || r.Remaining != 5 {
 			t.Fatalf("peek on a fresh key: %+v, %v", r, err)
@@ -395,7 +405,7 @@ func TestRedisKeyLayoutTTLAndMemory(t *testing.T) {
 
 	t.Run("idle key expires", func(t *testing.T) {
 		p := Policy{Limit: 5, Window: 300 * time.Millisecond, Buckets: 10}
-		rs := NewRedisStore(client, p, RedisOptions{})
+		rs := NewRedisStore(client, p, DefaultRedisOptions())
 		key := redisTestKey(t, "k")
 		if r, err := rs.Take(ctx, key, Take{}); err != nil || !r.Allowed {
 			t.Fatalf("take: %+v, %v", r, err)
@@ -419,9 +429,9 @@ func TestRedisKeyLayoutTTLAndMemory(t *testing.T) {
 func TestRedisBlockAcrossInstances(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	p := Policy{Limit: 10, Window: time.Minute}
-	a := NewRedisStore(newRedisTestClient(t, srv, time.Second), p, RedisOptions{})
-	b := NewRedisStore(newRedisTestClient(t, srv, time.Second), p, RedisOptions{})
+	p := Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}
+	a := NewRedisStore(newRedisTestClient(t, srv, time.Second), p, DefaultRedisOptions())
+	b := NewRedisStore(newRedisTestClient(t, srv, time.Second), p, DefaultRedisOptions())
 
 	t.Run("redis time", func(t *testing.T) {
 		key := redisTestKey(t, "k")
@@ -473,7 +483,7 @@ func TestRedisRoundTripsAndScriptReload(t *testing.T) {
 	cnt := &redistest.CommandCounter{}
 	client.AddHook(cnt)
 	ctx := context.Background()
-	rs := NewRedisStore(client, Policy{Limit: 1000, Window: time.Minute}, RedisOptions{})
+	rs := NewRedisStore(client, Policy{Limit: 1000, Window: time.Minute, Buckets: DefaultBuckets}, DefaultRedisOptions())
 	key := redisTestKey(t, "k")
 	if err := rs.Ping(ctx); err != nil { // connection set up outside the count
 		t.Fatal(err)
@@ -513,7 +523,7 @@ func testRedisTimeoutWhenPaused(t *testing.T, autoPipeline bool) {
 	srv := redistest.Start(t)
 	const timeout = 50 * time.Millisecond
 	client := newRedisTestClient(t, srv, timeout)
-	rs := NewRedisStore(client, Policy{Limit: 10, Window: time.Minute}, RedisOptions{Timeout: timeout, AutoPipeline: autoPipeline})
+	rs := NewRedisStore(client, Policy{Limit: 10, Window: time.Minute, Buckets: DefaultBuckets}, redisOptions(timeout, autoPipeline))
 	ctx := context.Background()
 	key := redisTestKey(t, "k")
 	if _, err := rs.Take(ctx, key, Take{}); err != nil {
@@ -549,6 +559,7 @@ func testRedisTimeoutWhenPaused(t *testing.T, autoPipeline bool) {
 }
 
 func TestNewRedisClient(t *testing.T) {
+	timeout := DefaultRedisClientOptions().Timeout
 	cases := []struct {
 		name    string
 		opts    RedisClientOptions
@@ -572,7 +583,7 @@ func TestNewRedisClient(t *testing.T) {
 		},
 		{
 			name: "rediss",
-			opts: RedisClientOptions{URL: "rediss://redis.example:6380"},
+			opts: RedisClientOptions{URL: "rediss://redis.example:6380", Timeout: timeout},
 			check: func(t *testing.T, c redis.UniversalClient) {
 				o := c.(*redis.Client).Options()
 				if o.TLSConfig == nil || o.TLSConfig.ServerName != "redis.example" {
@@ -582,7 +593,7 @@ func TestNewRedisClient(t *testing.T) {
 		},
 		{
 			name: "tls flag and separate credentials",
-			opts: RedisClientOptions{URL: "redis://redis.example:6379", TLS: true, Username: "u", Password: "p", DB: 3},
+			opts: RedisClientOptions{URL: "redis://redis.example:6379", TLS: true, Username: "u", Password: "p", DB: 3, Timeout: timeout},
 			check: func(t *testing.T, c redis.UniversalClient) {
 				o := c.(*redis.Client).Options()
 				if o.TLSConfig == nil || o.Username != "u" || o.Password != "p" || o.DB != 3 {
@@ -592,7 +603,7 @@ func TestNewRedisClient(t *testing.T) {
 		},
 		{
 			name: "unix socket",
-			opts: RedisClientOptions{URL: "unix:///run/redis/redis.sock?db=4"},
+			opts: RedisClientOptions{URL: "unix:///run/redis/redis.sock?db=4", Timeout: timeout},
 			check: func(t *testing.T, c redis.UniversalClient) {
 				o := c.(*redis.Client).Options()
 				if o.Network != "unix" || o.Addr != "/run/redis/redis.sock" || o.DB != 4 || !o.ContextTimeoutEnabled {
@@ -602,7 +613,7 @@ func TestNewRedisClient(t *testing.T) {
 		},
 		{
 			name: "sentinel",
-			opts: RedisClientOptions{SentinelMaster: "mymaster", SentinelAddrs: []string{"10.0.0.1:26379", "10.0.0.2:26379"}, SentinelPassword: "x", Password: "p"},
+			opts: RedisClientOptions{SentinelMaster: "mymaster", SentinelAddrs: []string{"10.0.0.1:26379", "10.0.0.2:26379"}, SentinelPassword: "x", Password: "p", Timeout: timeout},
 			check: func(t *testing.T, c redis.UniversalClient) {
 				if _, ok := c.(*redis.Client); !ok {
 					t.Fatalf("sentinel client is %T, want a failover *redis.Client", c)
@@ -611,7 +622,7 @@ func TestNewRedisClient(t *testing.T) {
 		},
 		{
 			name: "cluster",
-			opts: RedisClientOptions{ClusterAddrs: []string{"10.0.0.1:7000"}, Password: "p", TLS: true},
+			opts: RedisClientOptions{ClusterAddrs: []string{"10.0.0.1:7000"}, Password: "p", TLS: true, Timeout: timeout},
 			check: func(t *testing.T, c redis.UniversalClient) {
 				cc, ok := c.(*redis.ClusterClient)
 				if !ok {
@@ -622,24 +633,25 @@ func TestNewRedisClient(t *testing.T) {
 				}
 			},
 		},
-		{name: "nothing", opts: RedisClientOptions{}, wantErr: "set one of"},
-		{name: "url and cluster", opts: RedisClientOptions{URL: "redis://h:1", ClusterAddrs: []string{"h:2"}}, wantErr: "exclusive"},
-		{name: "url and sentinel", opts: RedisClientOptions{URL: "redis://h:1", SentinelMaster: "m", SentinelAddrs: []string{"h:2"}}, wantErr: "exclusive"},
-		{name: "sentinel without addrs", opts: RedisClientOptions{SentinelMaster: "m"}, wantErr: "SentinelAddrs: required"},
-		{name: "sentinel addrs without master", opts: RedisClientOptions{SentinelAddrs: []string{"h:1"}}, wantErr: "SentinelMaster: required"},
-		{name: "sentinel password alone", opts: RedisClientOptions{URL: "redis://h:1", SentinelPassword: "x"}, wantErr: "only applies"},
-		{name: "cluster db", opts: RedisClientOptions{ClusterAddrs: []string{"h:1"}, DB: 1}, wantErr: "database 0"},
-		{name: "bad scheme", opts: RedisClientOptions{URL: "http://h:1"}, wantErr: "scheme"},
-		{name: "bad db", opts: RedisClientOptions{URL: "redis://h:1/x"}, wantErr: "database"},
-		{name: "credentials twice", opts: RedisClientOptions{URL: "redis://:a@h:1", Password: "b"}, wantErr: "both"},
-		{name: "db twice", opts: RedisClientOptions{URL: "redis://h:1/2", DB: 3}, wantErr: "database given twice"},
-		{name: "bad address", opts: RedisClientOptions{ClusterAddrs: []string{"no-port"}}, wantErr: "ClusterAddrs: "},
+		{name: "nothing", opts: RedisClientOptions{Timeout: timeout}, wantErr: "set one of"},
+		{name: "url and cluster", opts: RedisClientOptions{URL: "redis://h:1", ClusterAddrs: []string{"h:2"}, Timeout: timeout}, wantErr: "exclusive"},
+		{name: "url and sentinel", opts: RedisClientOptions{URL: "redis://h:1", SentinelMaster: "m", SentinelAddrs: []string{"h:2"}, Timeout: timeout}, wantErr: "exclusive"},
+		{name: "sentinel without addrs", opts: RedisClientOptions{SentinelMaster: "m", Timeout: timeout}, wantErr: "SentinelAddrs: required"},
+		{name: "sentinel addrs without master", opts: RedisClientOptions{SentinelAddrs: []string{"h:1"}, Timeout: timeout}, wantErr: "SentinelMaster: required"},
+		{name: "sentinel password alone", opts: RedisClientOptions{URL: "redis://h:1", SentinelPassword: "x", Timeout: timeout}, wantErr: "only applies"},
+		{name: "cluster db", opts: RedisClientOptions{ClusterAddrs: []string{"h:1"}, DB: 1, Timeout: timeout}, wantErr: "database 0"},
+		{name: "bad scheme", opts: RedisClientOptions{URL: "http://h:1", Timeout: timeout}, wantErr: "scheme"},
+		{name: "bad db", opts: RedisClientOptions{URL: "redis://h:1/x", Timeout: timeout}, wantErr: "database"},
+		{name: "credentials twice", opts: RedisClientOptions{URL: "redis://:a@h:1", Password: "b", Timeout: timeout}, wantErr: "both"},
+		{name: "db twice", opts: RedisClientOptions{URL: "redis://h:1/2", DB: 3, Timeout: timeout}, wantErr: "database given twice"},
+		{name: "bad address", opts: RedisClientOptions{ClusterAddrs: []string{"no-port"}, Timeout: timeout}, wantErr: "ClusterAddrs: "},
 		{name: "sentinel password without master, credentials twice, bad db: all of them",
-			opts: RedisClientOptions{URL: "redis://u:secret-pw@h:1/x", Password: "b", SentinelPassword: "s"}, wantErr: "SentinelPassword: only applies"},
-		{name: "tls files without tls", opts: RedisClientOptions{URL: "redis://h:1", CAFile: "/x"}, wantErr: "need TLS = true"},
-		{name: "cert without key", opts: RedisClientOptions{URL: "rediss://h:1", CertFile: "/x"}, wantErr: "go together"},
-		{name: "missing ca file", opts: RedisClientOptions{URL: "rediss://h:1", CAFile: "/nonexistent/ca.pem"}, wantErr: "CAFile: "},
+			opts: RedisClientOptions{URL: "redis://u:secret-pw@h:1/x", Password: "b", SentinelPassword: "s", Timeout: timeout}, wantErr: "SentinelPassword: only applies"},
+		{name: "tls files without tls", opts: RedisClientOptions{URL: "redis://h:1", CAFile: "/x", Timeout: timeout}, wantErr: "need TLS = true"},
+		{name: "cert without key", opts: RedisClientOptions{URL: "rediss://h:1", CertFile: "/x", Timeout: timeout}, wantErr: "go together"},
+		{name: "missing ca file", opts: RedisClientOptions{URL: "rediss://h:1", CAFile: "/nonexistent/ca.pem", Timeout: timeout}, wantErr: "CAFile: "},
 		{name: "negative timeout", opts: RedisClientOptions{URL: "redis://h:1", Timeout: -time.Second}, wantErr: "Timeout: "},
+		{name: "no timeout (required)", opts: RedisClientOptions{URL: "redis://h:1"}, wantErr: "Timeout: must be positive"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -684,7 +696,7 @@ func TestNewRedisClientAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			rs := NewRedisStore(c, Policy{Limit: 1, Window: time.Second}, RedisOptions{Timeout: time.Second})
+			rs := NewRedisStore(c, Policy{Limit: 1, Window: time.Second, Buckets: DefaultBuckets}, redisOptions(time.Second, false))
 			_, err = rs.Take(ctx, redisTestKey(t, "k"), Take{})
 			if tc.ok && err != nil {
 				t.Fatalf("take: %v", err)

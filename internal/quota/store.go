@@ -20,11 +20,30 @@ import (
 // rolling Window. A counted attempt occupies its slot for Window+Margin after
 // admission, because the upstream counts it when it receives it, some time
 // after the gateway admitted it; Margin must cover that delay.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// A policy has no Default function: Limit and Window are the caller's,
+// and Buckets' default is the constant DefaultBuckets. The stores' New
+// functions panic on a policy Validate refuses.
 type Policy struct {
-	Limit   int
-	Window  time.Duration
-	Margin  time.Duration
-	Buckets int // sub-buckets per window; default 60
+	// Limit and Window are the quota. Required: both positive.
+	Limit  int
+	Window time.Duration
+	// Margin is how much longer than Window a slot stays counted; 0: none.
+	Margin time.Duration
+	// Buckets is how many sub-buckets a window is cut into (see
+	// DefaultBuckets). Required: between 1 and 3600.
+	Buckets int
 	// MaxKeys bounds the keys a memory store tracks (quota.max_keys), so
 	// made-up tokens cannot grow its memory without bound; 0: no bound. A
 	// key still counting something is never dropped to make room: a new
@@ -32,26 +51,35 @@ type Policy struct {
 	MaxKeys int
 }
 
-// DefaultBuckets is the number of sub-buckets a window is cut into. Each
-// store counts the oldest live bucket whole, which can never over-admit and
-// costs at most one bucket (1/DefaultBuckets) of the quota.
+// DefaultBuckets is the default number of sub-buckets a window is cut
+// into. Each store counts the oldest live bucket whole, which can never
+// over-admit and costs at most one bucket (1/DefaultBuckets) of the quota.
 const DefaultBuckets = 60
 
-// Validate reports a policy that cannot be enforced.
+// Validate reports a policy that cannot be enforced, naming the field.
 func (p Policy) Validate() error {
 	switch {
 	case p.Limit <= 0:
-		return fmt.Errorf("limit must be positive, got %d", p.Limit)
+		return fmt.Errorf("Limit must be positive, got %d", p.Limit)
 	case p.Window <= 0:
-		return fmt.Errorf("window must be positive, got %s", p.Window)
+		return fmt.Errorf("Window must be positive, got %s", p.Window)
 	case p.Margin < 0:
-		return fmt.Errorf("margin must not be negative, got %s", p.Margin)
-	case p.Buckets < 0 || p.Buckets > 3600:
-		return fmt.Errorf("buckets must be between 1 and 3600, got %d", p.Buckets)
+		return fmt.Errorf("Margin must not be negative, got %s", p.Margin)
+	case p.Buckets < 1 || p.Buckets > 3600:
+		return fmt.Errorf("Buckets must be between 1 and 3600, got %d", p.Buckets)
 	case p.MaxKeys < 0:
-		return fmt.Errorf("max_keys must not be negative, got %d", p.MaxKeys)
+		return fmt.Errorf("MaxKeys must not be negative, got %d", p.MaxKeys)
 	}
 	return nil
+}
+
+// mustValidate panics, naming the constructor, if Validate refuses p: a
+// store cannot count under a policy it cannot enforce (a zero Buckets
+// would divide by zero on the first take instead).
+func (p Policy) mustValidate(constructor string) {
+	if err := p.Validate(); err != nil {
+		panic("quota: " + constructor + ": Policy." + err.Error())
+	}
 }
 
 // Span is how long one counted attempt occupies its slot.
@@ -59,13 +87,11 @@ func (p Policy) Span() time.Duration { return p.Window + p.Margin }
 
 // BucketWidth is the width of one sub-bucket: Span cut into Buckets parts,
 // rounded up to a whole millisecond so Redis (which counts in milliseconds)
-// and memory agree.
+// and memory agree. (Buckets below 1, which Validate refuses, cut nothing:
+// one bucket, not a division by zero.)
 func (p Policy) BucketWidth() time.Duration {
-	n := p.Buckets
-	if n <= 0 {
-		n = DefaultBuckets
-	}
-	w := (p.Span() + time.Duration(n) - 1) / time.Duration(n)
+	n := time.Duration(max(p.Buckets, 1))
+	w := (p.Span() + n - 1) / n
 	if r := w % time.Millisecond; r != 0 {
 		w += time.Millisecond - r
 	}

@@ -86,7 +86,7 @@ func TestRedisMutualTLS(t *testing.T) {
 	redistest.Start(t, "--tls-port", strconv.Itoa(port), "--tls-cert-file", srvCert, "--tls-key-file", srvKey,
 		"--tls-ca-cert-file", filepath.Join(dir, "test-ca.pem"), "--tls-auth-clients", "yes")
 	url := "rediss://127.0.0.1:" + strconv.Itoa(port)
-	p := Policy{Limit: 5, Window: time.Minute}
+	p := Policy{Limit: 5, Window: time.Minute, Buckets: DefaultBuckets}
 	take := func(o RedisClientOptions) error {
 		o.URL, o.Timeout = url, time.Second
 		c, err := NewRedisClient(o)
@@ -94,7 +94,7 @@ func TestRedisMutualTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		_, err = NewRedisStore(c, p, RedisOptions{Timeout: time.Second}).Take(context.Background(), redisTestKey(t, "k"), Take{})
+		_, err = NewRedisStore(c, p, redisOptions(time.Second, false)).Take(context.Background(), redisTestKey(t, "k"), Take{})
 		return err
 	}
 	caFile := filepath.Join(dir, "test-ca.pem")

@@ -11,27 +11,41 @@ import (
 	"time"
 )
 
-// BaseOptions tune the http.Transport that NewBaseTransport builds. A zero
-// field takes the default given with it.
+// BaseOptions tune the http.Transport that NewBaseTransport builds.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// DefaultBaseOptions returns this package's defaults.
 type BaseOptions struct {
-	// DialTimeout bounds connecting (default 5s); KeepAlive is the TCP
-	// keep-alive period (default 30s).
+	// DialTimeout bounds connecting; 0: no bound but the system's.
+	// KeepAlive is the TCP keep-alive period; 0: no keep-alive probes.
 	DialTimeout time.Duration
 	KeepAlive   time.Duration
-	// TLSHandshakeTimeout bounds the TLS handshake (default 5s).
+	// TLSHandshakeTimeout bounds the TLS handshake; 0: no bound.
 	TLSHandshakeTimeout time.Duration
 	// ResponseHeaderTimeout is upstream.timeout: how long an attempt waits
-	// for the answer's headers once the request is written (default 30s;
-	// negative: no limit). An attempt that exceeds it ends as a "timeout"
-	// error, which the Policy retries on replay-safe routes only.
+	// for the answer's headers once the request is written; 0: no bound.
+	// An attempt that exceeds it ends as a "timeout" error, which the
+	// Policy retries on replay-safe routes only.
 	ResponseHeaderTimeout time.Duration
-	// IdleConnTimeout closes idle connections (default 90s).
+	// IdleConnTimeout closes connections idle that long; 0: never closed
+	// for being idle.
 	IdleConnTimeout time.Duration
 	// MaxIdleConnsPerHost is how many idle connections to Fusioo are kept
-	// (default 256): a proxy sends all its traffic to one host, and the
-	// http.Transport default of 2 would reconnect constantly.
+	// (the gateway keeps 256: a proxy sends all its traffic to one host,
+	// and http.Transport's own default of 2 would reconnect constantly);
+	// 0: none kept, every connection is closed after its exchange.
 	MaxIdleConnsPerHost int
-	// MaxConnsPerHost bounds connections to Fusioo (default 0: no bound).
+	// MaxConnsPerHost bounds connections to Fusioo; 0: no bound.
 	MaxConnsPerHost int
 	// TLSClientConfig is the TLS configuration; nil means the defaults.
 	TLSClientConfig *tls.Config
@@ -47,30 +61,44 @@ type BaseOptions struct {
 	DisableHTTP2 bool
 }
 
-// NewBaseTransport returns an *http.Transport tuned to sit under the
-// gateway's attempt loop: bounded dial, handshake and header waits,
-// many idle connections to the one upstream host, HTTP/2 when offered, and
-// no transparent compression (the client's Accept-Encoding is passed
-// through untouched; Exchange.Outcome reads gzip error bodies itself).
-func NewBaseTransport(o BaseOptions) *http.Transport {
-	d := &net.Dialer{
-		Timeout:   orDefault(o.DialTimeout, 5*time.Second),
-		KeepAlive: orDefault(o.KeepAlive, 30*time.Second),
+// DefaultBaseOptions returns the base transport's defaults: bounded dial,
+// handshake and header waits, and many idle connections to the one
+// upstream host, kept alive.
+func DefaultBaseOptions() BaseOptions {
+	return BaseOptions{
+		DialTimeout:           5 * time.Second,
+		KeepAlive:             30 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   256,
 	}
-	rht := orDefault(o.ResponseHeaderTimeout, 30*time.Second)
-	if rht < 0 {
-		rht = 0
+}
+
+// NewBaseTransport returns an *http.Transport tuned by o to sit under the
+// gateway's attempt loop (see DefaultBaseOptions), HTTP/2 when offered
+// unless o disables it, and no transparent compression (the client's
+// Accept-Encoding is passed through untouched; Exchange.Outcome reads gzip
+// error bodies itself).
+func NewBaseTransport(o BaseOptions) *http.Transport {
+	d := &net.Dialer{Timeout: max(o.DialTimeout, 0), KeepAlive: o.KeepAlive}
+	if o.KeepAlive <= 0 {
+		d.KeepAlive = -1 // net.Dialer reads 0 as its own default period
+	}
+	idle := o.MaxIdleConnsPerHost
+	if idle <= 0 {
+		idle = -1 // http.Transport reads 0 as its own default of 2
 	}
 	t := &http.Transport{
 		Proxy:                 o.Proxy,
 		DialContext:           d.DialContext,
 		TLSClientConfig:       o.TLSClientConfig,
-		TLSHandshakeTimeout:   orDefault(o.TLSHandshakeTimeout, 5*time.Second),
-		ResponseHeaderTimeout: rht,
-		IdleConnTimeout:       orDefault(o.IdleConnTimeout, 90*time.Second),
+		TLSHandshakeTimeout:   max(o.TLSHandshakeTimeout, 0),
+		ResponseHeaderTimeout: max(o.ResponseHeaderTimeout, 0),
+		IdleConnTimeout:       max(o.IdleConnTimeout, 0),
 		MaxIdleConns:          0, // bounded per host instead
-		MaxIdleConnsPerHost:   orDefault(o.MaxIdleConnsPerHost, 256),
-		MaxConnsPerHost:       o.MaxConnsPerHost,
+		MaxIdleConnsPerHost:   idle,
+		MaxConnsPerHost:       max(o.MaxConnsPerHost, 0),
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     !o.DisableHTTP2,

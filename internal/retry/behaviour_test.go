@@ -39,12 +39,10 @@ func TestLoadWithFaults(t *testing.T) {
 	s := newSim(t, fusioosim.Config{Seed: 42, Faults: fusioosim.Faults{Unavailable: 0.05, Concurrent: 0.05}})
 	obs := newCountObserver()
 	var admits atomic.Int64
-	tr := newTransport(t, Config{
-		Routes:          testRoutes(t),
-		BaseDelay:       time.Millisecond,
-		ConcurrentDelay: time.Millisecond,
-		Observer:        obs,
-	})
+	tr := newTransport(t, defaultConfig(t, func(c *Config) {
+		c.BaseDelay, c.ConcurrentDelay = time.Millisecond, time.Millisecond
+		c.Observer = obs
+	}))
 	var failed, ok atomic.Int64
 	var wg sync.WaitGroup
 	next := make(chan int)
@@ -141,14 +139,11 @@ func TestBudgetExhausted(t *testing.T) {
 	s := newSim(t, fusioosim.Config{Faults: fusioosim.Faults{Unavailable: 1}})
 	obs := newCountObserver()
 	fc := clockwork.NewFakeClock()
-	tr := newTransport(t, Config{
-		Routes:           testRoutes(t),
-		BaseDelay:        -1,
-		BudgetRatio:      0.1,
-		BudgetMinRetries: -1,
-		Clock:            fc,
-		Observer:         obs,
-	})
+	tr := newTransport(t, defaultConfig(t, func(c *Config) {
+		c.BaseDelay = 0
+		c.BudgetRatio, c.BudgetMinRetries = 0.1, 0
+		c.Clock, c.Observer = fc, obs
+	}))
 	for i := 0; i < requests; i++ {
 		res := roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps"})
 		if res.status != 503 || res.code != fusioo.CodeUnavailable {
@@ -167,12 +162,14 @@ func TestBudgetExhausted(t *testing.T) {
 
 	// A window later the budget is back, the floor included.
 	s.sim.Reset()
-	tr2 := newTransport(t, Config{Routes: testRoutes(t), BaseDelay: -1, BudgetRatio: 0.1, BudgetMinRetries: 3, Clock: fc, MaxAttempts: 10})
+	tr2 := newTransport(t, defaultConfig(t, func(c *Config) {
+		c.BaseDelay, c.BudgetRatio, c.BudgetMinRetries, c.Clock, c.MaxAttempts = 0, 0.1, 3, fc, 10
+	}))
 	roundTrip(t, tr2, s.srv.URL, call{method: "GET", path: "/v3/apps"})
 	if n := s.ledger().Requests; n != 4 { // 1 + the floor of 3 (+ 0.1×1 retries)
 		t.Errorf("with a floor of 3 retries: %d attempts, want 4", n)
 	}
-	fc.Advance(DefaultBudgetWindow)
+	fc.Advance(DefaultConfig().BudgetWindow)
 	s.sim.Reset()
 	roundTrip(t, tr2, s.srv.URL, call{method: "GET", path: "/v3/apps"})
 	if n := s.ledger().Requests; n != 4 {
@@ -193,8 +190,9 @@ func TestBodyReplay(t *testing.T) {
 		name        string
 		size        int
 		unknownLen  bool
-		maxBody     int64
-		maxBuffers  int64
+		maxBody     int64 // 0: DefaultConfig's
+		maxBuffers  int64 // 0: DefaultConfig's
+		noBuffering bool  // MaxBodyBytes 0
 		path        string
 		wantRetries bool
 	}{
@@ -208,7 +206,7 @@ func TestBodyReplay(t *testing.T) {
 		{name: "over buffer budget", size: 32 << 10, maxBuffers: 16 << 10, path: "/v3/records/apps/app1"},
 		{name: "over buffer budget unknown length", size: 32 << 10, unknownLen: true, maxBuffers: 16 << 10, path: "/v3/records/apps/app1"},
 		{name: "upload", size: 10 << 10, path: "/v3/files/apps/app1/fields/f1"},
-		{name: "buffering off", size: 100, maxBody: -1, path: "/v3/records/apps/app1"},
+		{name: "buffering off", size: 100, noBuffering: true, path: "/v3/records/apps/app1"},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -216,7 +214,15 @@ func TestBodyReplay(t *testing.T) {
 			want := sha256.Sum256(body)
 			s := newScript(t, scripted{status: 503, code: fusioo.CodeUnavailable}, scripted{status: 503, code: fusioo.CodeUnavailable}, scripted{status: 200})
 			cfg := fastConfig(t)
-			cfg.MaxBodyBytes, cfg.MaxBufferBytes = r.maxBody, r.maxBuffers
+			if r.maxBody != 0 {
+				cfg.MaxBodyBytes = r.maxBody
+			}
+			if r.maxBuffers != 0 {
+				cfg.MaxBufferBytes = r.maxBuffers
+			}
+			if r.noBuffering {
+				cfg.MaxBodyBytes = 0
+			}
 			tr := newTransport(t, cfg)
 			res := roundTrip(t, tr, s.srv.URL, call{method: "POST", path: r.path, body: body, unknownLen: r.unknownLen})
 			n := s.requests()
@@ -350,9 +356,11 @@ func TestBufPoolShareOfAKey(t *testing.T) {
 // no timer or goroutine left.
 func TestClientDisconnectDuringBackoff(t *testing.T) {
 	s := newScript(t, scripted{status: 503, code: fusioo.CodeUnavailable})
-	base := NewBaseTransport(BaseOptions{})
+	base := NewBaseTransport(DefaultBaseOptions())
 	fc := clockwork.NewFakeClock()
-	tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc, BaseDelay: time.Hour, MaxDelay: time.Hour, Rand: func() float64 { return 0.5 }}, base)
+	tr := newTransport(t, defaultConfig(t, func(c *Config) {
+		c.Clock, c.BaseDelay, c.MaxDelay, c.Rand = fc, time.Hour, time.Hour, func() float64 { return 0.5 }
+	}), base)
 	ignore := goleak.IgnoreCurrent()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -386,7 +394,7 @@ func TestRetryAfter(t *testing.T) {
 		for _, ra := range []string{"30", "86400", "99999999999999999999", time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)} {
 			s := newScript(t, unavailable(ra), scripted{status: 200})
 			fc := clockwork.NewFakeClockAt(time.Now())
-			tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc})
+			tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = fc }))
 			h, attempts := recordHooks(nil)
 			h.Deadline = fc.Now().Add(5 * time.Second)
 			res := roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps", hooks: h})
@@ -400,7 +408,7 @@ func TestRetryAfter(t *testing.T) {
 	})
 	t.Run("no deadline, longer than MaxDelay", func(t *testing.T) {
 		s := newScript(t, unavailable("30"), scripted{status: 200})
-		tr := newTransport(t, Config{Routes: testRoutes(t), Clock: clockwork.NewFakeClock()})
+		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = clockwork.NewFakeClock() }))
 		if res := roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps"}); res.status != 503 || s.requests() != 1 {
 			t.Fatalf("got %d after %d requests", res.status, s.requests())
 		}
@@ -408,7 +416,7 @@ func TestRetryAfter(t *testing.T) {
 	t.Run("fits", func(t *testing.T) {
 		s := newScript(t, unavailable("2"), scripted{status: 200})
 		fc := clockwork.NewFakeClock()
-		tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc, Rand: func() float64 { return 0.99 }})
+		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.Rand = fc, func() float64 { return 0.99 } }))
 		h, _ := recordHooks(nil)
 		h.Deadline = fc.Now().Add(5 * time.Second)
 		done := make(chan result, 1)
@@ -429,7 +437,7 @@ func TestRetryAfter(t *testing.T) {
 	})
 	t.Run("date in the past", func(t *testing.T) {
 		s := newScript(t, unavailable("Sun, 06 Nov 1994 08:49:37 GMT"), scripted{status: 200})
-		tr := newTransport(t, Config{Routes: testRoutes(t), Clock: clockwork.NewFakeClock()})
+		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = clockwork.NewFakeClock() }))
 		if res := roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps"}); res.status != 200 || s.requests() != 2 {
 			t.Fatalf("got %d after %d requests, want 200 after 2", res.status, s.requests())
 		}
@@ -437,7 +445,7 @@ func TestRetryAfter(t *testing.T) {
 	t.Run("simulator 20005", func(t *testing.T) {
 		s := newSim(t, fusioosim.Config{Limit: 1, RetryAfter: true})
 		fc := clockwork.NewFakeClock()
-		tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc})
+		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = fc }))
 		roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps"})
 		h, _ := recordHooks(func(context.Context, time.Time) (bool, error) { t.Error("Admit called"); return true, nil })
 		h.Deadline = fc.Now().Add(time.Minute)
@@ -487,7 +495,9 @@ func TestSerializeCreates30054(t *testing.T) {
 	const n = 12
 	run := func(t *testing.T, cooldown time.Duration) (fusioosim.Ledger, int) {
 		s := newSim(t, fusioosim.Config{Faults: fusioosim.Faults{CreateHold: 20 * time.Millisecond}})
-		tr := newTransport(t, Config{Routes: testRoutes(t), ConcurrentDelay: 20 * time.Millisecond, BudgetRatio: -1, SerializeCooldown: cooldown})
+		tr := newTransport(t, defaultConfig(t, func(c *Config) {
+			c.ConcurrentDelay, c.BudgetWindow, c.SerializeCooldown = 20*time.Millisecond, 0, cooldown
+		}))
 		var failed atomic.Int64
 		var wg sync.WaitGroup
 		start := make(chan struct{})
@@ -529,7 +539,7 @@ func TestSerializeCreates30054(t *testing.T) {
 func TestSerializeLaneDeadline(t *testing.T) {
 	fc := clockwork.NewFakeClock()
 	s := newScript(t, scripted{status: 400, code: fusioo.CodeConcurrentRequests}, scripted{status: 200})
-	tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc, ConcurrentDelay: -1})
+	tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.ConcurrentDelay = fc, 0 }))
 	// Someone holds the lane.
 	tr.serial.mark("key-1", "app1")
 	release, held, ok := tr.serial.acquire(context.Background(), "key-1", "app1", time.Time{})
@@ -566,7 +576,7 @@ func TestSerializeTurnDeadline(t *testing.T) {
 		fusioo.WriteError(w, 400, fusioo.CodeConcurrentRequests, "")
 	}))
 	defer srv.Close()
-	tr = newTransport(t, Config{Routes: testRoutes(t), Clock: fc, ConcurrentDelay: -1})
+	tr = newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.ConcurrentDelay = fc, 0 }))
 	h, attempts := recordHooks(nil)
 	h.Deadline = fc.Now().Add(time.Second)
 	done := make(chan result, 1)
@@ -587,7 +597,7 @@ func TestSerializeTurnDeadline(t *testing.T) {
 
 // TestAppOf checks the App id extraction of serialized creates.
 func TestAppOf(t *testing.T) {
-	tr := newTransport(t, Config{Routes: testRoutes(t)}, http.DefaultTransport)
+	tr := newTransport(t, defaultConfig(t, nil), http.DefaultTransport)
 	for _, c := range []struct{ method, path, app string }{
 		{"POST", "/v3/records/apps/A1", "A1"},
 		{"POST", "/records/apps/A1/", "A1"},
@@ -678,7 +688,9 @@ func TestFinalBodyRestored(t *testing.T) {
 func TestReverseProxy(t *testing.T) {
 	s := newSim(t, fusioosim.Config{Seed: 7, Faults: fusioosim.Faults{Unavailable: 0.3}})
 	u, _ := url.Parse(s.srv.URL)
-	tr := newTransport(t, Config{Routes: testRoutes(t), BaseDelay: -1, ConcurrentDelay: -1, MaxAttempts: 10, BudgetRatio: -1})
+	tr := newTransport(t, defaultConfig(t, func(c *Config) {
+		c.BaseDelay, c.ConcurrentDelay, c.MaxAttempts, c.BudgetWindow = 0, 0, 10, 0
+	}))
 	proxy := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
 		Transport: tr,
@@ -728,7 +740,9 @@ func TestHTTP2(t *testing.T) {
 		srv.StartTLS()
 		cfg := fastConfig(t)
 		cfg.IdempotentWrites = true
-		tr := newTransport(t, cfg, newBase(t, BaseOptions{TLSClientConfig: srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()}))
+		o := DefaultBaseOptions()
+		o.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+		tr := newTransport(t, cfg, newBase(t, o))
 		res := roundTrip(t, tr, srv.URL, c)
 		srv.Close()
 		if res.status != 200 || s.requests() != 3 || tr.attempts.Load() != 3 || tr.writes.Load() != 3 {

@@ -43,7 +43,7 @@ func (t *Policy) prepareBody(b *body, req *http.Request, rt *fusioo.Route, key s
 		b.setEmpty(req)
 		return nil
 	}
-	if t.maxAttempts == 1 || t.maxBody < 0 || rt.Kind == fusioo.KindUpload || req.ContentLength > t.maxBody {
+	if t.maxAttempts == 1 || t.maxBody <= 0 || rt.Kind == fusioo.KindUpload || req.ContentLength > t.maxBody {
 		b.setStream(req.Body, req.ContentLength)
 		return nil
 	}

@@ -16,9 +16,9 @@ const budgetBuckets = 10
 // adds at most ratio×requests (+ min) attempts instead of multiplying the
 // load by MaxAttempts.
 type budget struct {
-	ratio float64 // < 0: unlimited
+	ratio float64
 	min   int
-	width int64 // nanoseconds per bucket
+	width int64 // nanoseconds per bucket; 0: no budget (unlimited)
 	clock clockwork.Clock
 
 	mu      sync.Mutex
@@ -29,10 +29,12 @@ type budget struct {
 	}
 }
 
+// newBudget returns the budget of ratio and min per window; a window of
+// 0 (or less) is no budget: every retry is allowed.
 func newBudget(ratio float64, min int, window time.Duration, clock clockwork.Clock) *budget {
-	w := int64(window) / budgetBuckets
-	if w <= 0 {
-		w = 1
+	var w int64
+	if window > 0 {
+		w = max(int64(window)/budgetBuckets, 1)
 	}
 	return &budget{ratio: ratio, min: min, width: w, clock: clock}
 }
@@ -50,7 +52,7 @@ func (b *budget) bucket() (int, int64) {
 
 // request counts a request (a first attempt).
 func (b *budget) request() {
-	if b.ratio < 0 {
+	if b.width == 0 {
 		return
 	}
 	b.mu.Lock()
@@ -61,7 +63,7 @@ func (b *budget) request() {
 
 // take spends one retry if the budget allows it.
 func (b *budget) take() bool {
-	if b.ratio < 0 {
+	if b.width == 0 {
 		return true
 	}
 	b.mu.Lock()

@@ -41,15 +41,24 @@ func newBase(t testing.TB, o BaseOptions) *http.Transport {
 	return b
 }
 
-// fastConfig is a Config without waits: backoff and the budget out of the
-// way, so a test sees only what it sets.
-func fastConfig(t testing.TB) Config {
-	return Config{
-		Routes:          testRoutes(t),
-		BaseDelay:       -1,
-		ConcurrentDelay: -1,
-		BudgetRatio:     -1,
+// defaultConfig is DefaultConfig with the test routes, changed by set
+// (when not nil).
+func defaultConfig(t testing.TB, set func(*Config)) Config {
+	cfg := DefaultConfig()
+	cfg.Routes = testRoutes(t)
+	if set != nil {
+		set(&cfg)
 	}
+	return cfg
+}
+
+// fastConfig is DefaultConfig without waits: no backoff and no budget, so
+// a test sees only what it sets.
+func fastConfig(t testing.TB) Config {
+	return defaultConfig(t, func(c *Config) {
+		c.BaseDelay, c.ConcurrentDelay = 0, 0
+		c.BudgetWindow = 0 // no budget
+	})
 }
 
 // newTransport drives a Policy built from cfg over a fresh base
@@ -62,7 +71,7 @@ func newTransport(t testing.TB, cfg Config, base ...http.RoundTripper) *Transpor
 	if len(base) > 0 {
 		tr.Base = base[0]
 	} else {
-		tr.Base = newBase(t, BaseOptions{})
+		tr.Base = newBase(t, DefaultBaseOptions())
 	}
 	return tr
 }

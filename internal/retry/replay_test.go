@@ -46,7 +46,7 @@ func TestNoHiddenReplayResetAfterApply(t *testing.T) {
 	t.Run("http.Transport alone replays", func(t *testing.T) {
 		// The control: proves the scenario triggers a hidden replay.
 		sim := newSim(t, fusioosim.Config{})
-		base := newBase(t, BaseOptions{})
+		base := newBase(t, DefaultBaseOptions())
 		run(t, base, sim)
 		if l := sim.ledger(); l.Creates != 2 || l.Duplicates != 1 {
 			t.Fatalf("without the retry layer: creates %d, duplicates %d; want the hidden replay (2, 1)", l.Creates, l.Duplicates)
@@ -223,7 +223,7 @@ func TestNoHiddenReplayBodiless(t *testing.T) {
 		t.Run(r.method+" "+r.path, func(t *testing.T) {
 			for _, layer := range []bool{false, true} {
 				s := newRawServer(t, 2)
-				base := newBase(t, BaseOptions{})
+				base := newBase(t, DefaultBaseOptions())
 				var rt http.RoundTripper = base
 				var tr *Transport
 				if layer {
@@ -334,7 +334,7 @@ func (c countConn) Write(p []byte) (int, error) {
 func TestSingleWrite(t *testing.T) {
 	s := newRawServer(t, 0)
 	var writes atomic.Int64
-	base := newBase(t, BaseOptions{})
+	base := newBase(t, DefaultBaseOptions())
 	d := &net.Dialer{}
 	base.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.DialContext(ctx, network, addr)

@@ -41,73 +41,70 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 )
 
-// Defaults of the Config fields, as documented in DESIGN.md.
-const (
-	DefaultMaxAttempts       = 5
-	DefaultBaseDelay         = 100 * time.Millisecond
-	DefaultMaxDelay          = 5 * time.Second
-	DefaultConcurrentDelay   = 50 * time.Millisecond
-	DefaultBudgetRatio       = 0.2
-	DefaultBudgetMinRetries  = 10
-	DefaultBudgetWindow      = 10 * time.Second
-	DefaultMaxBodyBytes      = 1 << 20
-	DefaultMaxBufferBytes    = 64 << 20
-	DefaultSerializeCooldown = 10 * time.Second
-	DefaultMaxRetryAfter     = time.Hour
-)
-
-// Config configures a Policy. A zero field takes its default (the
-// Default constants); where a field documents a negative value, that value
-// turns the feature off.
+// Config configures a Policy.
+//
+// Zero values, as in every Config and Options struct of the retry,
+// limiter, quota and proxy packages: a zero field means none (no limit,
+// no wait, no delay, nothing kept, the feature off, as the field says),
+// never a hidden default, so a caller passes its configured values
+// straight through. The exceptions are nil interfaces and pointers, which
+// mean what the field says (the real clock, math/rand/v2, nothing
+// observed), and fields marked Required, whose zero would be meaningless
+// or unsafe: the constructor or Validate refuses it, naming the field.
+// Defaults live in one place: the package's Default function for the
+// struct (for the gateway, config.Default).
+//
+// DefaultConfig returns this package's defaults.
 type Config struct {
 	// Routes is the route table whose Kind decides replay safety and which
-	// creates are serialized. Required.
+	// creates are serialized. Required: New panics without it.
 	Routes *fusioo.Routes
 
-	// MaxAttempts bounds the attempts per request, the first included; 1
-	// means no retries (and no body buffering).
+	// MaxAttempts bounds the attempts per request, the first included; 0
+	// or 1 means one attempt: no retries (and no body buffering).
 	MaxAttempts int
 	// BaseDelay and MaxDelay shape the exponential backoff: the n-th retry
 	// (n from 0) waits a uniform draw in [0, min(MaxDelay, BaseDelay·2ⁿ)).
-	// A negative BaseDelay means no backoff at all (tests). MaxDelay also
-	// bounds an upstream Retry-After when the request has no deadline.
+	// MaxDelay also bounds an upstream Retry-After when the request has no
+	// deadline. BaseDelay 0: no backoff; MaxDelay 0: no wait at all (no
+	// backoff, and no Retry-After waited for without a deadline).
 	BaseDelay, MaxDelay time.Duration
-	// ConcurrentDelay is the base of the shorter backoff after a 30054; a
-	// negative value means no backoff.
+	// ConcurrentDelay is the base of the shorter backoff after a 30054; 0:
+	// no backoff.
 	ConcurrentDelay time.Duration
 
 	// BudgetRatio is the share of recent requests (first attempts within
 	// BudgetWindow) that retries may add, on top of BudgetMinRetries per
-	// window, so an outage cannot become a retry storm. A negative ratio
-	// means no budget (unlimited retries); 0 means the default 0.2, so a
-	// configured ratio of 0 (the floor alone) is passed as
-	// math.SmallestNonzeroFloat64.
+	// window, so an outage cannot become a retry storm; 0: no share (the
+	// floor alone).
 	BudgetRatio float64
 	// BudgetMinRetries is a floor of retries per window, so a quiet
-	// gateway may still retry; negative means none.
+	// gateway may still retry; 0: no floor.
 	BudgetMinRetries int
-	// BudgetWindow is what "recent" means for the budget.
+	// BudgetWindow is what "recent" means for the budget; 0: no budget at
+	// all (retries are bounded by MaxAttempts alone).
 	BudgetWindow time.Duration
 
 	// MaxBodyBytes is the largest request body buffered for replay; a
-	// larger one is streamed once and never retried. Negative buffers
-	// nothing: every request with a body is sent once.
+	// larger one is streamed once and never retried. 0 buffers nothing:
+	// every request with a body is sent once.
 	MaxBodyBytes int64
 	// MaxBufferBytes bounds the memory held by all replay buffers together;
 	// a request that would exceed it is streamed once and never retried.
+	// 0: no buffer memory (as MaxBodyBytes 0).
 	MaxBufferBytes int64
 
 	// IdempotentWrites lets PUT and DELETE (fusioo.KindWrite) be retried
 	// after a 504, a reset or a timeout, RFC 9110 making them idempotent.
-	// Its zero value is false (not retried); the gateway's configuration
+	// false: not retried (DefaultConfig's too); the gateway's configuration
 	// defaults retry.idempotent_writes to true.
 	IdempotentWrites bool
 
 	// SerializeCooldown is how long, after a 30054 on a create to App A
 	// with key K, creates to (K, A) are sent one at a time; every new 30054
-	// starts it again. Negative disables serialization.
+	// starts it again. 0: no serialization.
 	SerializeCooldown time.Duration
-	// MaxRetryAfter caps a parsed upstream Retry-After.
+	// MaxRetryAfter caps a parsed upstream Retry-After; 0: no cap.
 	MaxRetryAfter time.Duration
 
 	// Clock times the budget window and serialization, dates a
@@ -119,6 +116,25 @@ type Config struct {
 	Rand func() float64
 	// Observer counts retries and budget refusals; nil observes nothing.
 	Observer Observer
+}
+
+// DefaultConfig returns the policy's defaults, as DESIGN.md documents
+// them: every field but Routes (required) and those whose zero is the
+// default (IdempotentWrites, Clock, Rand, Observer).
+func DefaultConfig() Config {
+	return Config{
+		MaxAttempts:       5,
+		BaseDelay:         100 * time.Millisecond,
+		MaxDelay:          5 * time.Second,
+		ConcurrentDelay:   50 * time.Millisecond,
+		BudgetRatio:       0.2,
+		BudgetMinRetries:  10,
+		BudgetWindow:      10 * time.Second,
+		MaxBodyBytes:      1 << 20,
+		MaxBufferBytes:    64 << 20,
+		SerializeCooldown: 10 * time.Second,
+		MaxRetryAfter:     time.Hour,
+	}
 }
 
 // Policy decides, for every request of a gateway, whether an attempt's
@@ -149,27 +165,25 @@ type Policy struct {
 	attempts, writes atomic.Int64
 }
 
-// New returns a Policy configured by cfg, defaults filled in. It does no
-// I/O and starts no goroutine. It panics if cfg.Routes is nil.
+// New returns a Policy configured by cfg, taken as it is (see Config for
+// what a zero field means). It does no I/O and starts no goroutine. It
+// panics if cfg.Routes is nil.
 func New(cfg Config) *Policy {
 	if cfg.Routes == nil {
 		panic("retry: Config.Routes is nil")
 	}
 	t := &Policy{
 		routes:          cfg.Routes,
-		maxAttempts:     orDefault(cfg.MaxAttempts, DefaultMaxAttempts),
-		baseDelay:       orDefault(cfg.BaseDelay, DefaultBaseDelay),
-		maxDelay:        orDefault(cfg.MaxDelay, DefaultMaxDelay),
-		concurrentDelay: orDefault(cfg.ConcurrentDelay, DefaultConcurrentDelay),
-		maxBody:         orDefault(cfg.MaxBodyBytes, DefaultMaxBodyBytes),
+		maxAttempts:     max(cfg.MaxAttempts, 1),
+		baseDelay:       cfg.BaseDelay,
+		maxDelay:        max(cfg.MaxDelay, 0),
+		concurrentDelay: cfg.ConcurrentDelay,
+		maxBody:         cfg.MaxBodyBytes,
 		idemWrites:      cfg.IdempotentWrites,
-		maxRetryAfter:   orDefault(cfg.MaxRetryAfter, DefaultMaxRetryAfter),
+		maxRetryAfter:   cfg.MaxRetryAfter,
 		clock:           cfg.Clock,
 		rand:            cfg.Rand,
 		obs:             cfg.Observer,
-	}
-	if t.maxAttempts < 1 {
-		t.maxAttempts = 1
 	}
 	if t.clock == nil {
 		t.clock = clockwork.NewRealClock()
@@ -180,25 +194,10 @@ func New(cfg Config) *Policy {
 	if t.obs == nil {
 		t.obs = nopObserver{}
 	}
-	ratio := cfg.BudgetRatio
-	if ratio == 0 {
-		ratio = DefaultBudgetRatio
-	}
-	minRetries := orDefault(cfg.BudgetMinRetries, DefaultBudgetMinRetries)
-	if minRetries < 0 {
-		minRetries = 0
-	}
-	t.budget = newBudget(ratio, minRetries, orDefault(cfg.BudgetWindow, DefaultBudgetWindow), t.clock)
-	t.bufs = newBufPool(t.maxBody, orDefault(cfg.MaxBufferBytes, DefaultMaxBufferBytes))
-	t.serial = newSerializer(orDefault(cfg.SerializeCooldown, DefaultSerializeCooldown), t.clock)
+	t.budget = newBudget(max(cfg.BudgetRatio, 0), max(cfg.BudgetMinRetries, 0), cfg.BudgetWindow, t.clock)
+	t.bufs = newBufPool(t.maxBody, max(cfg.MaxBufferBytes, 0))
+	t.serial = newSerializer(cfg.SerializeCooldown, t.clock)
 	return t
-}
-
-func orDefault[T int | int64 | time.Duration](v, def T) T {
-	if v == 0 {
-		return def
-	}
-	return v
 }
 
 // plan decides whether the attempt that ended with reason (empty: final)

@@ -197,7 +197,9 @@ func TestSafetyTransportErrors(t *testing.T) {
 			obs := newCountObserver()
 			cfg := fastConfig(t)
 			cfg.MaxAttempts, cfg.Observer = max, obs
-			tr := newTransport(t, cfg, newBase(t, BaseOptions{ResponseHeaderTimeout: 20 * time.Millisecond}))
+			o := DefaultBaseOptions()
+			o.ResponseHeaderTimeout = 20 * time.Millisecond
+			tr := newTransport(t, cfg, newBase(t, o))
 			res := roundTrip(t, tr, s.srv.URL, call{method: r.method, path: r.path, body: r.body})
 			if res.err == nil || !isTimeout(res.err) {
 				t.Errorf("%s: got %v (status %d), want a timeout", r.method, res.err, res.status)
@@ -247,7 +249,7 @@ func TestSafetyTransportErrors(t *testing.T) {
 func TestRateLimited(t *testing.T) {
 	fc := clockwork.NewFakeClock()
 	s := newSim(t, fusioosim.Config{Limit: 1, Window: time.Minute, Now: fc.Now})
-	tr := newTransport(t, Config{Routes: testRoutes(t), Clock: fc, BaseDelay: -1, BudgetRatio: -1})
+	tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.BaseDelay, c.BudgetWindow = fc, 0, 0 }))
 
 	// The first create uses the quota.
 	if res := roundTrip(t, tr, s.srv.URL, call{method: "POST", path: "/v3/records/apps/app1", body: createBody(1)}); res.status != 200 {

@@ -147,7 +147,9 @@ func TestClassifyError(t *testing.T) {
 // exponential, never the cap itself.
 func TestBackoff(t *testing.T) {
 	var r float64
-	tr := New(Config{Routes: testRoutes(t), BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second, Rand: func() float64 { return r }})
+	tr := New(defaultConfig(t, func(c *Config) {
+		c.BaseDelay, c.MaxDelay, c.Rand = 100*time.Millisecond, time.Second, func() float64 { return r }
+	}))
 	for _, c := range []struct {
 		r    float64
 		n    int
@@ -227,14 +229,14 @@ func BenchmarkRoundTrip(b *testing.B) {
 	for _, layer := range []string{"base", "retry", "overhead"} {
 		for _, m := range []string{"GET", "POST"} {
 			b.Run(layer+"/"+m, func(b *testing.B) {
-				base := NewBaseTransport(BaseOptions{})
+				base := NewBaseTransport(DefaultBaseOptions())
 				defer base.CloseIdleConnections()
 				var rt http.RoundTripper = base
 				switch layer {
 				case "retry":
-					rt = newTransport(b, Config{Routes: testRoutes(b)}, base)
+					rt = newTransport(b, defaultConfig(b, nil), base)
 				case "overhead":
-					rt = newTransport(b, Config{Routes: testRoutes(b)}, stub)
+					rt = newTransport(b, defaultConfig(b, nil), stub)
 				}
 				hooks := &Hooks{Key: "k"}
 				ctx := WithHooks(context.Background(), hooks)
@@ -282,4 +284,58 @@ func BenchmarkClassify(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestZeroConfigIsNone: a Config's zero fields mean none, never a hidden
+// default: one attempt, no backoff, no budget, nothing buffered, no
+// serialization, no cap on Retry-After.
+func TestZeroConfigIsNone(t *testing.T) {
+	p := New(Config{Routes: testRoutes(t)})
+	if p.maxAttempts != 1 || p.baseDelay != 0 || p.maxDelay != 0 || p.concurrentDelay != 0 || p.maxBody != 0 || p.maxRetryAfter != 0 {
+		t.Errorf("zero Config: attempts %d, delays %s %s %s, body %d, Retry-After cap %s; want 1 and none",
+			p.maxAttempts, p.baseDelay, p.maxDelay, p.concurrentDelay, p.maxBody, p.maxRetryAfter)
+	}
+	if p.budget.width != 0 || !p.budget.take() {
+		t.Error("zero BudgetWindow: a budget applies")
+	}
+	if p.bufs.max != 0 || p.serial.cooldown != 0 {
+		t.Errorf("zero Config: %d buffer bytes, cooldown %s", p.bufs.max, p.serial.cooldown)
+	}
+	if w := p.backoff(time.Second, 3); w != 0 {
+		t.Errorf("MaxDelay 0: backoff %s", w)
+	}
+	// A budget with no share and no floor allows no retry at all.
+	b := New(Config{Routes: testRoutes(t), BudgetWindow: time.Second}).budget
+	b.request()
+	if b.take() {
+		t.Error("BudgetRatio 0 and BudgetMinRetries 0: a retry allowed")
+	}
+}
+
+// TestDefaultConfig: DefaultConfig holds the defaults DESIGN.md documents,
+// the values the gateway's configuration defaults to.
+func TestDefaultConfig(t *testing.T) {
+	d := DefaultConfig()
+	p := New(defaultConfig(t, nil))
+	if d.Routes != nil || p.maxAttempts != 5 || p.baseDelay != 100*time.Millisecond || p.maxDelay != 5*time.Second ||
+		p.concurrentDelay != 50*time.Millisecond || p.maxBody != 1<<20 || p.bufs.max != 64<<20 || p.maxRetryAfter != time.Hour ||
+		p.budget.ratio != 0.2 || p.budget.min != 10 || p.budget.width != int64(time.Second) || p.serial.cooldown != 10*time.Second || p.idemWrites {
+		t.Errorf("DefaultConfig %+v", d)
+	}
+}
+
+// TestZeroBaseOptionsAreNone: a zero BaseOptions bounds nothing and keeps
+// no idle connection (net/http's own zeros would mean defaults);
+// DefaultBaseOptions holds the gateway's transport tuning.
+func TestZeroBaseOptionsAreNone(t *testing.T) {
+	z := NewBaseTransport(BaseOptions{})
+	if z.TLSHandshakeTimeout != 0 || z.ResponseHeaderTimeout != 0 || z.IdleConnTimeout != 0 || z.MaxIdleConnsPerHost >= 0 || z.MaxConnsPerHost != 0 {
+		t.Errorf("zero BaseOptions: handshake %s, headers %s, idle %s, idle conns %d, conns %d",
+			z.TLSHandshakeTimeout, z.ResponseHeaderTimeout, z.IdleConnTimeout, z.MaxIdleConnsPerHost, z.MaxConnsPerHost)
+	}
+	d := NewBaseTransport(DefaultBaseOptions())
+	if d.TLSHandshakeTimeout != 5*time.Second || d.ResponseHeaderTimeout != 30*time.Second || d.IdleConnTimeout != 90*time.Second || d.MaxIdleConnsPerHost != 256 {
+		t.Errorf("DefaultBaseOptions: handshake %s, headers %s, idle %s, idle conns %d",
+			d.TLSHandshakeTimeout, d.ResponseHeaderTimeout, d.IdleConnTimeout, d.MaxIdleConnsPerHost)
+	}
 }

@@ -6,9 +6,9 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"net/http/pprof"
 	"net/url"
@@ -181,24 +181,26 @@ func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (quota.Store, 
 		g.health = func() (bool, string) { return true, "quota store: memory" }
 		return g.mem, nil
 	}
-	client, err := quota.NewRedisClient(cfg.RedisClientOptions())
-	if err != nil {
-		return nil, fmt.Errorf("redis: %w", err)
-	}
-	g.closers = append(g.closers, client.Close)
-	primary := quota.NewRedisStore(client, policy, quota.RedisOptions{
+	ro := quota.RedisOptions{
 		KeyPrefix:    cfg.Redis.KeyPrefix,
 		Timeout:      cfg.Redis.Timeout.Duration,
 		AutoPipeline: cfg.Redis.AutoPipeline,
 		MaxHold:      3 * leaseTime(cfg), // a refill holds up to 2.5 lease times
 		Settle:       redisSettle,
-	})
+	}
 	reject := cfg.Quota.OnStoreFailure == "reject"
-	fb := quota.NewFallbackStore(primary, policy, quota.FallbackOptions{
-		Share:    cfg.Quota.FallbackShare,
-		Reject:   reject,
-		Observer: storeObserver{m: m, log: g.log.Named("quota"), every: rate.NewLimiter(1, 3), suppressed: new(atomic.Int64)},
-	})
+	fo := quota.DefaultFallbackOptions()
+	fo.Share, fo.Reject = cfg.Quota.FallbackShare, reject
+	fo.Observer = storeObserver{m: m, log: g.log.Named("quota"), every: rate.NewLimiter(1, 3), suppressed: new(atomic.Int64)}
+	if err := errors.Join(ro.Validate(), fo.Validate()); err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	client, err := quota.NewRedisClient(cfg.RedisClientOptions())
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	g.closers = append(g.closers, client.Close)
+	fb := quota.NewFallbackStore(quota.NewRedisStore(client, policy, ro), policy, fo)
 	g.fallback = fb
 	// A cold start waits for Redis's first answer, unless local counts
 	// from the start were asked for explicitly.
@@ -218,23 +220,22 @@ func (g *Gateway) newStore(cfg config.Config, m *metrics.Metrics) (quota.Store, 
 	return fb, nil
 }
 
-// limiterConfig is the admission queue's configuration for cfg.
+// limiterConfig is the admission queue's configuration for cfg: the
+// file's values as they are, the limiter's defaults for the rest.
 func limiterConfig(cfg config.Config, store quota.Store, m *metrics.Metrics) limiter.Config {
 	r, burst := cfg.SmoothingRate()
-	lc := limiter.Config{
-		Store:          store,
-		Rate:           rate.Limit(r),
-		Burst:          burst,
-		AnonymousRate:  rate.Limit(cfg.Smoothing.AnonymousRate),
-		AnonymousBurst: cfg.Smoothing.AnonymousBurst,
-		MaxWait:        cfg.Queue.MaxWait.Duration,
-		Late:           cfg.QuotaMargin() / 2,
-		MaxDepth:       cfg.Queue.MaxDepth,
-		MaxQueued:      cfg.Queue.MaxQueued,
-		IdleAfter:      max(10*time.Minute, time.Duration(float64(burst)/r*float64(time.Second))),
-		MaxKeys:        cfg.Quota.MaxKeys,
-		Observer:       m,
-	}
+	lc := limiter.DefaultConfig()
+	lc.Store = store
+	lc.Rate, lc.Burst = rate.Limit(r), burst
+	lc.AnonymousRate, lc.AnonymousBurst = rate.Limit(cfg.Smoothing.AnonymousRate), cfg.Smoothing.AnonymousBurst
+	lc.MaxWait = cfg.Queue.MaxWait.Duration
+	lc.Late = cfg.QuotaMargin() / 2
+	lc.MaxDepth, lc.MaxQueued = cfg.Queue.MaxDepth, cfg.Queue.MaxQueued
+	// Kept idle at least until the smoother has refilled, so a sweep
+	// never hands a key a fresh burst early.
+	lc.IdleAfter = max(lc.IdleAfter, time.Duration(float64(burst)/r*float64(time.Second)))
+	lc.MaxKeys = cfg.Quota.MaxKeys
+	lc.Observer = m
 	if cfg.Quota.Store == "redis" {
 		// A lease saves round trips to a shared store; the memory store
 		// costs no more per slot than a lease would.
@@ -243,37 +244,36 @@ func limiterConfig(cfg config.Config, store quota.Store, m *metrics.Metrics) lim
 	return lc
 }
 
-// retryConfig is the retry policy's configuration for cfg.
+// retryConfig is the retry policy's configuration for cfg: the file's
+// retry.* values as they are, the policy's defaults for what the file has
+// no key for (ConcurrentDelay, BudgetMinRetries, BudgetWindow).
 func retryConfig(cfg config.Config, routes *fusioo.Routes, m *metrics.Metrics) retry.Config {
-	return retry.Config{
-		Routes:      routes,
-		MaxAttempts: cfg.Retry.MaxAttempts,
-		BaseDelay:   cfg.Retry.BaseDelay.Duration,
-		MaxDelay:    cfg.Retry.MaxDelay.Duration,
-		// retry.Config reads zero as "default": the file's explicit zeros
-		// mean "none" and are passed as the policy's "off" values.
-		BudgetRatio:       offIfZero(cfg.Retry.BudgetRatio, math.SmallestNonzeroFloat64),
-		MaxBodyBytes:      offIfZero(cfg.Retry.MaxBodyBytes, -1),
-		MaxBufferBytes:    max(cfg.Retry.MaxBufferBytes, 1),
-		IdempotentWrites:  cfg.Retry.IdempotentWrites,
-		SerializeCooldown: offIfZero(cfg.Retry.SerializeCooldown.Duration, -1),
-		MaxRetryAfter:     cfg.Quota.Window.Duration,
-		Observer:          m,
-	}
+	rc := retry.DefaultConfig()
+	rc.Routes = routes
+	rc.MaxAttempts = cfg.Retry.MaxAttempts
+	rc.BaseDelay, rc.MaxDelay = cfg.Retry.BaseDelay.Duration, cfg.Retry.MaxDelay.Duration
+	rc.BudgetRatio = cfg.Retry.BudgetRatio
+	rc.MaxBodyBytes, rc.MaxBufferBytes = cfg.Retry.MaxBodyBytes, cfg.Retry.MaxBufferBytes
+	rc.IdempotentWrites = cfg.Retry.IdempotentWrites
+	rc.SerializeCooldown = cfg.Retry.SerializeCooldown.Duration
+	rc.MaxRetryAfter = cfg.Quota.Window.Duration
+	rc.Observer = m
+	return rc
 }
 
-// upstreamTransport is the base transport of every upstream attempt.
+// upstreamTransport is the base transport of every upstream attempt: the
+// file's upstream.* values, the base transport's defaults for the rest.
 func upstreamTransport(u config.Upstream) *http.Transport {
-	return retry.NewBaseTransport(retry.BaseOptions{
-		DialTimeout:           u.DialTimeout.Duration,
-		TLSHandshakeTimeout:   u.DialTimeout.Duration,
-		ResponseHeaderTimeout: u.Timeout.Duration,
-		MaxIdleConnsPerHost:   u.MaxIdleConnsPerHost,
-		// HTTP/1.1 only: Go's HTTP/2 client re-sends a bodiless request
-		// of any method on its own after a stream reset that may come
-		// after the upstream processed it (a bodiless create twice).
-		DisableHTTP2: true,
-	})
+	o := retry.DefaultBaseOptions()
+	o.DialTimeout = u.DialTimeout.Duration
+	o.TLSHandshakeTimeout = u.DialTimeout.Duration
+	o.ResponseHeaderTimeout = u.Timeout.Duration
+	o.MaxIdleConnsPerHost = u.MaxIdleConnsPerHost
+	// HTTP/1.1 only: Go's HTTP/2 client re-sends a bodiless request of any
+	// method on its own after a stream reset that may come after the
+	// upstream processed it (a bodiless create twice).
+	o.DisableHTTP2 = true
+	return retry.NewBaseTransport(o)
 }
 
 // Admin returns the admin listener's handler: /metrics, /healthz, /readyz.
@@ -363,15 +363,6 @@ func (g *Gateway) Close() {
 // SetRedisLogger sends go-redis's own log lines (dial failures) to log at
 // debug level. go-redis has one global logger, so this is process-wide.
 func SetRedisLogger(log *zap.Logger) { redis.SetLogger(redisLogger{log}) }
-
-// offIfZero maps a configured zero to the value that means "none" where
-// the zero value of a config struct means "default".
-func offIfZero[T int64 | float64 | time.Duration](v, off T) T {
-	if v == 0 {
-		return off
-	}
-	return v
-}
 
 // storeObserver exports the quota store's failures as metrics and logs the
 // switches to and from the local fallback (once each, not per request).

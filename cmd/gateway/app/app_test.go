@@ -12,6 +12,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fusioo-gateway/gateway/internal/config"
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
+	"github.com/fusioo-gateway/gateway/internal/limiter"
+	"github.com/fusioo-gateway/gateway/internal/retry"
 )
 
 // TestAdminPprofOnlyWhenEnabled: the profiles are served on the admin
@@ -71,5 +74,56 @@ func TestUpstreamSpeaksHTTP1(t *testing.T) {
 	resp.Body.Close()
 	if p, _ := proto.Load().(string); p != "HTTP/1.1" {
 		t.Fatalf("upstream spoken to in %q", p)
+	}
+}
+
+// TestConfiguredZerosPassedThrough: the file's zeros reach the packages as
+// zeros, which mean there what config.example.toml says they mean (no
+// retry budget share, no replay buffering, no serialization, no queue, no
+// anonymous limit, no leases); what the file has no key for comes from the
+// packages' Default functions.
+func TestConfiguredZerosPassedThrough(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+[retry]
+budget_ratio = 0.0
+max_body_bytes = 0
+max_buffer_bytes = 0
+serialize_cooldown = "0s"
+[smoothing]
+anonymous_rate = 0.0
+anonymous_burst = 0
+[queue]
+max_wait = "0s"
+max_depth = 0
+max_queued = 0
+[quota]
+store = "redis"
+[redis]
+url = "redis://127.0.0.1:1"
+lease_time = "0s"
+lease_max = 0
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := fusioo.NewRoutes(fusioo.DefaultRoutes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, def := retryConfig(cfg, routes, nil), retry.DefaultConfig()
+	if rc.BudgetRatio != 0 || rc.MaxBodyBytes != 0 || rc.MaxBufferBytes != 0 || rc.SerializeCooldown != 0 ||
+		rc.ConcurrentDelay != def.ConcurrentDelay || rc.BudgetMinRetries != def.BudgetMinRetries || rc.BudgetWindow != def.BudgetWindow ||
+		rc.MaxAttempts != 5 || rc.MaxRetryAfter != time.Hour {
+		t.Errorf("retry config %+v", rc)
+	}
+	lc := limiterConfig(cfg, nil, nil)
+	if lc.AnonymousRate != 0 || lc.AnonymousBurst != 0 || lc.MaxWait != 0 || lc.MaxDepth != 0 || lc.MaxQueued != 0 ||
+		lc.Lease != 0 || lc.LeaseMax != 0 || lc.IdleAfter != limiter.DefaultConfig().IdleAfter || lc.Rate != 10 || lc.Burst != 20 {
+		t.Errorf("limiter config %+v", lc)
+	}
+	tr := upstreamTransport(cfg.Upstream)
+	if tr.ResponseHeaderTimeout != time.Minute || tr.TLSHandshakeTimeout != 5*time.Second || tr.IdleConnTimeout != 90*time.Second || tr.MaxIdleConnsPerHost != 256 {
+		t.Errorf("upstream transport: headers %s, handshake %s, idle %s, idle conns %d",
+			tr.ResponseHeaderTimeout, tr.TLSHandshakeTimeout, tr.IdleConnTimeout, tr.MaxIdleConnsPerHost)
 	}
 }
