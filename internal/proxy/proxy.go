@@ -187,7 +187,11 @@ func New(cfg Config) *Handler {
 	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer, retry: cfg.Retry,
 		rejected: newRejectedKeys(rejectedKeysMax, rejectedFor)}
 	if h.retry == nil {
-		h.retry = retry.New(retry.Config{Routes: cfg.Routes, MaxAttempts: 1})
+		// No retries; the policy's defaults for the rest (the cap on a
+		// parsed Retry-After, the serialization of creates after a 30054).
+		rc := retry.DefaultConfig()
+		rc.Routes, rc.MaxAttempts = cfg.Routes, 1
+		h.retry = retry.New(rc)
 	}
 	h.ctx, h.abort = context.WithCancelCause(context.WithValue(context.Background(), baseKey{}, h))
 	h.policy = fmt.Sprintf("%q;q=%d;w=%d", cfg.PolicyName, cfg.Limit, ceilSeconds(cfg.Window))
