@@ -50,16 +50,10 @@ var (
 
 // RedisOptions tunes a RedisStore.
 //
-// Zero values, as in every Config and Options struct of the retry,
-// limiter, quota and proxy packages: a zero field means none (no limit,
-// no wait, no delay, nothing kept, the feature off, as the field says),
-// never a hidden default, so a caller passes its configured values
-// straight through. The exceptions are nil interfaces and pointers, which
-// mean what the field says (the real clock, math/rand/v2, nothing
-// observed), and fields marked Required, whose zero would be meaningless
-// or unsafe: the constructor or Validate refuses it, naming the field.
-// Defaults live in one place: the package's Default function for the
-// struct (for the gateway, config.Default).
+// Zero values follow the convention of every Config and Options struct
+// of retry, limiter, quota and proxy (docs/design.md): a zero field means
+// none (the feature off, as the field says), never a hidden default; nil
+// interfaces mean what the field says; Required fields are refused.
 //
 // DefaultRedisOptions returns this package's defaults.
 type RedisOptions struct {
@@ -517,16 +511,10 @@ func ceilMillis(d time.Duration) int64 {
 // RedisClientOptions describes how to reach Redis (the redis.* settings).
 // Exactly one of URL, SentinelMaster or ClusterAddrs selects the topology.
 //
-// Zero values, as in every Config and Options struct of the retry,
-// limiter, quota and proxy packages: a zero field means none (no limit,
-// no wait, no delay, nothing kept, the feature off, as the field says),
-// never a hidden default, so a caller passes its configured values
-// straight through. The exceptions are nil interfaces and pointers, which
-// mean what the field says (the real clock, math/rand/v2, nothing
-// observed), and fields marked Required, whose zero would be meaningless
-// or unsafe: the constructor or Validate refuses it, naming the field.
-// Defaults live in one place: the package's Default function for the
-// struct (for the gateway, config.Default).
+// Zero values follow the convention of every Config and Options struct
+// of retry, limiter, quota and proxy (docs/design.md): a zero field means
+// none (the feature off, as the field says), never a hidden default; nil
+// interfaces mean what the field says; Required fields are refused.
 //
 // DefaultRedisClientOptions returns this package's defaults.
 type RedisClientOptions struct {
