@@ -104,16 +104,16 @@ func DefaultFallbackOptions() FallbackOptions {
 func (o FallbackOptions) Validate() error {
 	var errs []error
 	if !(o.Share > 0 && o.Share <= 1) {
-		errs = append(errs, fmt.Errorf("Share must be in (0, 1], got %v", o.Share))
+		errs = append(errs, &OptionError{Option: "Share", Msg: fmt.Sprintf("must be in (0, 1], got %v", o.Share)})
 	}
 	if o.FailuresToOpen < 1 {
-		errs = append(errs, fmt.Errorf("FailuresToOpen must be at least 1, got %d", o.FailuresToOpen))
+		errs = append(errs, &OptionError{Option: "FailuresToOpen", Msg: fmt.Sprintf("must be at least 1, got %d", o.FailuresToOpen)})
 	}
 	if o.OpenFor <= 0 {
-		errs = append(errs, fmt.Errorf("OpenFor must be positive, got %s", o.OpenFor))
+		errs = append(errs, &OptionError{Option: "OpenFor", Msg: fmt.Sprintf("must be positive, got %s", o.OpenFor)})
 	}
 	if o.ProbeEvery <= 0 {
-		errs = append(errs, fmt.Errorf("ProbeEvery must be positive, got %s", o.ProbeEvery))
+		errs = append(errs, &OptionError{Option: "ProbeEvery", Msg: fmt.Sprintf("must be positive, got %s", o.ProbeEvery)})
 	}
 	return errors.Join(errs...)
 }

@@ -236,7 +236,7 @@ func TestPolicyValidate(t *testing.T) {
 		"Buckets": {Limit: 1, Window: time.Second}, // required: no default
 		"MaxKeys": {Limit: 1, Window: time.Second, Buckets: DefaultBuckets, MaxKeys: -1},
 	} {
-		if err := p.Validate(); err == nil || !strings.HasPrefix(err.Error(), field+" ") {
+		if err := p.Validate(); err == nil || !strings.HasPrefix(err.Error(), field+": ") {
 			t.Errorf("%+v: error %v, want one naming %s", p, err, field)
 		}
 	}

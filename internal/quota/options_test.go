@@ -21,7 +21,7 @@ func TestOptionsRequired(t *testing.T) {
 			return
 		}
 		for _, f := range fields {
-			if err == nil || !strings.Contains(err.Error(), f+" ") {
+			if err == nil || !strings.Contains(err.Error(), f+":") {
 				t.Errorf("%s: error %v, want one naming %s", what, err, f)
 			}
 		}
@@ -35,7 +35,7 @@ func TestOptionsRequired(t *testing.T) {
 	o.URL = "redis://127.0.0.1:1"
 	check("DefaultRedisClientOptions", o.Validate())
 	o.Timeout = 0
-	check("RedisClientOptions without Timeout", o.Validate(), "Timeout:")
+	check("RedisClientOptions without Timeout", o.Validate(), "Timeout")
 
 	p := Policy{Limit: 1, Window: time.Second, Buckets: DefaultBuckets}
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // connects lazily: never here

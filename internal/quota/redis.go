@@ -98,10 +98,10 @@ func DefaultRedisOptions() RedisOptions {
 func (o RedisOptions) Validate() error {
 	var errs []error
 	if o.KeyPrefix == "" {
-		errs = append(errs, errors.New("KeyPrefix is required"))
+		errs = append(errs, &OptionError{Option: "KeyPrefix", Msg: "is required"})
 	}
 	if o.Timeout <= 0 {
-		errs = append(errs, fmt.Errorf("Timeout must be positive, got %s", o.Timeout))
+		errs = append(errs, &OptionError{Option: "Timeout", Msg: fmt.Sprintf("must be positive, got %s", o.Timeout)})
 	}
 	return errors.Join(errs...)
 }
@@ -567,8 +567,8 @@ func DefaultRedisClientOptions() RedisClientOptions {
 	return RedisClientOptions{Timeout: DefaultRedisOptions().Timeout}
 }
 
-// OptionError is one problem of a RedisClientOptions field. Option is
-// the Go field's name; Msg may name other fields as {Field}. A caller
+// OptionError is one problem of an options field (Policy, RedisOptions,
+// RedisClientOptions, FallbackOptions). Option is the Go field's name; Msg may name other fields as {Field}. A caller
 // names them its own way (the gateway: by its TOML keys, see Render);
 // Error names them as Go fields.
 type OptionError struct {

@@ -54,15 +54,15 @@ const DefaultBuckets = 60
 func (p Policy) Validate() error {
 	switch {
 	case p.Limit <= 0:
-		return fmt.Errorf("Limit must be positive, got %d", p.Limit)
+		return &OptionError{Option: "Limit", Msg: fmt.Sprintf("must be positive, got %d", p.Limit)}
 	case p.Window <= 0:
-		return fmt.Errorf("Window must be positive, got %s", p.Window)
+		return &OptionError{Option: "Window", Msg: fmt.Sprintf("must be positive, got %s", p.Window)}
 	case p.Margin < 0:
-		return fmt.Errorf("Margin must not be negative, got %s", p.Margin)
+		return &OptionError{Option: "Margin", Msg: fmt.Sprintf("must not be negative, got %s", p.Margin)}
 	case p.Buckets < 1 || p.Buckets > 3600:
-		return fmt.Errorf("Buckets must be between 1 and 3600, got %d", p.Buckets)
+		return &OptionError{Option: "Buckets", Msg: fmt.Sprintf("must be between 1 and 3600, got %d", p.Buckets)}
 	case p.MaxKeys < 0:
-		return fmt.Errorf("MaxKeys must not be negative, got %d", p.MaxKeys)
+		return &OptionError{Option: "MaxKeys", Msg: fmt.Sprintf("must not be negative, got %d", p.MaxKeys)}
 	}
 	return nil
 }
