@@ -15,9 +15,7 @@ import (
 // average; and 98% of the refusals come at once, no 200 later than
 // max_wait.
 func TestFleetIsOneLimiter(t *testing.T) {
-	if testing.Short() {
-		t.Skip("two runs of 40 s of load")
-	}
+	fleetTest(t, "two runs of 40 s of load")
 	for _, tc := range []struct {
 		name string
 		o    QuotaOptions
@@ -36,9 +34,7 @@ func TestFleetIsOneLimiter(t *testing.T) {
 // default smoothing) uses at least 95% of the quota, as the upstream
 // counts it, and never breaches it.
 func TestDerivedMarginFitsTheWindow(t *testing.T) {
-	if testing.Short() {
-		t.Skip("30 s of load")
-	}
+	fleetTest(t, "30 s of load")
 	runFleet(t, QuotaOptions{
 		Memory: true, DeriveMargin: true, Tokens: 3, Limit: 30, Window: 6 * time.Second, Duration: 30 * time.Second,
 		Target: 0.95,
@@ -51,9 +47,7 @@ func TestDerivedMarginFitsTheWindow(t *testing.T) {
 // lost before writing them back, so the upstream never answers 20005.
 // (scripts/faults.sh redis-loss repeats each 10 times.)
 func TestFleetSurvivesRedisDataLoss(t *testing.T) {
-	if testing.Short() {
-		t.Skip("two runs of 20 s of load")
-	}
+	fleetTest(t, "two runs of 20 s of load")
 	for _, tc := range DataLosses {
 		t.Run(tc.Name, func(t *testing.T) {
 			runFleet(t, QuotaOptions{Duration: 20 * time.Second, Faults: tc.Faults})
@@ -67,9 +61,7 @@ func TestFleetSurvivesRedisDataLoss(t *testing.T) {
 // after that, so the upstream never answers 20005, and the cut-off replica
 // still serves its share meanwhile.
 func TestFleetSurvivesAPartition(t *testing.T) {
-	if testing.Short() {
-		t.Skip("40 s of load")
-	}
+	fleetTest(t, "40 s of load")
 	r := runFleet(t, QuotaOptions{
 		Duration: 40 * time.Second, ViaProxy: true, Faults: CutOff(0, 5*time.Second, 30*time.Second),
 		Env: []string{"FUSIOO_GATEWAY_QUOTA_FALLBACK_SHARE=0.33"},
@@ -88,9 +80,7 @@ func TestFleetSurvivesAPartition(t *testing.T) {
 // again (a request answered at once); in the Cluster, the tokens of the
 // other shards never leave Redis.
 func TestFleetFollowsFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("four runs of 25 s of load")
-	}
+	fleetTest(t, "four runs of 25 s of load")
 	for _, tc := range []struct {
 		topology, name string
 		fault          func(QuotaTargets) error
@@ -122,6 +112,17 @@ func TestFleetFollowsFailover(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fleetTest skips a fleet run (load says how long it takes) in -short
+// mode, and otherwise runs it beside the others: the runs are paced by the
+// wall clock, not the CPU (tens of requests a second each).
+func fleetTest(t *testing.T, load string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(load)
+	}
+	t.Parallel()
 }
 
 // runFleet runs the quota run with o, logs its figures, and fails t on
