@@ -259,22 +259,46 @@ var durationType = reflect.TypeOf(Duration{})
 // section), only where it is: the parser's message may quote the value.
 func syntaxError(data []byte, err error) error {
 	var pe toml.ParseError
-	if errors.As(err, &pe) {
-		keys := secretKeys()
-		secret := keys[pe.LastKey]
-		if lines := strings.Split(string(data), "\n"); pe.Position.Line >= 1 && pe.Position.Line <= len(lines) {
-			k, _, _ := strings.Cut(lines[pe.Position.Line-1], "=")
-			k = strings.Trim(strings.TrimSpace(k), `"'`)
-			k = k[strings.LastIndex(k, ".")+1:]
-			for sk := range keys {
-				secret = secret || k == sk[strings.LastIndex(sk, ".")+1:]
-			}
-		}
-		if secret {
-			return fmt.Errorf("config is not valid TOML: line %d, in the value of a secret key (not shown)", pe.Position.Line)
+	if !errors.As(err, &pe) {
+		return fmt.Errorf("config is not valid TOML: %s", elideQuoted(err.Error()))
+	}
+	// The key as written may be a misspelt secret's ("Password",
+	// "key-secret"): compared by its letters only.
+	secret := false
+	leaf := func(k string) string { return normKey(k[strings.LastIndex(k, ".")+1:]) }
+	if lines := strings.Split(string(data), "\n"); pe.Position.Line >= 1 && pe.Position.Line <= len(lines) {
+		k, _, _ := strings.Cut(lines[pe.Position.Line-1], "=")
+		written := leaf(strings.Trim(strings.TrimSpace(k), `"'`))
+		for sk := range secretKeys() {
+			secret = secret || written == leaf(sk) || leaf(pe.LastKey) == leaf(sk)
 		}
 	}
-	return fmt.Errorf("config is not valid TOML: %w", err)
+	if secret {
+		return fmt.Errorf("config is not valid TOML: line %d, in the value of a secret key (not shown)", pe.Position.Line)
+	}
+	// The parser quotes what it found, which may be a value: never shown.
+	return fmt.Errorf("config is not valid TOML: line %d: %s", pe.Position.Line, elideQuoted(pe.Message))
+}
+
+// quoted matches a double-quoted span of a parser message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// elideQuoted replaces every quoted span of msg: a parser quotes the
+// input it choked on, which may be a secret.
+func elideQuoted(msg string) string { return quoted.ReplaceAllString(msg, `"…"`) }
+
+// normKey is a key's letters and digits, lower-cased: how a misspelt
+// secret key is still recognised as one.
+func normKey(k string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + 'a' - 'A'
+		}
+		return -1
+	}, k)
 }
 
 // secretKeys returns the keys whose fields are tagged secret, such as
@@ -360,10 +384,23 @@ func (d *decoder) value(p toml.Primitive, f reflect.Value, key string, secret bo
 		msg += " (not shown: it is a secret)"
 	case errors.As(err, &pe):
 		msg += ": " + pe.Message
-	default:
+	case isScalar(raw):
 		msg += fmt.Sprintf(" %v", raw)
+	default:
+		// A table or an array may hold a secret (a [[redis]] section) or
+		// credentials (upstream.url in an array): only its type is shown.
 	}
 	d.errs = append(d.errs, errors.New(msg))
+}
+
+// isScalar reports whether a parsed value is a string, number, boolean or
+// date: safe to quote for a key that is not secret.
+func isScalar(v any) bool {
+	switch v.(type) {
+	case []any, []map[string]any, map[string]any:
+		return false
+	}
+	return true
 }
 
 // want names what a field of type t takes, for errors.
@@ -796,7 +833,9 @@ func (c Config) Settings() map[string]any {
 
 func redact(key, v string) string {
 	if key == "url" {
-		if u, err := url.Parse(v); err == nil {
+		// Only a URL with a host keeps its shape: "redis:user:pw@host"
+		// parses with no user, its password in the opaque part.
+		if u, err := url.Parse(v); err == nil && u.Opaque == "" && u.Host != "" {
 			if u.User != nil {
 				u.User = url.UserPassword("REDACTED", "REDACTED")
 			}

@@ -654,6 +654,10 @@ func (o RedisClientOptions) Validate() error {
 			bad("URL", "not a URL")
 		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
 			bad("URL", "scheme must be redis://, rediss:// or unix://, got %q", u.Scheme)
+		case u.Opaque != "" || (u.Scheme != "unix" && u.Host == ""):
+			// "redis:host:6380" parses, and go-redis would dial
+			// localhost:6379 for it: not the Redis the file names.
+			bad("URL", "must be redis://[user:password@]host[:port][/db] or rediss://… (the // is missing or there is no host; not shown: it may carry credentials)")
 		default:
 			opt, err := redis.ParseURL(o.URL)
 			if err != nil {
