@@ -115,22 +115,17 @@ func TestFleetFollowsFailover(t *testing.T) {
 }
 
 // fleetTest skips a fleet run (load says how long it takes) in -short
-// mode, and otherwise runs it beside one other at most: the runs are paced
-// by the wall clock (tens of requests a second each), but their bounds
-// (margins of 100 ms, 200s within max_wait + 250 ms) are the gateway's
-// timing, which more runs side by side on two loaded cores would starve.
+// mode. The runs go one at a time: their bounds (margins of 100 ms, 200s
+// within max_wait + 250 ms) are the gateway's own timing, and two runs side
+// by side in one process under -race already cost a breach (one upstream
+// 20005 in TestFleetIsOneLimiter/3_replicas) on an otherwise idle 2-core
+// machine.
 func fleetTest(t *testing.T, load string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip(load)
 	}
-	t.Parallel()
-	fleetSlots <- struct{}{}
-	t.Cleanup(func() { <-fleetSlots })
 }
-
-// fleetSlots bounds the fleet runs going at once.
-var fleetSlots = make(chan struct{}, 2)
 
 // runFleet runs the quota run with o, logs its figures, and fails t on
 // every criterion not met.
