@@ -81,7 +81,7 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 		clock.Advance(time.Millisecond)
 	}
 	calls := int(r.calls.N.Load())
-	counted := bucketSum(t, r.store.Client(), r.store.Key(key))
+	counted := redistest.BucketSum(t, r.store.Client(), r.store.Key(key))
 	t.Logf("%d admissions, %d Redis calls, %d counted", n, calls, counted)
 	if calls > n/most+20 {
 		t.Fatalf("%d Redis calls for %d admissions, want about %d (leases of %d)", calls, n, n/most, most)
@@ -107,9 +107,9 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 	// Demand gone: after a long idle time the lease is sized to it, a
 	// single slot.
 	clock.Advance(10 * time.Second)
-	counted = bucketSum(t, r.store.Client(), r.store.Key(key))
+	counted = redistest.BucketSum(t, r.store.Client(), r.store.Key(key))
 	r.admit(t, key)
-	if got := bucketSum(t, r.store.Client(), r.store.Key(key)); got != counted+1 {
+	if got := redistest.BucketSum(t, r.store.Client(), r.store.Key(key)); got != counted+1 {
 		t.Fatalf("after 10s idle Redis counts %d, want %d (a single slot)", got, counted+1)
 	}
 }
@@ -130,7 +130,7 @@ func TestLeaseSteadyRateWastesLittle(t *testing.T) {
 			clock.Advance(every)
 		}
 		calls := int(r.calls.N.Load())
-		waste := bucketSum(t, r.store.Client(), r.store.Key(key)) - n
+		waste := redistest.BucketSum(t, r.store.Client(), r.store.Key(key)) - n
 		t.Logf("one request every %s: %d requests, %d Redis calls, %d leased slots unused", every, n, calls, waste)
 		if calls > n*3/4 || waste > n/100+2 {
 			t.Errorf("one request every %s: %d Redis calls and %d unused slots for %d requests, want fewer than 3/4 and 1%%",
@@ -319,7 +319,7 @@ func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 		clock.Advance(time.Millisecond)
 	}
 	held := r.leaseLeft(key)
-	counted := bucketSum(t, client, rs.Key(key))
+	counted := redistest.BucketSum(t, client, rs.Key(key))
 	if held == 0 || counted != 40+held {
 		t.Fatalf("Redis counts %d for 40 admissions with %d slots held in leases, want them all", counted, held)
 	}
@@ -334,7 +334,7 @@ func TestLeaseWrittenBackAfterLoss(t *testing.T) {
 	if !fb.Reconcile(ctx) {
 		t.Fatal("reconcile failed")
 	}
-	if got := bucketSum(t, client, rs.Key(key)); got != counted+1 {
+	if got := redistest.BucketSum(t, client, rs.Key(key)); got != counted+1 {
 		t.Fatalf("after the loss and the write-back Redis counts %d, want %d", got, counted+1)
 	}
 }
@@ -376,7 +376,7 @@ func TestLeaseConcurrentAccounting(t *testing.T) {
 	r := &leaseRig{lim: lim, store: rs}
 	for k, key := range keys {
 		held := r.leaseLeft(key)
-		counted := bucketSum(t, client, rs.Key(key))
+		counted := redistest.BucketSum(t, client, rs.Key(key))
 		t.Logf("key %d: %d admitted, %d counted, %d held", k, admitted[k].Load(), counted, held)
 		extra := int64(counted) - admitted[k].Load() - int64(held)
 		if extra < 0 || extra > 2*int64(most) || held > 2*most {

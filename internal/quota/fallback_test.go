@@ -82,27 +82,6 @@ func (c *scriptCounter) count() int {
 	return c.n
 }
 
-// bucketSum adds up the bucket fields of a quota HASH.
-func bucketSum(t *testing.T, c redis.UniversalClient, name string) int {
-	t.Helper()
-	all, err := c.HGetAll(context.Background(), name).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0
-	for f, v := range all {
-		if f == "m" {
-			continue
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatalf("field %s=%q", f, v)
-		}
-		sum += n
-	}
-	return sum
-}
-
 type fallbackRig struct {
 	srv     *redistest.Server
 	client  redis.UniversalClient
@@ -214,7 +193,7 @@ func TestFallbackKillAndRestart(t *testing.T) {
 	}
 	// Redis came back empty: the new key has another epoch, so the
 	// pre-outage counts are written back with the outage's.
-	if sum := bucketSum(t, r.client, name); sum != 6+7 {
+	if sum := redistest.BucketSum(t, r.client, name); sum != 6+7 {
 		t.Fatalf("Redis holds %d after reconciliation, want 13 (6 before + 7 during the outage)", sum)
 	}
 	if pttl := r.client.PTTL(ctx, name).Val(); pttl <= 0 || pttl > p.Span()+p.BucketWidth() {
@@ -288,7 +267,7 @@ func TestFallbackPausedRedis(t *testing.T) {
 	// written back again. It may hold the 3 takes that timed out (they sat
 	// in the socket and ran on SIGCONT) besides the 3+20 local ones.
 	outage := 3 + local
-	sum := bucketSum(t, r.client, name)
+	sum := redistest.BucketSum(t, r.client, name)
 	if sum < before+outage+1 || sum > before+outage+1+3 {
 		t.Fatalf("Redis holds %d, want %d..%d (before %d, outage %d, after 1, up to 3 timed-out takes)",
 			sum, before+outage+1, before+outage+4, before, outage)
@@ -352,11 +331,11 @@ func TestFallbackLostKeyWithoutOutage(t *testing.T) {
 
 	a.takeN(t, key, 5)
 	b.takeN(t, key, 3)
-	if sum := bucketSum(t, a.client, name); sum != 8 {
+	if sum := redistest.BucketSum(t, a.client, name); sum != 8 {
 		t.Fatalf("Redis holds %d, want 8", sum)
 	}
 	// Nothing pending: reconciliation writes nothing.
-	if !a.store.Reconcile(ctx) || !b.store.Reconcile(ctx) || bucketSum(t, a.client, name) != 8 {
+	if !a.store.Reconcile(ctx) || !b.store.Reconcile(ctx) || redistest.BucketSum(t, a.client, name) != 8 {
 		t.Fatal("reconciling with nothing lost changed the counts")
 	}
 	if err := a.client.FlushAll(ctx).Err(); err != nil {
@@ -367,11 +346,11 @@ func TestFallbackLostKeyWithoutOutage(t *testing.T) {
 	if !a.store.Reconcile(ctx) || !b.store.Reconcile(ctx) {
 		t.Fatal("reconcile failed")
 	}
-	if sum := bucketSum(t, a.client, name); sum != 10 {
+	if sum := redistest.BucketSum(t, a.client, name); sum != 10 {
 		t.Fatalf("Redis holds %d after the loss and reconciliation, want 10", sum)
 	}
 	// Idempotent: a second reconciliation adds nothing.
-	if !a.store.Reconcile(ctx) || !b.store.Reconcile(ctx) || bucketSum(t, a.client, name) != 10 {
+	if !a.store.Reconcile(ctx) || !b.store.Reconcile(ctx) || redistest.BucketSum(t, a.client, name) != 10 {
 		t.Fatal("second reconciliation changed the counts")
 	}
 	if res := a.take(t, key); res.Remaining != 50-11 {
@@ -395,7 +374,7 @@ func TestFallbackLostKeyWithoutOutage(t *testing.T) {
 	}
 	a.takeN(t, key, 1)
 	b.takeN(t, key, 1)
-	poll.Until(t, 5*time.Second, "write-back by Run", func() bool { return bucketSum(t, a.client, name) == 7+4+2 })
+	poll.Until(t, 5*time.Second, "write-back by Run", func() bool { return redistest.BucketSum(t, a.client, name) == 7+4+2 })
 	if errs, active := a.obs.snapshot(); len(errs) != 0 || len(active) != 0 {
 		t.Fatalf("observer saw %v %v without an outage", errs, active)
 	}
@@ -559,7 +538,7 @@ func TestFallbackReleases(t *testing.T) {
 	if err := r.store.Release(ctx, other, res.Slot); err != nil {
 		t.Fatal(err)
 	}
-	if sum := bucketSum(t, r.client, r.redis.Key(other)); sum != 4 || pending(other) != 0 {
+	if sum := redistest.BucketSum(t, r.client, r.redis.Key(other)); sum != 4 || pending(other) != 0 {
 		t.Fatalf("after the release Redis holds %d (want 4), the shadow %d reserved", sum, pending(other))
 	}
 
@@ -580,7 +559,7 @@ func TestFallbackReleases(t *testing.T) {
 	}
 	srv.Restart()
 	poll.Until(t, 10*time.Second, "recovery after restart", func() bool { return r.store.recover(ctx) })
-	if sum := bucketSum(t, r.client, r.redis.Key(key)); sum != 2 {
+	if sum := redistest.BucketSum(t, r.client, r.redis.Key(key)); sum != 2 {
 		t.Fatalf("Redis holds %d after reconciliation, want the 2 local takes", sum)
 	}
 }
@@ -617,7 +596,7 @@ func TestFallbackWritesBackBeforeAdmitting(t *testing.T) {
 	if res := a.take(t, key); res.Allowed {
 		t.Fatalf("a after the flush: %+v, want refused: 5 + 4 + 1 counted", res)
 	}
-	if sum := bucketSum(t, a.client, a.redis.Key(key)); sum != 10 {
+	if sum := redistest.BucketSum(t, a.client, a.redis.Key(key)); sum != 10 {
 		t.Fatalf("Redis holds %d, want 10", sum)
 	}
 	if a.store.LostKeys() != 1 || b.store.LostKeys() != 1 || a.store.Degraded() || b.store.Degraded() {

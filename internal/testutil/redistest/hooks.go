@@ -2,7 +2,9 @@ package redistest
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
+	"testing"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -28,4 +30,27 @@ func (c *CommandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 		c.N.Add(1)
 		return next(ctx, cmds)
 	}
+}
+
+// BucketSum adds up the bucket fields of a quota store's HASH name (every
+// field but the meta field "m"): what Redis counts for a key, for tests of
+// the stores and of the limiter on them.
+func BucketSum(tb testing.TB, c redis.UniversalClient, name string) int {
+	tb.Helper()
+	all, err := c.HGetAll(context.Background(), name).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sum := 0
+	for f, v := range all {
+		if f == "m" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			tb.Fatalf("field %s = %q", f, v)
+		}
+		sum += n
+	}
+	return sum
 }
