@@ -959,6 +959,7 @@ level = "warn"
 		clients, bodyTimeout)
 	start := settle(ctx, gw, 4)
 	fmt.Fprintf(w, "  at start (after 2 GCs): goroutines %.0f, heap in use %.1f MB, RSS %.1f MB\n", start.Goroutines, start.HeapInuse/1e6, start.RSS/1e6)
+	memClasses(ctx, w, gw.AdminURL)
 
 	// flood opens the slow clients and waits until all are answered or
 	// closed; it returns what the run's verdicts judge.
@@ -1020,6 +1021,8 @@ level = "warn"
 		}
 		allOpen := time.Now()
 		peak := Look(ctx, gw.AdminURL)
+		// What the heap holds per open client, for whoever looks into it.
+		_ = saveURL(ctx, gw.AdminURL+"/debug/pprof/heap", filepath.Join(l.LogDir(), "slow-bodies-peak.heap.pprof"))
 		fmt.Fprintf(w, "  %d connections open in %.1fs: goroutines %.0f, heap in use %.1f MB, RSS %.1f MB\n",
 			clients, allOpen.Sub(opened).Seconds(), peak.Goroutines, peak.HeapInuse/1e6, peak.RSS/1e6)
 
@@ -1091,6 +1094,7 @@ level = "warn"
 	}
 	back1 := released(start.RSS)
 	fmt.Fprintf(w, "  RSS after flood 1, freed memory returned: %.1f MB (start %.1f, highest %.1f)\n", back1.RSS/1e6, start.RSS/1e6, r1.high.RSS/1e6)
+	memClasses(ctx, w, gw.AdminURL)
 	fmt.Fprintln(w, "  flood 2:")
 	r2, err := flood()
 	if err != nil {
@@ -1098,13 +1102,10 @@ level = "warn"
 	}
 	back2 := released(back1.RSS)
 	fmt.Fprintf(w, "  RSS after flood 2, freed memory returned: %.1f MB (after flood 1 %.1f, highest %.1f)\n", back2.RSS/1e6, back1.RSS/1e6, r2.high.RSS/1e6)
-	if back2.RSS > back1.RSS+8e6 {
-		// What the heap still holds, for whoever looks into it.
-		path := filepath.Join(l.LogDir(), "slow-bodies-after.heap.pprof")
-		if err := saveURL(ctx, gw.AdminURL+"/debug/pprof/heap", path); err == nil {
-			fmt.Fprintf(w, "  heap profile: %s\n", path)
-		}
-	}
+	memClasses(ctx, w, gw.AdminURL)
+	// What the heap still holds after both floods (the runtime's goroutine
+	// descriptors show as runtime.malg / mallocgc).
+	_ = saveURL(ctx, gw.AdminURL+"/debug/pprof/heap", filepath.Join(l.LogDir(), "slow-bodies-after.heap.pprof"))
 
 	var v Verdicts
 	for i, r := range []floodResult{r1, r2} {
@@ -1126,6 +1127,19 @@ level = "warn"
 		"%.1f -> highest %.1f -> %.1f MB", back1.RSS/1e6, r2.high.RSS/1e6, back2.RSS/1e6)
 	v.Write(w, "slow-bodies")
 	return v, nil
+}
+
+// memClasses prints where the gateway's memory from the system goes
+// (go_memstats_*_sys and in-use figures), to tell the Go runtime's own
+// keep from the gateway's.
+func memClasses(ctx context.Context, w io.Writer, adminURL string) {
+	m, err := FetchMetrics(ctx, adminURL)
+	if err != nil {
+		return
+	}
+	mb := func(n string) float64 { return m.Sum("go_memstats_"+n+"_bytes") / 1e6 }
+	fmt.Fprintf(w, "  runtime: heap in use %.1f, heap idle not returned %.1f, stacks %.1f, span metadata %.1f, GC metadata %.1f, other %.1f, mcache %.1f, profiling buckets %.1f MB\n",
+		mb("heap_inuse"), mb("heap_idle")-mb("heap_released"), mb("stack_sys"), mb("mspan_sys"), mb("gc_sys"), mb("other_sys"), mb("mcache_sys"), mb("buck_hash_sys"))
 }
 
 // saveURL writes the body of a GET of u to path.
