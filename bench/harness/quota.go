@@ -409,6 +409,9 @@ const (
 // QuotaReport is what the quota run measured.
 type QuotaReport struct {
 	Requests, OK, Limited, Other, Errors int
+	// OtherSeen describes the first of the Other answers: status/code, when
+	// (from the run's start), which replica/token, and how long it took.
+	OtherSeen []string
 	// LimitedRA counts the 429s with code 20005 and a Retry-After >= 1.
 	LimitedRA int
 	// Upstream20005 is what the simulator answered over its quota, and
@@ -614,6 +617,9 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 			}
 		default:
 			r.Other++
+			if len(r.OtherSeen) < 10 {
+				r.OtherSeen = append(r.OtherSeen, fmt.Sprintf("%d/%d at %.1fs via %s (%s)", s.Status, s.Code, s.Start.Sub(start).Seconds(), s.Tag, s.Latency.Round(time.Millisecond)))
+			}
 		}
 	}
 	if r.Limited > 0 {
@@ -635,6 +641,9 @@ func RunQuota(ctx context.Context, l Launcher, o QuotaOptions) (*QuotaReport, er
 	tb.Write(w)
 	fmt.Fprintf(w, "\nrequests %d: 200 %d (by replica %v), 429 %d (with Retry-After and code 20005: %d), other %d, transport errors %d\n",
 		r.Requests, r.OK, r.OKByReplica, r.Limited, r.LimitedRA, r.Other, r.Errors)
+	if len(r.OtherSeen) > 0 {
+		fmt.Fprintf(w, "other answers: %s\n", strings.Join(r.OtherSeen, "; "))
+	}
 	fmt.Fprintf(w, "simulator: charged %d, over quota (20005) %d, most in one rolling window %d (limit %d)\n",
 		led.Charged, led.OverQuota, led.MaxInWindow, o.Limit)
 	up20005 := m.Sum("fusioo_gateway_upstream_responses_total", "code", "20005")
