@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -27,6 +26,10 @@ const (
 	// share back (three spans when longer): a replica cut off from Redis
 	// counts locally until then, less a span for its counts to age out.
 	MinForget = 10 * time.Minute
+
+	// probeKey is the key a primary without Ping is probed with (a Peek
+	// take); keys are hashes, which never look like it.
+	probeKey = "fallback:probe"
 )
 
 // Operations a FallbackObserver's StoreError names (the op label of
@@ -118,7 +121,9 @@ func (o FallbackOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// FallbackStore is the Redis quota store made safe against Redis outages.
+// FallbackStore makes a quota store safe against its outages: a decorator
+// over any Store (see shared.go for what it does with what the store can
+// tell). Over a RedisStore, the Shared store of a fleet, it promises this:
 //
 // # The quota bound: who may spend which slots, under which fault
 //
@@ -201,7 +206,11 @@ func (o FallbackOptions) Validate() error {
 // Run must be running for recovery, reconciliation and sweeping; the
 // constructor starts nothing.
 type FallbackStore struct {
-	primary  *RedisStore
+	primary Store
+	// What primary can tell beyond Store (shared.go), nil when it cannot.
+	shared   Shared
+	sharded  Sharded
+	pinger   Pinger
 	local    *MemoryStore
 	policy   Policy
 	share    float64
@@ -211,9 +220,7 @@ type FallbackStore struct {
 	cb       *gobreaker.CircuitBreaker[struct{}]
 	failures uint32        // consecutive failures that open a breaker
 	openFor  time.Duration // how long a breaker stays open
-	// cluster is the Redis Cluster client (nil otherwise), nodes the
-	// breakers of its masters by address (breakerFor).
-	cluster    *redis.ClusterClient
+	// nodes are the breakers of a sharded primary's domains (breakerFor).
 	nodeMu     sync.Mutex
 	nodes      map[string]*gobreaker.CircuitBreaker[struct{}]
 	probeEvery time.Duration
@@ -286,10 +293,11 @@ type countKey struct {
 	reserved bool
 }
 
-// NewFallbackStore wraps primary with a local store and a circuit breaker.
-// p must be primary's policy. It does no I/O and starts nothing: call Run.
-// It panics if p or opts does not Validate.
-func NewFallbackStore(primary *RedisStore, p Policy, opts FallbackOptions) *FallbackStore {
+// NewFallbackStore wraps primary with a local store and a circuit breaker,
+// and uses what primary can tell beyond Store (Shared, Sharded, Pinger:
+// see shared.go). p must be primary's policy. It does no I/O and starts
+// nothing: call Run. It panics if p or opts does not Validate.
+func NewFallbackStore(primary Store, p Policy, opts FallbackOptions) *FallbackStore {
 	p.mustValidate("NewFallbackStore")
 	if err := opts.Validate(); err != nil {
 		panic("quota: NewFallbackStore: FallbackOptions." + strings.ReplaceAll(err.Error(), "\n", "; FallbackOptions."))
@@ -326,8 +334,10 @@ func NewFallbackStore(primary *RedisStore, p Policy, opts FallbackOptions) *Fall
 		f.shards[i].keys = map[string]*fbKey{}
 	}
 	f.failures, f.openFor = uint32(opts.FailuresToOpen), opts.OpenFor
-	if cc, ok := primary.client.(*redis.ClusterClient); ok {
-		f.cluster, f.nodes = cc, map[string]*gobreaker.CircuitBreaker[struct{}]{}
+	f.shared, _ = primary.(Shared)
+	f.pinger, _ = primary.(Pinger)
+	if sh, ok := primary.(Sharded); ok && sh.Sharded() {
+		f.sharded, f.nodes = sh, map[string]*gobreaker.CircuitBreaker[struct{}]{}
 	}
 	f.cb = gobreaker.NewCircuitBreaker[struct{}](f.breakerSettings("redis-quota", func(to gobreaker.State) {
 		if to == gobreaker.StateOpen {
@@ -405,7 +415,7 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 	}
 	var (
 		res  Result
-		info takeInfo
+		info Answer
 		sent time.Time
 		err  error
 	)
@@ -422,16 +432,16 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		}
 		instance, _ := f.instance.Load().(string)
 		sent = f.clock.Now()
-		cb := f.breakerFor(ctx, f.primary.Key(key))
-		_, err = cb.Execute(func() (struct{}, error) {
+		k := Known{Epoch: known, Instance: instance, HoldBack: f.holdBack()}
+		_, err = f.breakerFor(ctx, key).Execute(func() (struct{}, error) {
 			var err error
-			res, info, err = f.primary.takeKnowing(ctx, key, t, known, instance, f.holdBack())
+			res, info, err = f.takePrimary(ctx, key, t, k, sent)
 			return struct{}{}, f.classify(ctx, err)
 		})
 		if err == nil {
-			f.sawInstance(info.instance)
+			f.sawInstance(info.Instance)
 		}
-		if err != nil || !info.lost {
+		if err != nil || !info.Lost {
 			break
 		}
 		f.lostKeys.Add(1)
@@ -440,7 +450,7 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 			break
 		}
 	}
-	if err == nil && info.lost {
+	if err == nil && info.Lost {
 		// Lost again at once (another flush): answered locally this time.
 		err = errors.New("redis lost the key twice in a row")
 	}
@@ -451,13 +461,13 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 	if ctx.Err() != nil {
 		return Result{}, fmt.Errorf("quota take: %w", err)
 	}
-	if f.cluster != nil {
+	if f.sharded != nil {
 		// One shard failing (a master died and its replica is not promoted
 		// yet, or the slot moved): its tokens wait for it rather than count
 		// locally, and the slot map is reloaded. Tokens on the other shards
 		// keep their Redis counts; only when every shard fails does the
 		// store go local.
-		f.cluster.ReloadState(ctx)
+		f.sharded.Refresh(ctx)
 		if !isOpenState(err) {
 			f.lastErr.Store(&errBox{err})
 			f.obs.StoreError(StoreOpTake, err)
@@ -474,23 +484,30 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 	return f.takeLocal(ctx, key, t, false)
 }
 
+// takePrimary asks the primary, telling a Shared one what this replica
+// holds; a plain store's answer is dated by the local clock.
+func (f *FallbackStore) takePrimary(ctx context.Context, key string, t Take, k Known, sent time.Time) (Result, Answer, error) {
+	if f.shared != nil {
+		return f.shared.TakeKnowing(ctx, key, t, k)
+	}
+	res, err := f.primary.Take(ctx, key, t)
+	return res, Answer{Now: sent.UnixMilli()}, err
+}
+
 func isOpenState(err error) bool {
 	return errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
 }
 
-// breakerFor is the circuit breaker guarding calls for the Redis key name:
-// the store's one breaker, or in a Redis Cluster the breaker of the master
-// serving the key's slot, so one failing shard does not open the breaker
-// of the others. When every shard's breaker is open, the store is degraded
-// as with a single Redis down.
-func (f *FallbackStore) breakerFor(ctx context.Context, name string) *gobreaker.CircuitBreaker[struct{}] {
-	if f.cluster == nil {
+// breakerFor is the circuit breaker guarding calls for key ("": the
+// replica registry): the store's one breaker, or for a sharded primary
+// (a Redis Cluster) the breaker of the domain serving key, so one failing
+// shard does not open the breaker of the others. When every shard's
+// breaker is open, the store is degraded as with a single Redis down.
+func (f *FallbackStore) breakerFor(ctx context.Context, key string) *gobreaker.CircuitBreaker[struct{}] {
+	if f.sharded == nil {
 		return f.cb
 	}
-	node := "?"
-	if c, err := f.cluster.MasterForKey(ctx, name); err == nil {
-		node = c.Options().Addr
-	}
+	node := f.sharded.Domain(ctx, key)
 	f.nodeMu.Lock()
 	defer f.nodeMu.Unlock()
 	cb := f.nodes[node]
@@ -575,10 +592,15 @@ func (f *FallbackStore) sawInstance(instance string) {
 	}
 }
 
-// probe pings Redis through the breaker.
+// probe pings the primary through the breaker (a Peek take of probeKey
+// when it has no Ping).
 func (f *FallbackStore) probe(ctx context.Context) bool {
 	_, err := f.cb.Execute(func() (struct{}, error) {
-		return struct{}{}, f.classify(ctx, f.primary.Ping(ctx))
+		if f.pinger != nil {
+			return struct{}{}, f.classify(ctx, f.pinger.Ping(ctx))
+		}
+		_, err := f.primary.Take(ctx, probeKey, Take{Peek: true})
+		return struct{}{}, f.classify(ctx, err)
 	})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -595,7 +617,7 @@ func (f *FallbackStore) probe(ctx context.Context) bool {
 // them back too.
 func (f *FallbackStore) checkInstance(ctx context.Context) {
 	prev, _ := f.instance.Load().(string)
-	if prev == "" {
+	if prev == "" || f.shared == nil {
 		return
 	}
 	var (
@@ -604,7 +626,7 @@ func (f *FallbackStore) checkInstance(ctx context.Context) {
 	)
 	_, err := f.cb.Execute(func() (struct{}, error) {
 		var err error
-		epoch, ok, err = f.primary.instanceEpoch(ctx)
+		epoch, ok, err = f.shared.InstanceEpoch(ctx)
 		return struct{}{}, f.classify(ctx, err)
 	})
 	if err != nil {
@@ -646,7 +668,7 @@ func (f *FallbackStore) Block(ctx context.Context, key string, d time.Duration) 
 	}
 	_ = f.local.Block(ctx, key, d) // never fails
 	if !f.degraded.Load() {
-		_, err := f.breakerFor(ctx, f.primary.Key(key)).Execute(func() (struct{}, error) {
+		_, err := f.breakerFor(ctx, key).Execute(func() (struct{}, error) {
 			return struct{}{}, f.classify(ctx, f.primary.Block(ctx, key, d))
 		})
 		if err == nil {
@@ -689,7 +711,7 @@ func (f *FallbackStore) Release(ctx context.Context, key string, r Reservation) 
 		if f.degraded.Load() {
 			return nil
 		}
-		_, err := f.breakerFor(ctx, f.primary.Key(key)).Execute(func() (struct{}, error) {
+		_, err := f.breakerFor(ctx, key).Execute(func() (struct{}, error) {
 			return struct{}{}, f.classify(ctx, f.primary.Release(ctx, key, r))
 		})
 		if err != nil {
@@ -779,9 +801,9 @@ func (f *FallbackStore) localResult(r Result) Result {
 }
 
 // recordRedis updates the shadow after Redis answered a take.
-func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent time.Time) {
+func (f *FallbackStore) recordRedis(key string, res Result, info Answer, sent time.Time) {
 	f.answered.Store(true)
-	f.offset.Store(info.now - sent.UnixMilli())
+	f.offset.Store(info.Now - sent.UnixMilli())
 	now := f.clock.Now()
 	sh := f.shard(key)
 	sh.mu.Lock()
@@ -794,7 +816,10 @@ func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent 
 	} else {
 		k.lastRemaining, k.lastAt, k.localSince = res.Remaining, now.UnixNano(), 0
 	}
-	tag := info.epoch
+	if f.shared == nil {
+		return // no shadow: a plain primary cannot be written back to
+	}
+	tag := info.Epoch
 	lost := false
 	switch {
 	case tag == k.epoch:
@@ -806,7 +831,7 @@ func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent 
 		// The key is new, or was lost and re-created: counts tagged with
 		// the old epoch are not in Redis any more.
 		k.retired, k.epoch = k.epoch, tag
-		k.prune(floorDiv(info.now-f.span, f.width), f.width)
+		k.prune(floorDiv(info.Now-f.span, f.width), f.width)
 		for ck := range k.counts {
 			if ck.tag != tag {
 				lost = true
@@ -815,11 +840,11 @@ func (f *FallbackStore) recordRedis(key string, res Result, info takeInfo, sent 
 		}
 	}
 	if res.Allowed {
-		k.counts[countKey{tag, info.at, info.reserved}] += max(res.Granted, 1)
+		k.counts[countKey{tag, info.At, info.Reserved}] += max(res.Granted, 1)
 		if len(k.counts) > f.maxCounts {
 			// Sweep does this too; here the shadow stays bounded even
 			// without Run.
-			k.prune(floorDiv(info.now-f.span, f.width), f.width)
+			k.prune(floorDiv(info.Now-f.span, f.width), f.width)
 		}
 	}
 	if lost {
@@ -927,9 +952,9 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 	}
 	// One bucket of slack: the Redis-time estimate errs late.
 	k.prune(floorDiv(rnow-f.span, f.width)-1, f.width)
-	snap := make([]shadowCount, 0, len(k.counts))
+	snap := make([]Count, 0, len(k.counts))
 	for ck, c := range k.counts {
-		snap = append(snap, shadowCount{tag: ck.tag, at: ck.bucket, reserved: ck.reserved, count: c})
+		snap = append(snap, Count{Tag: ck.tag, At: ck.bucket, Reserved: ck.reserved, N: c})
 	}
 	block := k.blockUntil
 	if block <= rnow {
@@ -941,9 +966,13 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 	}
 
 	var epoch string
-	_, err := f.breakerFor(ctx, f.primary.Key(key)).Execute(func() (struct{}, error) {
+	_, err := f.breakerFor(ctx, key).Execute(func() (struct{}, error) {
 		var err error
-		epoch, _, err = f.primary.writeBack(ctx, key, snap, block)
+		if f.shared != nil {
+			epoch, err = f.shared.WriteBack(ctx, key, snap, block)
+		} else {
+			err = f.replay(ctx, key, snap, block-rnow)
+		}
 		return struct{}{}, f.classify(ctx, err)
 	})
 	if err != nil {
@@ -956,15 +985,15 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	for _, c := range snap {
-		if c.tag == epoch {
+		if c.Tag == epoch && f.shared != nil {
 			continue // Redis held it already
 		}
-		ck := countKey{c.tag, c.at, c.reserved}
-		if k.counts[ck] -= c.count; k.counts[ck] <= 0 {
+		ck := countKey{c.Tag, c.At, c.Reserved}
+		if k.counts[ck] -= c.N; k.counts[ck] <= 0 {
 			delete(k.counts, ck)
 		}
 		if epoch != "" {
-			k.counts[countKey{epoch, c.at, c.reserved}] += c.count
+			k.counts[countKey{epoch, c.At, c.Reserved}] += c.N
 		}
 	}
 	if epoch != k.epoch {
@@ -977,6 +1006,30 @@ func (f *FallbackStore) writeBack(ctx context.Context, key string) bool {
 		f.markDirty(key) // admitted or blocked meanwhile
 	}
 	return true
+}
+
+// replay hands a plain primary (not Shared) what this replica admitted
+// locally: a take per count, now, and the block still due (blockFor ms).
+// Each is counted from now rather than from its admission, so it holds its
+// slot longer than the upstream does: quota spent, never exceeded. Alone
+// on the primary every take fits (local admissions were capped by the
+// Remaining it gave last); a take refused because other replicas filled
+// the primary meanwhile leaves its count to age out unrecorded, which is
+// why a fleet's store must be Shared.
+func (f *FallbackStore) replay(ctx context.Context, key string, counts []Count, blockFor int64) error {
+	for _, c := range counts {
+		for range c.N {
+			if _, err := f.primary.Take(ctx, key, Take{}); err != nil {
+				return fmt.Errorf("replay a local count: %w", err)
+			}
+		}
+	}
+	if blockFor > 0 {
+		if err := f.primary.Block(ctx, key, time.Duration(blockFor)*time.Millisecond); err != nil {
+			return fmt.Errorf("replay a block: %w", err)
+		}
+	}
+	return nil
 }
 
 // Sweep drops dead buckets from the shadow and keys nobody used for a span
@@ -1029,7 +1082,7 @@ func (f *FallbackStore) failed(op string, err error) {
 		// The breaker refused without asking Redis; make sure the store
 		// knows it is degraded even if it raced with a recovery (in a
 		// Cluster, a shard's breaker says nothing of the others).
-		if f.cluster == nil {
+		if f.sharded == nil {
 			f.enterDegraded()
 		}
 		return
@@ -1047,7 +1100,7 @@ func (f *FallbackStore) enterDegraded() {
 		// forget after that, by when its local counts must have aged out.
 		// A heartbeat still in flight started before now.
 		if until := f.beatUntil.Load(); until != 0 {
-			until = max(until, f.clock.Now().Add(f.primary.timeout).UnixNano())
+			until = max(until, f.clock.Now().Add(f.shared.CallTimeout()).UnixNano())
 			f.localFrom.Store(until + int64(f.alive+2*f.probeEvery))
 			f.localUntil.Store(f.beatOK.Load() + int64(f.forget-f.policy.Span()-f.alive))
 		}
@@ -1090,19 +1143,18 @@ func (f *FallbackStore) holdBack() int {
 // goes silent. Not while degraded: a heartbeat says "I count through
 // Redis".
 func (f *FallbackStore) beat(ctx context.Context) {
+	if f.shared == nil {
+		return
+	}
 	sent := f.clock.Now()
 	// Counted as landed up to the call's timeout, which the script
 	// enforces on Redis's clock.
-	until := sent.Add(f.primary.timeout)
-	f.beatUntil.Store(until.UnixNano())
-	var (
-		silent, members int
-		now             int64
-		stale           bool
-	)
-	_, err := f.breakerFor(ctx, f.primary.replicasKey()).Execute(func() (struct{}, error) {
+	timeout := f.shared.CallTimeout()
+	f.beatUntil.Store(sent.Add(timeout).UnixNano())
+	var b Beats
+	_, err := f.breakerFor(ctx, "").Execute(func() (struct{}, error) {
 		var err error
-		silent, members, now, stale, err = f.primary.heartbeat(ctx, f.id, f.redisMillis(sent)+f.primary.timeout.Milliseconds(), f.alive, f.forget)
+		b, err = f.shared.Heartbeat(ctx, Beat{ID: f.id, ValidUntil: f.redisMillis(sent) + timeout.Milliseconds(), Alive: f.alive, Forget: f.forget})
 		return struct{}{}, f.classify(ctx, err)
 	})
 	if err != nil {
@@ -1112,10 +1164,10 @@ func (f *FallbackStore) beat(ctx context.Context) {
 		return
 	}
 	f.answered.Store(true)
-	f.offset.Store(now - sent.UnixMilli())
-	f.members.Store(int64(members))
-	if !stale {
-		f.silent.Store(int64(silent))
+	f.offset.Store(b.Now - sent.UnixMilli())
+	f.members.Store(int64(b.Members))
+	if !b.Stale {
+		f.silent.Store(int64(b.Silent))
 		f.beatOK.Store(sent.UnixNano())
 	}
 }
@@ -1123,7 +1175,10 @@ func (f *FallbackStore) beat(ctx context.Context) {
 // Leave takes this replica out of the heartbeats (a graceful stop), so the
 // others do not hold its share back.
 func (f *FallbackStore) Leave(ctx context.Context) error {
-	return f.primary.leave(ctx, f.id)
+	if f.shared == nil {
+		return nil
+	}
+	return f.shared.Leave(ctx, f.id)
 }
 
 // unavailable is reject mode's error: ErrStoreUnavailable, the cause, and

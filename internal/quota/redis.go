@@ -204,35 +204,18 @@ func (s *RedisStore) Client() redis.UniversalClient { return s.client }
 // prefix nor key may contain braces, or the hash tag would not be key.
 func (s *RedisStore) Key(key string) string { return s.prefix + ":{" + key + "}:q" }
 
-// takeInfo is what a Take learned beyond its Result, for the fallback's
-// shadow accounting.
-type takeInfo struct {
-	at       int64  // the bucket taken in, or the start reserved from, Redis time
-	reserved bool   // at is a reservation's start
-	now      int64  // Redis time of the script, ms
-	epoch    string // the key's epoch ("" when the key does not exist)
-	lost     bool   // the epoch the caller knew is gone: nothing was admitted
-	instance string // the instance epoch ("" without an instance key)
-}
-
 // Take implements Store with one script call (one round trip).
 func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, error) {
-	res, _, err := s.take(ctx, key, t)
+	res, _, err := s.TakeKnowing(ctx, key, t, Known{})
 	return res, err
 }
 
-func (s *RedisStore) take(ctx context.Context, key string, t Take) (Result, takeInfo, error) {
-	return s.takeKnowing(ctx, key, t, "", "", 0)
-}
-
-// takeKnowing is take by a caller that holds counts of the key's
-// incarnation known and last saw the instance incarnation instance (see
-// FallbackStore): if Redis lost the key, nothing is admitted and info.lost
-// says so; if it lost everything (the instance key is gone), no slot is
-// used for Settle, so every replica can write back first. holdBack slots
-// of the limit are left to replicas that went silent (they may be counting
-// locally): the script enforces limit - holdBack.
-func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known, instance string, holdBack int) (Result, takeInfo, error) {
+// TakeKnowing implements Shared: if Redis lost the key whose epoch the
+// caller holds counts of, nothing is admitted and Answer.Lost says so; if
+// it lost everything (the instance key is gone), no slot is used for
+// Settle, so every replica can write back first. The script enforces the
+// limit less k.HoldBack.
+func (s *RedisStore) TakeKnowing(ctx context.Context, key string, t Take, k Known) (Result, Answer, error) {
 	want, hold := 1, int64(0)
 	if t.Hold > 0 && t.Hold <= s.maxHold {
 		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
@@ -250,14 +233,14 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known,
 		keys = append(keys, s.instanceKey)
 	}
 	vals, err := s.runTake(ctx, keys,
-		s.limitArg(holdBack), s.widthArg, s.spanArg, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
-		ceilMillis(max(t.NotBefore, 0)), peek, known, instance, s.settleArg)
+		s.limitArg(k.HoldBack), s.widthArg, s.spanArg, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
+		ceilMillis(max(t.NotBefore, 0)), peek, k.Epoch, k.Instance, s.settleArg)
 	if err != nil {
-		return Result{}, takeInfo{}, fmt.Errorf("redis take: %w", err)
+		return Result{}, Answer{}, fmt.Errorf("redis take: %w", err)
 	}
 	const nvals = 14
 	if len(vals) != nvals {
-		return Result{}, takeInfo{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
+		return Result{}, Answer{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
 	}
 	var n [nvals]int64
 	for i := range n {
@@ -266,7 +249,7 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known,
 		}
 		v, ok := vals[i].(int64)
 		if !ok {
-			return Result{}, takeInfo{}, fmt.Errorf("redis take: value %d is %T, want an integer", i, vals[i])
+			return Result{}, Answer{}, fmt.Errorf("redis take: value %d is %T, want an integer", i, vals[i])
 		}
 		n[i] = v
 	}
@@ -283,10 +266,10 @@ func (s *RedisStore) takeKnowing(ctx context.Context, key string, t Take, known,
 		Settling:   n[4] == 2,
 		Granted:    int(n[8]),
 	}
-	info := takeInfo{at: n[5], reserved: n[11] == 1, now: n[6], epoch: epoch, lost: n[12] == 1, instance: inst}
+	info := Answer{At: n[5], Reserved: n[11] == 1, Now: n[6], Epoch: epoch, Lost: n[12] == 1, Instance: inst}
 	if res.Allowed {
 		res.Delay, res.Usable = ms(n[9]), ms(n[10])
-		res.Slot = Reservation{at: info.at, reserved: info.reserved, epoch: epoch, ok: true}
+		res.Slot = Reservation{at: info.At, reserved: info.Reserved, epoch: epoch, ok: true}
 	}
 	return res, info, nil
 }
@@ -394,27 +377,24 @@ func (s *RedisStore) Block(ctx context.Context, key string, d time.Duration) err
 // replicasKey is the ZSET of the replicas' heartbeats.
 func (s *RedisStore) replicasKey() string { return s.prefix + ":replicas" }
 
-// heartbeat records replica id as alive now, unless the call reaches Redis
-// after validUntil (Redis ms: stale), and returns how many other replicas
-// are silent (not heard from for alive, within forget), how many the
-// registry holds, and Redis's time (ms).
-func (s *RedisStore) heartbeat(ctx context.Context, id string, validUntil int64, alive, forget time.Duration) (silent, members int, now int64, stale bool, err error) {
+// Heartbeat implements Shared: replica b.ID is recorded in a ZSET as alive
+// now, unless the call reaches Redis after b.ValidUntil (Redis ms: stale).
+func (s *RedisStore) Heartbeat(ctx context.Context, b Beat) (Beats, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	vals, err := heartbeatScript.Run(ctx, s.client, []string{s.replicasKey()}, id, validUntil,
-		alive.Milliseconds(), forget.Milliseconds(), s.testNow()).Int64Slice()
+	vals, err := heartbeatScript.Run(ctx, s.client, []string{s.replicasKey()}, b.ID, b.ValidUntil,
+		b.Alive.Milliseconds(), b.Forget.Milliseconds(), s.testNow()).Int64Slice()
 	if err != nil {
-		return 0, 0, 0, false, fmt.Errorf("redis heartbeat: %w", err)
+		return Beats{}, fmt.Errorf("redis heartbeat: %w", err)
 	}
 	if len(vals) != 3 {
-		return 0, 0, 0, false, fmt.Errorf("redis heartbeat: script returned %d values, want 3", len(vals))
+		return Beats{}, fmt.Errorf("redis heartbeat: script returned %d values, want 3", len(vals))
 	}
-	return int(max(vals[0], 0)), int(vals[1]), vals[2], vals[0] < 0, nil
+	return Beats{Silent: int(max(vals[0], 0)), Members: int(vals[1]), Now: vals[2], Stale: vals[0] < 0}, nil
 }
 
-// leave removes replica id from the heartbeats: a replica that stops
-// gracefully is not held back for.
-func (s *RedisStore) leave(ctx context.Context, id string) error {
+// Leave implements Shared.
+func (s *RedisStore) Leave(ctx context.Context, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	if err := s.client.ZRem(ctx, s.replicasKey(), id).Err(); err != nil {
@@ -423,10 +403,45 @@ func (s *RedisStore) leave(ctx context.Context, id string) error {
 	return nil
 }
 
-// instanceEpoch reads the instance key (see RedisOptions.Settle): the
-// instance epoch, "" when the key is missing (Redis lost its data, or no
-// take created it yet), or ok false when there is no instance key.
-func (s *RedisStore) instanceEpoch(ctx context.Context) (epoch string, ok bool, err error) {
+// CallTimeout implements Shared: RedisOptions.Timeout.
+func (s *RedisStore) CallTimeout() time.Duration { return s.timeout }
+
+// Sharded implements Sharded: a Redis Cluster client.
+func (s *RedisStore) Sharded() bool {
+	_, ok := s.client.(*redis.ClusterClient)
+	return ok
+}
+
+// Domain implements Sharded: the address of the master serving key's
+// slot (of the replica registry's for ""), from the client's slot map.
+func (s *RedisStore) Domain(ctx context.Context, key string) string {
+	cc, ok := s.client.(*redis.ClusterClient)
+	if !ok {
+		return ""
+	}
+	name := s.replicasKey()
+	if key != "" {
+		name = s.Key(key)
+	}
+	c, err := cc.MasterForKey(ctx, name)
+	if err != nil {
+		return "?"
+	}
+	return c.Options().Addr
+}
+
+// Refresh implements Sharded: the Cluster client reloads its slot map.
+func (s *RedisStore) Refresh(ctx context.Context) {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		cc.ReloadState(ctx)
+	}
+}
+
+// InstanceEpoch implements Shared: it reads the instance key (see
+// RedisOptions.Settle): the instance epoch, "" when the key is missing
+// (Redis lost its data, or no take created it yet), or ok false when there
+// is no instance key.
+func (s *RedisStore) InstanceEpoch(ctx context.Context) (epoch string, ok bool, err error) {
 	if s.instanceKey == "" {
 		return "", false, nil
 	}
@@ -454,45 +469,33 @@ func (s *RedisStore) Ping(ctx context.Context) error {
 	return nil
 }
 
-// shadowCount is one replica's count at one place (a bucket, or a
-// reservation's start), tagged with the epoch of the key it was admitted
-// through ("" when admitted locally).
-type shadowCount struct {
-	tag      string
-	at       int64
-	reserved bool
-	count    int
-}
-
-// writeBack adds to key's HASH the counts Redis does not hold: every count
-// whose tag is not the key's current epoch (see redis_writeback.lua), and a
-// block until blockedUntil (Redis ms, 0: none). It returns the key's epoch
-// after the call ("" when nothing was live to write and the key is gone).
-func (s *RedisStore) writeBack(ctx context.Context, key string, counts []shadowCount, blockedUntil int64) (string, int64, error) {
+// WriteBack implements Shared: it adds to key's HASH every count whose tag
+// is not the key's current epoch (see redis_writeback.lua), and a block
+// until blockUntil (Redis ms, 0: none).
+func (s *RedisStore) WriteBack(ctx context.Context, key string, counts []Count, blockUntil int64) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	args := make([]any, 0, 5+4*len(counts))
 	// Leased slots sit in buckets up to maxHold ahead: they may be written
 	// back there, one bucket of slack for the clock estimate.
 	ahead := (ceilMillis(s.maxHold)+s.width-1)/s.width + 1
-	args = append(args, s.width, s.span, blockedUntil, s.testNow(), ahead)
+	args = append(args, s.width, s.span, blockUntil, s.testNow(), ahead)
 	for _, c := range counts {
 		kind := 0
-		if c.reserved {
+		if c.Reserved {
 			kind = 1
 		}
-		args = append(args, c.tag, kind, c.at, c.count)
+		args = append(args, c.Tag, kind, c.At, c.N)
 	}
 	vals, err := writeBackScript.Run(ctx, s.client, []string{s.Key(key)}, args...).Slice()
 	if err != nil {
-		return "", 0, fmt.Errorf("redis write-back: %w", err)
+		return "", fmt.Errorf("redis write-back: %w", err)
 	}
 	if len(vals) != 2 {
-		return "", 0, fmt.Errorf("redis write-back: script returned %d values, want 2", len(vals))
+		return "", fmt.Errorf("redis write-back: script returned %d values, want 2", len(vals))
 	}
 	epoch, _ := vals[0].(string)
-	written, _ := vals[1].(int64)
-	return epoch, written, nil
+	return epoch, nil
 }
 
 func (s *RedisStore) testNow() string {

@@ -289,12 +289,12 @@ func testRedisBoundUnderConcurrency(t *testing.T, autoPipeline bool) {
 				defer tick.Stop()
 				for time.Now().Before(end) {
 					attempts.Add(1)
-					res, info, err := store.take(ctx, key, Take{})
+					res, info, err := store.TakeKnowing(ctx, key, Take{}, Known{})
 					if err != nil {
 						errs.Add(1)
 					} else if res.Allowed {
 						mu.Lock()
-						admitted = append(admitted, info.now)
+						admitted = append(admitted, info.Now)
 						mu.Unlock()
 					}
 					<-tick.C

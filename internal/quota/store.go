@@ -1,8 +1,10 @@
 // Package quota holds the quota stores: each counts attempts per key in a
 // rolling window (window.go states the algorithm once): MemoryStore in
 // this process, RedisStore shared by every replica (its Lua scripts mirror
-// window.go), and FallbackStore, Redis behind a circuit breaker with local
-// counts while it is away. internal/limiter drives them through Store.
+// window.go), and FallbackStore, a decorator over any Store that puts it
+// behind a circuit breaker with local counts while it is away (and, for a
+// Shared store such as Redis, writes them back: shared.go). internal/limiter
+// drives them through Store.
 //
 // It knows nothing of HTTP or of the gateway above it. Keys are opaque
 // strings (the proxy passes a hash of the access token, never the token).
