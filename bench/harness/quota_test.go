@@ -13,7 +13,9 @@ import (
 // then 1 (both with the default smoothing). What the upstream saw decides:
 // no 20005, at least 97% of the quota used in every rolling window on
 // average; and 98% of the refusals come at once, no 200 later than
-// max_wait.
+// max_wait. (It is the fleet's one quota-use test: cmd/gateway's older
+// TestReplicasShareQuotaInRedis asked the same of 3 replicas at 95%,
+// judged by the clients' clocks under -race.)
 func TestFleetIsOneLimiter(t *testing.T) {
 	fleetTest(t, "two runs of 40 s of load")
 	for _, tc := range []struct {
@@ -115,16 +117,20 @@ func TestFleetFollowsFailover(t *testing.T) {
 }
 
 // fleetTest skips a fleet run (load says how long it takes) in -short
-// mode. The runs go one at a time: their bounds (margins of 100 ms, 200s
-// within max_wait + 250 ms) are the gateway's own timing, and two runs side
-// by side in one process under -race already cost a breach (one upstream
-// 20005 in TestFleetIsOneLimiter/3_replicas) on an otherwise idle 2-core
-// machine.
+// mode, and otherwise runs it in parallel with the others (go test's
+// -parallel, GOMAXPROCS by default, bounds how many go at once). The runs
+// judge the gateway's own timing (margins of 100 ms, 200s within max_wait
+// + 250 ms), so scripts/test.sh runs this package without the race
+// detector, whose CPU cost would be what they measure: two runs side by
+// side under -race cost a breach on an idle 2-core machine, while without
+// it they hold beside `stress --cpu 2`. Every package they drive is
+// race-tested by its own tests.
 func fleetTest(t *testing.T, load string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip(load)
 	}
+	t.Parallel()
 }
 
 // runFleet runs the quota run with o, logs its figures, and fails t on
