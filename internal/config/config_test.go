@@ -10,6 +10,7 @@ import (
 )
 
 func TestExampleIsDefault(t *testing.T) {
+	t.Parallel()
 	b, err := os.ReadFile("../../config.example.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -28,6 +29,7 @@ func TestExampleIsDefault(t *testing.T) {
 }
 
 func TestMinimalFile(t *testing.T) {
+	t.Parallel()
 	cfg, err := Parse([]byte(`
 [server]
 listen = "127.0.0.1:8000"
@@ -50,6 +52,7 @@ window = "10s"
 // most 5 s, so an hour keeps today's 5 s and short windows most of their
 // quota; a configured margin is kept.
 func TestDerivedMargin(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		file string
 		want time.Duration
@@ -71,6 +74,7 @@ func TestDerivedMargin(t *testing.T) {
 }
 
 func TestEnvOverrides(t *testing.T) {
+	t.Parallel()
 	cfg, err := Parse([]byte(`[quota]
 limit = 5`), []string{
 		"FUSIOO_GATEWAY_REDIS_URL=redis://:pw@localhost:6379/0", "FUSIOO_GATEWAY_QUOTA_STORE=redis",
@@ -90,6 +94,7 @@ limit = 5`), []string{
 }
 
 func TestEveryBadKeyReported(t *testing.T) {
+	t.Parallel()
 	_, err := Parse([]byte(`
 [server]
 listen = "x"
@@ -134,6 +139,7 @@ bogus = 1
 }
 
 func TestSyntaxError(t *testing.T) {
+	t.Parallel()
 	_, err := Parse([]byte("[server\nlisten="), nil)
 	if err == nil || !strings.Contains(err.Error(), "not valid TOML") {
 		t.Fatalf("%v", err)
@@ -141,6 +147,7 @@ func TestSyntaxError(t *testing.T) {
 }
 
 func TestKubernetesServiceLinksIgnored(t *testing.T) {
+	t.Parallel()
 	_, err := Parse(nil, []string{
 		"FUSIOO_GATEWAY_SERVICE_HOST=10.0.0.1", "FUSIOO_GATEWAY_SERVICE_PORT=8080", "FUSIOO_GATEWAY_SERVICE_PORT_ADMIN=9090",
 		"FUSIOO_GATEWAY_PORT=tcp://10.0.0.1:8080", "FUSIOO_GATEWAY_PORT_8080_TCP=tcp://10.0.0.1:8080",
@@ -158,6 +165,7 @@ func TestKubernetesServiceLinksIgnored(t *testing.T) {
 // whatever its type or syntax, from the file or the environment, nor a
 // password inside the upstream URL.
 func TestSecretsNeverPrinted(t *testing.T) {
+	t.Parallel()
 	const pw = "987654321"
 	sections := map[string]string{
 		"quota.key_secret":        "[quota]\nkey_secret = %s\n",
@@ -208,6 +216,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 // TestSettingsNameKeys: the startup log's view names TOML keys, with
 // durations as the file writes them and secrets redacted.
 func TestSettingsNameKeys(t *testing.T) {
+	t.Parallel()
 	cfg, err := Parse([]byte("[quota]\nkey_secret = \"s3cret-value\"\n[queue]\nmax_wait = \"7s\"\n"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -230,6 +239,7 @@ func TestSettingsNameKeys(t *testing.T) {
 // reported once, by the client's rules with store = "redis" (which
 // require a timeout), by the file's own otherwise.
 func TestRedisTimeoutNamedOnce(t *testing.T) {
+	t.Parallel()
 	for _, file := range []string{
 		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"0s\"\n",
 		"[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"-1s\"\n",

@@ -34,6 +34,7 @@ func parseErrors(t *testing.T, doc string, env ...string) []string {
 // named in full) come out of one Parse, not the first alone; a bad value
 // leaves its key at the default, so validate adds nothing for it.
 func TestEveryTypeErrorReported(t *testing.T) {
+	t.Parallel()
 	got := parseErrors(t, `
 [server]
 max_body_bytes = "big"
@@ -80,6 +81,7 @@ extra = true
 // TestTableTypeErrors: a section, the route list or a route that is not a
 // table is reported as such.
 func TestTableTypeErrors(t *testing.T) {
+	t.Parallel()
 	for doc, want := range map[string]string{
 		"server = 3\n":         "server: want a table, got an integer 3",
 		"[[server]]\n":         "server: want a table, got an array",
@@ -95,6 +97,7 @@ func TestTableTypeErrors(t *testing.T) {
 // TestSecretTypeErrors: a secret key given a value of the wrong type, or
 // malformed, is named with the type it wants, never with its value.
 func TestSecretTypeErrors(t *testing.T) {
+	t.Parallel()
 	const pw = "987654321"
 	keys := slices.Sorted(maps.Keys(secretKeys()))
 	if want := []string{"quota.key_secret", "redis.password", "redis.sentinel_password", "redis.url"}; !slices.Equal(keys, want) {
@@ -129,6 +132,7 @@ func TestSecretTypeErrors(t *testing.T) {
 // 0) or a bad string is reported, from the file or the environment, and a
 // good one from either is read.
 func TestDurationErrors(t *testing.T) {
+	t.Parallel()
 	for doc, want := range map[string]string{
 		"[queue]\nmax_wait = 30\n":      `queue.max_wait: want a duration string such as "30s", got an integer 30`,
 		"[queue]\nmax_wait = 0\n":       `queue.max_wait: want a duration string such as "30s", got an integer 0`,

@@ -13,6 +13,7 @@ import (
 // tagged secret) never shown in any error"; the decoder prints the raw
 // value of a non-secret key, and here the key is the whole section.
 func TestReview21SecretInSectionOfWrongShape(t *testing.T) {
+	t.Parallel()
 	const pw = "correcthorsebattery"
 	for _, doc := range []string{
 		"[[redis]]\npassword = \"" + pw + "\"\n",
@@ -40,6 +41,7 @@ func TestReview21SecretInSectionOfWrongShape(t *testing.T) {
 // name case-insensitively / modulo - and _, is reported without the value
 // (the unknown-key check would reject the key anyway).
 func TestReview21SecretUnderMisspeltKey(t *testing.T) {
+	t.Parallel()
 	const pw = "correcthorsebattery"
 	for _, doc := range []string{
 		"[redis]\nPassword = " + pw + "\n",
@@ -66,6 +68,7 @@ func TestReview21SecretUnderMisspeltKey(t *testing.T) {
 // ("every secret replaced") and config.example.toml (redis.url with a
 // password is a secret): the value is redacted, or the URL is refused.
 func TestReview21OpaqueRedisURLShownInSettings(t *testing.T) {
+	t.Parallel()
 	const pw = "correcthorsebattery"
 	cfg, err := Parse([]byte("[quota]\nstore = \"redis\"\n[redis]\nurl = \"redis:user:"+pw+"@10.0.0.7:6380\"\n"), nil)
 	if err != nil {
@@ -87,6 +90,7 @@ func TestReview21OpaqueRedisURLShownInSettings(t *testing.T) {
 // or not at all: it may carry a password"), but a type error (the URL in
 // an array) prints it whole through the decoder's "got an array [...]".
 func TestReview21UpstreamURLTypeErrorQuotesCredentials(t *testing.T) {
+	t.Parallel()
 	const pw = "correcthorsebattery"
 	_, err := Parse([]byte("[upstream]\nurl = [\"https://user:"+pw+"@api.fusioo.com\"]\n"), nil)
 	if err == nil {

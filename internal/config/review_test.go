@@ -8,6 +8,7 @@ import (
 // TestHostileSecretInMalformedURL: a password in a malformed upstream.url or
 // redis.url is never quoted by the config error (found by review).
 func TestHostileSecretInMalformedURL(t *testing.T) {
+	t.Parallel()
 	const pw = "987654321"
 	for _, doc := range []string{
 		"[upstream]\nurl = \"user:" + pw + "@api.fusioo.com\"\n",                          // no scheme

@@ -8,6 +8,7 @@ import (
 )
 
 func TestRoutesMatch(t *testing.T) {
+	t.Parallel()
 	rs, err := NewRoutes(append(DefaultRoutes(), Route{Method: "get", Template: "/v3/records/apps/{app}/count", Charged: false, Kind: KindRead}))
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +47,7 @@ func TestRoutesMatch(t *testing.T) {
 }
 
 func TestWriteErrorShape(t *testing.T) {
+	t.Parallel()
 	w := httptest.NewRecorder()
 	WriteError(w, 429, CodeRateLimited, "")
 	if w.Code != 429 || w.Header().Get("Content-Type") != "application/json" {
@@ -61,6 +63,7 @@ func TestWriteErrorShape(t *testing.T) {
 }
 
 func TestCodes(t *testing.T) {
+	t.Parallel()
 	if n := len(Codes()); n != 39 {
 		t.Fatalf("%d codes", n)
 	}
@@ -81,6 +84,7 @@ func TestCodes(t *testing.T) {
 }
 
 func TestRoutesOwns(t *testing.T) {
+	t.Parallel()
 	a, _ := NewRoutes(DefaultRoutes())
 	b, _ := NewRoutes(DefaultRoutes())
 	for _, r := range []*Route{a.Match("GET", "/v3/apps"), a.Match("GET", "/nowhere"), a.Match("BREW", "/")} {
@@ -96,6 +100,7 @@ func TestRoutesOwns(t *testing.T) {
 // TestSplitVersionAndParam: the one version rule, and the template
 // parameters read from a matched path.
 func TestSplitVersionAndParam(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		path string
 		v    int

@@ -19,6 +19,7 @@ import (
 // a second create to app1 is refused with 30054 and not applied, while a
 // create to app2 goes through.
 func TestOverlappingCreates(t *testing.T) {
+	t.Parallel()
 	locked := make(chan string, 10)
 	release := make(chan struct{})
 	h := newHarness(t, Config{}, func(s *Sim) {
@@ -55,6 +56,7 @@ func TestOverlappingCreates(t *testing.T) {
 // cancels the holder: the lock is freed, and the create (received, its
 // client gone) is still applied.
 func TestCreateHoldCancelled(t *testing.T) {
+	t.Parallel()
 	locked := make(chan string, 1)
 	h := newHarness(t, Config{Faults: Faults{CreateHold: time.Hour}}, func(s *Sim) {
 		s.onLock = func(app string) { locked <- app }
@@ -82,6 +84,7 @@ func TestCreateHoldCancelled(t *testing.T) {
 // TestSerializedCreates sends creates one after another with a lock hold
 // and latency: none overlaps, so none gets 30054.
 func TestSerializedCreates(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Faults: Faults{CreateHold: 2 * time.Millisecond, Latency: time.Millisecond}})
 	for i := range 20 {
 		expect(t, h.post("/v3/records/apps/app1", `{"i":`+strconv.Itoa(i)+`}`), 200, 10000)
@@ -108,6 +111,7 @@ func outcome(t *testing.T, h *harness, n int) []string {
 }
 
 func TestInjectedFaults(t *testing.T) {
+	t.Parallel()
 	faults := Faults{Unavailable: 0.1, GatewayTimeout: 0.1, Concurrent: 0.1, TimeoutAfterApply: 0.1}
 	const n = 400
 	h := newHarness(t, Config{Seed: 42, Faults: faults})
@@ -157,6 +161,7 @@ func TestInjectedFaults(t *testing.T) {
 }
 
 func TestUnavailable(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Limit: 1, Faults: Faults{Unavailable: 1, UnavailableRetryAfter: 1500 * time.Millisecond}})
 	for range 3 {
 		a := h.post("/v3/records/apps/app1", `{}`)
@@ -176,6 +181,7 @@ func TestUnavailable(t *testing.T) {
 }
 
 func TestGatewayTimeout(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Faults: Faults{GatewayTimeout: 1}})
 	expect(t, h.post("/v3/records/apps/app1", `{"n":1}`), 504, 10001)
 	expect(t, h.do(req{method: "PUT", path: "/v3/records/r1", token: tok, body: `{}`}), 504, 10001)
@@ -187,6 +193,7 @@ func TestGatewayTimeout(t *testing.T) {
 }
 
 func TestTimeoutAfterApply(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Faults: Faults{TimeoutAfterApply: 1}})
 	expect(t, h.post("/v3/records/apps/app1", `{"n":1}`), 504, 10001)
 	// Reads are not creates: never "applied then 504".
@@ -200,6 +207,7 @@ func TestTimeoutAfterApply(t *testing.T) {
 }
 
 func TestResetAfterApply(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Faults: Faults{ResetAfterApply: 1}})
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	defer c.CloseIdleConnections()
@@ -216,6 +224,7 @@ func TestResetAfterApply(t *testing.T) {
 }
 
 func TestDuplicates(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{})
 	create := func(body string, hdr map[string]string) {
 		t.Helper()
@@ -241,6 +250,7 @@ func TestDuplicates(t *testing.T) {
 }
 
 func TestUploadLimit(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Status: map[fusioo.Code]int{fusioo.CodeFileTooLarge: 413}})
 	upload := func(n int64) answer {
 		return h.do(req{method: "POST", path: "/v3/files/apps/app1/fields/f", token: tok,
@@ -260,6 +270,7 @@ func TestUploadLimit(t *testing.T) {
 }
 
 func TestHang(t *testing.T) {
+	t.Parallel()
 	hanging := make(chan struct{}, 1)
 	h := newHarness(t, Config{Faults: Faults{Hang: true}}, func(s *Sim) {
 		s.onHang = func() { hanging <- struct{}{} }
@@ -287,6 +298,7 @@ func TestHang(t *testing.T) {
 // TestLatencyCancelled checks that a client leaving during the latency
 // ends the handler at once.
 func TestLatencyCancelled(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Faults: Faults{Latency: time.Hour}})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -307,6 +319,7 @@ func TestLatency(t *testing.T) {
 }
 
 func TestAdmin(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Limit: 1})
 	admin := func(method, path, body string) (int, string) {
 		t.Helper()
@@ -396,6 +409,7 @@ func TestAdmin(t *testing.T) {
 // TestConcurrency mixes every kind of request, fault changes and ledger
 // reads at once, for the race detector, and checks the ledger adds up.
 func TestConcurrency(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Seed: 7, Faults: Faults{Unavailable: 0.05, Concurrent: 0.05, GatewayTimeout: 0.05, TimeoutAfterApply: 0.05}})
 	const workers, each = 16, 40
 	var wg sync.WaitGroup

@@ -10,6 +10,7 @@ import (
 )
 
 func TestPingNotCharged(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Limit: 1})
 	for range 5 {
 		expect(t, h.get("/v3/ping"), 200, 10000)
@@ -58,6 +59,7 @@ func at(d time.Duration, s step) step { s.advance = d; return s }
 func over(retryAfter string) step { s := overStep; s.retryAfter = retryAfter; return s }
 
 func TestRollingWindow(t *testing.T) {
+	t.Parallel()
 	c := newClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	h := newHarness(t, Config{Limit: 3, Window: time.Hour, Now: c.Now, RetryAfter: true})
 	runSteps(t, h, c, []step{
@@ -77,6 +79,7 @@ func TestRollingWindow(t *testing.T) {
 }
 
 func TestFixedWindow(t *testing.T) {
+	t.Parallel()
 	c := newClock(time.Date(2026, 1, 1, 0, 50, 0, 0, time.UTC))
 	h := newHarness(t, Config{Limit: 3, Window: time.Hour, Fixed: true, Now: c.Now, RetryAfter: true})
 	runSteps(t, h, c, []step{
@@ -95,12 +98,14 @@ func TestFixedWindow(t *testing.T) {
 }
 
 func TestNoRetryAfterByDefault(t *testing.T) {
+	t.Parallel()
 	c := newClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	h := newHarness(t, Config{Limit: 1, Now: c.Now})
 	runSteps(t, h, c, []step{okStep, overStep, at(time.Hour-1, overStep), at(1, okStep)})
 }
 
 func TestUnlimited(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{})
 	for range 50 {
 		expect(t, h.get("/v3/apps"), 200, 10000)
@@ -111,6 +116,7 @@ func TestUnlimited(t *testing.T) {
 }
 
 func TestScope(t *testing.T) {
+	t.Parallel()
 	c := newClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	user := func(token string) string { u, _, _ := strings.Cut(token, ":"); return u }
 	h := newHarness(t, Config{Limit: 2, Now: c.Now, Scope: user})
@@ -146,6 +152,7 @@ func TestScope(t *testing.T) {
 // TestQuotaConcurrent sends many requests at once: exactly Limit are
 // admitted, whatever the interleaving.
 func TestQuotaConcurrent(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Limit: 100})
 	var wg sync.WaitGroup
 	var mu sync.Mutex

@@ -30,6 +30,7 @@ func multipartBody(t *testing.T, files ...string) (string, string) {
 // TestRoutes checks every route and error against a simulator holding one
 // record ({rec}, in app1), one webhook ({hook}) and one file ({file}).
 func TestRoutes(t *testing.T) {
+	t.Parallel()
 	mp1, mpType1 := multipartBody(t, "a.txt")
 	mp2, mpType2 := multipartBody(t, "a.txt", "b.txt")
 	mp0, mpType0 := multipartBody(t)
@@ -166,6 +167,7 @@ func TestRoutes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			h := newHarness(t, Config{})
 			ids := map[string]string{}
 			for name, setup := range map[string]answer{
@@ -226,6 +228,7 @@ func wantCount(n int) func(*testing.T, answer) {
 // TestRecordLifecycle follows one record through create, update, delete
 // and the effect on the App's list and count.
 func TestRecordLifecycle(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{})
 	var ids []string
 	for i := range 5 {
@@ -254,6 +257,7 @@ func TestRecordLifecycle(t *testing.T) {
 
 // TestRecordCap checks that stored records are bounded, oldest dropped.
 func TestRecordCap(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{}, func(s *Sim) { s.maxRecords = 5 })
 	var first string
 	for i := range 8 {
@@ -281,6 +285,7 @@ func TestRecordCap(t *testing.T) {
 
 // TestStatusOverride checks Config.Status replaces the default statuses.
 func TestStatusOverride(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, Config{Limit: 1, Status: map[fusioo.Code]int{
 		fusioo.CodeRateLimited: 403,
 		fusioo.CodeNotFound:    400,

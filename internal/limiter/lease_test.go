@@ -60,6 +60,7 @@ func (r *leaseRig) admit(t *testing.T, key string) Decision {
 // was used plus at most the last lease's leftovers; and the RateLimit
 // figures a lease hands out stay consistent.
 func TestLeaseCutsRoundTrips(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 100_000, Window: time.Hour, Buckets: quota.DefaultBuckets}
@@ -118,6 +119,7 @@ func TestLeaseCutsRoundTrips(t *testing.T) {
 // lease time, leases are sized to the rate: Redis is asked less than once
 // per request and next to no leased slot goes unused.
 func TestLeaseSteadyRateWastesLittle(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 100_000, Window: time.Hour, Buckets: quota.DefaultBuckets}
@@ -143,6 +145,7 @@ func TestLeaseSteadyRateWastesLittle(t *testing.T) {
 // the end of the lease time, so one used at the last moment of a lease is
 // held a whole span after that use.
 func TestLeaseSlotsCountedAhead(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 1000, Window: 10 * time.Second, Buckets: 100} // 100ms buckets
@@ -187,6 +190,7 @@ func TestLeaseSlotsCountedAhead(t *testing.T) {
 // TestLeaseExhaustDropsLease: when the upstream says the quota is gone,
 // the slots a replica holds in a lease are not used.
 func TestLeaseExhaustDropsLease(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 1000, Window: time.Minute, Buckets: quota.DefaultBuckets}
@@ -220,6 +224,7 @@ func (r *leaseRig) leaseLeft(key string) int {
 // quota; no rolling span ever holds more uses than the limit, and the
 // quota is still nearly all used while demand exceeds it.
 func TestLeaseNeverExceedsQuota(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 300, Window: 2 * time.Second, Margin: 100 * time.Millisecond, Buckets: 20}

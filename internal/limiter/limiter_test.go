@@ -85,6 +85,7 @@ func admitAsync(ctx context.Context, l *Limiter, key string, i int, out chan<- o
 // slot at once, and they are admitted one per freed slot, in arrival order,
 // exactly when it frees.
 func TestQueueFIFO(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil) // 1 s buckets
 		ctx := context.Background()
@@ -114,6 +115,7 @@ func TestQueueFIFO(t *testing.T) {
 }
 
 func TestMaxWaitRejectsAtOnceWithRetryAfter(t *testing.T) {
+	t.Parallel()
 	clk := clockwork.NewFakeClockAt(epoch)
 	l, _, obs := newTestLimiter(clk, quota.Policy{Limit: 2, Window: time.Hour, Buckets: 60}, func(c *Config) { c.MaxWait = 5 * time.Second })
 	ctx := context.Background()
@@ -141,6 +143,7 @@ func TestMaxWaitRejectsAtOnceWithRetryAfter(t *testing.T) {
 // TestRetryAfterCountsWaiters: a refusal's Retry-After is the first slot
 // nobody has reserved, not the first slot that frees.
 func TestRetryAfterCountsWaiters(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 15 * time.Second })
 		ctx, cancel := context.WithCancel(context.Background())
@@ -161,6 +164,7 @@ func TestRetryAfterCountsWaiters(t *testing.T) {
 // its slot is given back (the quota is not spent by it), and the request
 // behind it moves up into its slot.
 func TestDisconnectWhileQueued(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, s, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, nil)
 		bg := context.Background()
@@ -199,6 +203,7 @@ func TestDisconnectWhileQueued(t *testing.T) {
 }
 
 func TestQueueFullAndGlobalCap(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		depth, qd int
@@ -233,6 +238,7 @@ func TestQueueFullAndGlobalCap(t *testing.T) {
 }
 
 func TestBlockedKeyWaitsOrRejects(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 100, Window: time.Hour, Buckets: quota.DefaultBuckets}, func(c *Config) { c.MaxWait = 10 * time.Second })
 		ctx := context.Background()
@@ -254,6 +260,7 @@ func TestBlockedKeyWaitsOrRejects(t *testing.T) {
 // their slots away: each is given back and the request asks again, which
 // the block refuses at once when it outlasts the wait.
 func TestExhaustWithdrawsWaiters(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, s, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) { c.MaxWait = 30 * time.Second })
 		ctx := context.Background()
@@ -286,6 +293,7 @@ func TestExhaustWithdrawsWaiters(t *testing.T) {
 // without waiting for its turn or spending it; and a turn later than the
 // wait is given up rather than refused, since the quota would serve it.
 func TestSmoothing(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 5, Window: time.Hour, Buckets: quota.DefaultBuckets}, func(c *Config) {
 			c.Rate, c.Burst = 1, 2
@@ -326,6 +334,7 @@ func TestSmoothing(t *testing.T) {
 // TestSmoothingSpendsNoTurnOnRefusals: refused requests give their turn
 // back, so once the quota frees the next request goes at once.
 func TestSmoothingSpendsNoTurnOnRefusals(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
 			c.Rate, c.Burst = 0.1, 1 // one turn every 10 s
@@ -347,6 +356,7 @@ func TestSmoothingSpendsNoTurnOnRefusals(t *testing.T) {
 }
 
 func TestAnonymous(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1000, Window: time.Hour, Buckets: quota.DefaultBuckets}, func(c *Config) {
 			c.AnonymousRate, c.AnonymousBurst = 1, 1
@@ -372,6 +382,7 @@ func TestAnonymous(t *testing.T) {
 }
 
 func TestCloseWakesWaiters(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, s, _ := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: quota.DefaultBuckets}, nil)
 		ctx := context.Background()
@@ -396,6 +407,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 // whose smoother is full again (it holds nothing a fresh state would not),
 // and keeps one whose smoother is still refilling.
 func TestSweepKeepsBusyKeys(t *testing.T) {
+	t.Parallel()
 	clk := clockwork.NewFakeClockAt(epoch)
 	// Smoothing at 0.1/s with a burst of 5: an unused smoother refills in
 	// 50 s.
@@ -434,6 +446,7 @@ func TestSweepKeepsBusyKeys(t *testing.T) {
 // a default: a key no request uses is dropped at the next sweep even with
 // its smoother still refilling; DefaultConfig's 10 minutes keep it.
 func TestIdleAfterZeroKeepsNothingIdle(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		idle time.Duration
 		want int
@@ -463,6 +476,7 @@ func TestIdleAfterZeroKeepsNothingIdle(t *testing.T) {
 // (slots move up on every departure), none is admitted after its deadline,
 // and the quota holds.
 func TestNoWaiterPastItsDeadline(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		p := quota.Policy{Limit: 3, Window: 10 * time.Second, Buckets: 10}
 		l, _, _ := newTestLimiter(nil, p, func(c *Config) { c.MaxDepth, c.MaxWait = 100, time.Minute })

@@ -14,6 +14,7 @@ import (
 // dropping the least recently used idle one; with every key in use, a new
 // key is refused ReasonKeysFull at once.
 func TestLimiterMaxKeys(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		l, _, obs := newTestLimiter(nil, quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
 			c.MaxKeys, c.IdleAfter = 3, time.Hour

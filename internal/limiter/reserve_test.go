@@ -38,6 +38,7 @@ func newRedisReplica(t *testing.T, srv *redistest.Server, clock *clockwork.FakeC
 // slot after it; a refusal's Retry-After counts every reservation; and a
 // lease never takes a reserved slot.
 func TestRedisReservationsAcrossReplicas(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 2, Window: 10 * time.Second, Buckets: 10} // 1 s buckets: a slot frees 11 s after its bucket starts
@@ -78,6 +79,7 @@ func TestRedisReservationsAcrossReplicas(t *testing.T) {
 // Redis), the waiter behind it moves up into its slot, and no goroutine is
 // left (goleak, TestMain).
 func TestRedisWaiterLeaves(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	clock := clockwork.NewFakeClockAt(time.UnixMilli(1_700_000_000_000))
 	p := quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: 10}

@@ -14,6 +14,7 @@ import (
 // TestLabelsBounded: whatever statuses, methods and codes arrive, the label
 // values stay within a fixed set.
 func TestLabelsBounded(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	m := New(reg, Options{UpstreamStatuses: []int{200}})
 	for i := range 5000 {
@@ -37,6 +38,7 @@ func TestLabelsBounded(t *testing.T) {
 }
 
 func TestObservers(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	m := New(reg, Options{RetryReasons: []string{"dial"}, RejectReasons: []string{"quota"}, StoreOps: []string{"take"}})
 	m.QueueDepth(2)
@@ -69,6 +71,7 @@ fusioo_gateway_queue_depth 1
 // the same series as through the vectors, and values outside the
 // pre-initialised sets still count.
 func TestResolvedChildren(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	m := New(reg, Options{
 		Routes: []string{"GET /apps"}, RetryReasons: []string{"dial"}, RejectReasons: []string{"quota"}, StoreOps: []string{"take"},

@@ -20,6 +20,7 @@ import (
 // refused 401/10003 and never forwarded. Other schemes go uncharged under
 // the anonymous limit.
 func TestOneCredentialOrNone(t *testing.T) {
+	t.Parallel()
 	const tok = "REALTOK-abc.def_~+/=="
 	for _, c := range []struct {
 		name   string
@@ -51,6 +52,7 @@ func TestOneCredentialOrNone(t *testing.T) {
 		{"query lookalike", []string{"Bearer " + tok}, "my_access_token=x&access_tokens=y", 200, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			r := newLoopRig(t, 1, fakeAnswer{status: 200})
 			target := "/v3/apps"
 			if c.query != "" {
@@ -90,6 +92,7 @@ func TestOneCredentialOrNone(t *testing.T) {
 // TestUpgradesRefused: a request asking for a protocol upgrade is refused
 // 400/10002 and never forwarded: a tunnel would be uncounted.
 func TestUpgradesRefused(t *testing.T) {
+	t.Parallel()
 	for name, hdr := range map[string][]string{
 		"websocket":          {"Connection", "Upgrade", "Upgrade", "websocket"},
 		"h2c":                {"Connection", "Upgrade, HTTP2-Settings", "Upgrade", "h2c", "HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"},
@@ -98,6 +101,7 @@ func TestUpgradesRefused(t *testing.T) {
 		"settings alone":     {"HTTP2-Settings", "AAMAAABk"},
 	} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			for _, path := range []string{"/v3/apps", "/v3/ping"} {
 				r := newLoopRig(t, 1, fakeAnswer{status: 200})
 				req := httptest.NewRequest("GET", path, nil)
@@ -117,6 +121,7 @@ func TestUpgradesRefused(t *testing.T) {
 // TestForwardedHeaders: upstream.forwarded_headers decides what the
 // upstream learns of the client's address.
 func TestForwardedHeaders(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		mode                       string
 		xff, xfh, realIP, fwd, xfp string
@@ -127,6 +132,7 @@ func TestForwardedHeaders(t *testing.T) {
 		{"append", "10.0.0.7, 192.0.2.1", "gw.example", "10.0.0.8", "for=10.0.0.9", "http"},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
+			t.Parallel()
 			r := newLoopRigWith(t, func(cfg *proxy.Config) { cfg.ForwardedHeaders = c.mode }, 1, fakeAnswer{status: 200})
 			req := httptest.NewRequest("GET", "/v3/ping", nil)
 			req.Host = "gw.example"
@@ -150,6 +156,7 @@ func TestForwardedHeaders(t *testing.T) {
 
 // TestLogFieldsBounded: a client-shaped value makes no long log line.
 func TestLogFieldsBounded(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(lockedWriter{&mu, &buf}), zap.DebugLevel))
@@ -193,6 +200,7 @@ var _ http.RoundTripper = (*fakeUpstream)(nil)
 // (or 20007), its state is forgotten and its next requests go under the
 // anonymous limit; a success clears the mark.
 func TestRejectedTokenLeavesNoState(t *testing.T) {
+	t.Parallel()
 	for _, code := range []fusioo.Code{fusioo.CodeUnauthorized, fusioo.CodeInvalidUser} {
 		r := newLoopRig(t, 1, fakeAnswer{status: 401, code: code}, fakeAnswer{status: 401, code: code}, fakeAnswer{status: 200}, fakeAnswer{status: 200})
 		keysOf := func() []string {
@@ -218,6 +226,7 @@ func TestRejectedTokenLeavesNoState(t *testing.T) {
 // TestKeysFull: a new token the gateway has no room for is answered
 // 503/10004 with Retry-After, and not forwarded.
 func TestKeysFull(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 1, fakeAnswer{status: 200})
 	r.lim.full = true
 	a := r.serve(t, "GET", "/v3/apps")
@@ -229,6 +238,7 @@ func TestKeysFull(t *testing.T) {
 // TestRequestTrailersDropped: a trailer (here a second credential) never
 // reaches the upstream.
 func TestRequestTrailersDropped(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 1, fakeAnswer{status: 200})
 	req := httptest.NewRequest("POST", "/v3/records/apps/app1", strings.NewReader(`{"a":1}`))
 	req.Header.Set("Authorization", "Bearer tok")

@@ -18,6 +18,7 @@ import (
 // itself are replaced by the gateway's, never added to them; its other
 // headers pass.
 func TestUpstreamQuotaHeadersReplaced(t *testing.T) {
+	t.Parallel()
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		for _, k := range []string{"RateLimit", "RateLimit-Policy", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} {
 			w.Header().Add(k, "upstream")
@@ -54,6 +55,7 @@ func TestUpstreamQuotaHeadersReplaced(t *testing.T) {
 // TestAbortLaterRequests: a request that arrives after Abort is answered
 // 503/10004 without going upstream.
 func TestAbortLaterRequests(t *testing.T) {
+	t.Parallel()
 	s := newStack(t, stackOpts{})
 	s.handler.Abort()
 	resp, b := s.do("GET", "/v3/apps", "tok-late", nil)
@@ -68,6 +70,7 @@ func TestAbortLaterRequests(t *testing.T) {
 // TestIdentifierKey: the key is the hex SHA-256 of the token, or its
 // HMAC-SHA256 with the secret, also when computed concurrently.
 func TestIdentifierKey(t *testing.T) {
+	t.Parallel()
 	tokens := []string{"", "a", strings.Repeat("t", 1024), "tok-\x00\xff"}
 	plain, keyed := proxy.NewIdentifier(nil), proxy.NewIdentifier([]byte("secret"))
 	var wg sync.WaitGroup

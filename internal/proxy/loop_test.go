@@ -243,6 +243,7 @@ func (r *loopRig) serveReq(req *http.Request) loopAnswer {
 // http.RoundTripper; every attempt's answer is counted, each retry is
 // charged to the quota, and the client gets the last answer.
 func TestLoopCountsEveryAttemptWithAPlainTransport(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 3, fakeAnswer{status: 503, code: fusioo.CodeUnavailable}, fakeAnswer{status: 200})
 	if a := r.serve(t, "GET", "/v3/apps"); a.status != 200 {
 		t.Fatalf("got %+v", a)
@@ -256,6 +257,7 @@ func TestLoopCountsEveryAttemptWithAPlainTransport(t *testing.T) {
 // TestLoopRetryRefusedByQuota: a retry the quota refuses is not sent; the
 // client gets the upstream's answer.
 func TestLoopRetryRefusedByQuota(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 3, fakeAnswer{status: 503, code: fusioo.CodeUnavailable}, fakeAnswer{status: 200})
 	r.lim.allow = func(n int) bool { return n == 1 }
 	if a := r.serve(t, "GET", "/v3/apps"); a.status != 503 || a.code != fusioo.CodeUnavailable {
@@ -270,6 +272,7 @@ func TestLoopRetryRefusedByQuota(t *testing.T) {
 // for the upstream's Retry-After; the retry then waits for the quota,
 // which refuses it, and the client gets the upstream's 429.
 func TestLoopLearns20005(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		retryAfter string
 		block      time.Duration
@@ -286,6 +289,7 @@ func TestLoopLearns20005(t *testing.T) {
 
 // TestLoopUnchargedRoute: a ping costs no admission, retries included.
 func TestLoopUnchargedRoute(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 3, fakeAnswer{status: 503, code: fusioo.CodeUnavailable}, fakeAnswer{status: 200})
 	if a := r.serve(t, "GET", "/v3/ping"); a.status != 200 {
 		t.Fatalf("got %+v", a)
@@ -299,6 +303,7 @@ func TestLoopUnchargedRoute(t *testing.T) {
 // request of another token that cannot wait that long is answered
 // 503/10004 at once with Retry-After, and nothing reaches the upstream.
 func TestLoopPause(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 1, fakeAnswer{status: 503, code: fusioo.CodeUnavailable, retryAfter: "30"})
 	if a := r.serve(t, "GET", "/v3/apps"); a.status != 503 {
 		t.Fatalf("first: %+v", a)
@@ -315,6 +320,7 @@ func TestLoopPause(t *testing.T) {
 // TestLoopTransportErrors: what a failed exchange is called depends on
 // whether the request was written.
 func TestLoopTransportErrors(t *testing.T) {
+	t.Parallel()
 	reset := errors.New("connection reset by peer")
 	for _, c := range []struct {
 		name   string
@@ -342,6 +348,7 @@ func TestLoopTransportErrors(t *testing.T) {
 // handler's own context when the server is not wired with BaseContext;
 // the create may have been applied and is answered so.
 func TestLoopAbort(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 3, fakeAnswer{block: true})
 	r.up.blocked = make(chan struct{}, 1)
 	done := make(chan loopAnswer)

@@ -38,6 +38,7 @@ type seen struct {
 // TestPassThroughFidelity checks that what the client sends is what the
 // upstream gets, and what the upstream answers is what the client gets.
 func TestPassThroughFidelity(t *testing.T) {
+	t.Parallel()
 	got := make(chan seen, 1)
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -114,6 +115,7 @@ func TestPassThroughFidelity(t *testing.T) {
 // TestStreaming checks that a response is passed on as it arrives: the
 // client reads the first part while the upstream still holds the second.
 func TestStreaming(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -149,6 +151,7 @@ func TestStreaming(t *testing.T) {
 // TestGatewayErrors checks every answer the gateway makes itself: status,
 // Fusioo code, and the envelope shape.
 func TestGatewayErrors(t *testing.T) {
+	t.Parallel()
 	hang := make(chan struct{})
 	t.Cleanup(func() { close(hang) })
 	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -314,6 +317,7 @@ func TestMaxWaitRetryAfter(t *testing.T) {
 // TestDisconnectWhileQueued: a client that leaves while queued consumes no
 // quota, never reaches the upstream, and leaves no goroutine behind.
 func TestDisconnectWhileQueued(t *testing.T) {
+	t.Parallel()
 	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: quota.DefaultBuckets}, maxWait: time.Minute})
 	s.do("GET", "/v3/apps", "tok-d", nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -350,6 +354,7 @@ func TestDisconnectWhileQueued(t *testing.T) {
 // TestTokenNeverLogged sends requests on every path with a distinctive
 // token and checks the logs carry its fingerprint, never the token.
 func TestTokenNeverLogged(t *testing.T) {
+	t.Parallel()
 	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Millisecond, maxBody: 100})
 	token := "SECRET-" + strings.Repeat("Zq9", 300)
 	s.do("GET", "/v3/apps", token, nil)
@@ -375,6 +380,7 @@ func TestTokenNeverLogged(t *testing.T) {
 // TestAnonymousAndUncharged: requests without a token pass through (the
 // upstream answers 10003) and ping never spends quota.
 func TestAnonymousAndUncharged(t *testing.T) {
+	t.Parallel()
 	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Millisecond})
 	resp, b := s.do("GET", "/v3/apps", "", nil)
 	if env := envelope(t, resp, b); resp.StatusCode != 401 || env.Code != 10003 {
@@ -400,6 +406,7 @@ func TestAnonymousAndUncharged(t *testing.T) {
 // TestAbortAnswers503 ends a shutdown grace period with a request queued
 // and one in flight: both get 503/10004.
 func TestAbortAnswers503(t *testing.T) {
+	t.Parallel()
 	hang := make(chan struct{})
 	var inflight sync.WaitGroup
 	inflight.Add(1)
@@ -456,6 +463,7 @@ var _ = fmt.Sprint
 // TestClientDisconnectCancelsUpstream: a client that goes away while its
 // request is upstream cancels the upstream call.
 func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	t.Parallel()
 	arrived, cancelled := make(chan struct{}), make(chan struct{})
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(arrived)

@@ -27,6 +27,7 @@ import (
 // 503/10004 "nothing was sent" (found by review: only the last attempt
 // counted).
 func TestWrittenIsStickyAcrossAttempts(t *testing.T) {
+	t.Parallel()
 	reset := errors.New("connection reset by peer")
 	dial := errors.New("dial tcp: connection refused")
 	for _, first := range []fakeAnswer{
@@ -52,6 +53,7 @@ func TestWrittenIsStickyAcrossAttempts(t *testing.T) {
 // "Retry-After: 0"; the gateway blocks the key for a whole window, and
 // the client is told that, not the upstream's 0 (found by review).
 func TestRetryAfterSaysTheBlock(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 3, fakeAnswer{status: 429, code: fusioo.CodeRateLimited, retryAfter: "0"})
 	r.lim.allow = func(n int) bool { return n == 1 }
 	a := r.serve(t, "GET", "/v3/apps")
@@ -96,6 +98,7 @@ func (r *signalReader) Read(p []byte) (int, error) {
 // minute, a slow body reached the upstream beside the next slot's request
 // (found by review).
 func TestSlowBodyAdmittedOnceArrived(t *testing.T) {
+	t.Parallel()
 	clk := clockwork.NewFakeClock()
 	store := quota.NewMemoryStore(quota.Policy{Limit: 1, Window: time.Minute, Buckets: quota.DefaultBuckets}, clk)
 	lc := limiter.DefaultConfig()
@@ -148,6 +151,7 @@ func (o *statusObs) Request(_, _ string, status int, _ time.Duration) {
 // (metrics, log) as 499 (client gone), not as answered 503 (found by
 // review).
 func TestClientGoneMidBackoffRecorded(t *testing.T) {
+	t.Parallel()
 	obs := &statusObs{}
 	r := newLoopRigWith(t, func(c *proxy.Config) { c.Observer, c.MaxPause = obs, 0 }, 3,
 		fakeAnswer{status: 503, code: fusioo.CodeUnavailable, retryAfter: "2"})

@@ -10,6 +10,7 @@ import (
 // space; " Bearer tok" is then "another scheme" (anonymous, uncharged) but
 // goes to an HTTP/1 upstream trimmed, as "Bearer tok".
 func TestHostileH2LeadingSpace(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 1, fakeAnswer{status: 200})
 	srv := httptest.NewUnstartedServer(r.h)
 	srv.EnableHTTP2 = true

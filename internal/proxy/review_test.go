@@ -15,6 +15,7 @@ import (
 // upstream answer 10003, and the gateway forget the (valid, exhausted)
 // token's counts: such a request is refused (found by review).
 func TestHostileConnectionAuthorizationResetsQuota(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, stackOpts{policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 50 * time.Millisecond})
 	const tok = "validtoken"
 	for i := range 2 {
@@ -44,6 +45,7 @@ func TestHostileConnectionAuthorizationResetsQuota(t *testing.T) {
 // TestHostileChargedKeyNotTheForwardedCredential: the gateway charges key K
 // while the upstream receives no credential at all.
 func TestHostileChargedKeyNotTheForwardedCredential(t *testing.T) {
+	t.Parallel()
 	r := newLoopRig(t, 1, fakeAnswer{status: 200})
 	req := httptest.NewRequest("GET", "/v3/apps", nil)
 	req.Header.Set("Authorization", "Bearer tok")
@@ -61,6 +63,7 @@ func TestHostileChargedKeyNotTheForwardedCredential(t *testing.T) {
 // (decoded path "/v3/ping/"), but is forwarded raw, where an upstream that
 // routes on the raw path sees segment "ping%2F" (unknown, charged).
 func TestHostilePingEncodedSlash(t *testing.T) {
+	t.Parallel()
 	for _, p := range []string{"/v3/ping%2F", "/v3/%2Fping", "/ping%2F%2F"} {
 		r := newLoopRig(t, 1, fakeAnswer{status: 200})
 		req := httptest.NewRequest("GET", p, nil)
@@ -78,6 +81,7 @@ func TestHostilePingEncodedSlash(t *testing.T) {
 // "name[]" into an array; IIS/ASP.NET decode %uXXXX; RFC 6750 §2.2 form
 // body) reach the upstream next to, or instead of, the charged header.
 func TestHostileAccessTokenSpellings(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ name, target, body string }{
 		{"php dot", "/v3/apps?access.token=OTHER", ""},
 		{"php space", "/v3/apps?access%20token=OTHER", ""},
@@ -87,6 +91,7 @@ func TestHostileAccessTokenSpellings(t *testing.T) {
 		{"form body (RFC 6750 2.2)", "/v3/records/apps/app1/filter", "access_token=OTHER"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			r := newLoopRig(t, 1, fakeAnswer{status: 200})
 			method := "GET"
 			var req *http.Request

@@ -18,6 +18,7 @@ import (
 // TestUnchargedRoutesThroughExhaustedKey: 1,000 pings through a key whose
 // quota is spent all reach the upstream, and none is charged there.
 func TestUnchargedRoutesThroughExhaustedKey(t *testing.T) {
+	t.Parallel()
 	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 3, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: time.Millisecond})
 	for range 3 {
 		s.do("GET", "/v3/apps", "tok-ping", nil)
@@ -50,6 +51,7 @@ func TestUnchargedRoutesThroughExhaustedKey(t *testing.T) {
 // TestBoundedRouteLabels: 10,000 distinct record ids leave the route label
 // with exactly one value per route of the table.
 func TestBoundedRouteLabels(t *testing.T) {
+	t.Parallel()
 	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 100000, Window: time.Hour, Buckets: quota.DefaultBuckets}})
 	_, series := s.metric("fusioo_gateway_route_requests_total")
 	var wg sync.WaitGroup
@@ -79,6 +81,7 @@ func TestBoundedRouteLabels(t *testing.T) {
 // gateway sends nothing more upstream for it until the window frees, and
 // counts the event.
 func TestLearnFromUpstream20005(t *testing.T) {
+	t.Parallel()
 	clk := clockwork.NewFakeClockAt(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	s := newStack(t, stackOpts{
 		clock:    clk,

@@ -143,6 +143,7 @@ func TestMadeUpTokensLeaveNoState(t *testing.T) {
 // answered 503/10004 and not forwarded, while a real token keeps its
 // counts throughout.
 func TestMaxKeysKeepsRealTokens(t *testing.T) {
+	t.Parallel()
 	const maxKeys = 640
 	r := newStateRig(t, maxKeys, fakeAnswer{status: 200})
 	status := func() quota.Result {

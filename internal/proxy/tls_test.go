@@ -14,6 +14,7 @@ import (
 // TestTLSUpstream: an https upstream is reached over TLS, verified against
 // its certificate, with the Host header of the upstream.
 func TestTLSUpstream(t *testing.T) {
+	t.Parallel()
 	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil {
 			t.Error("plain text reached the TLS upstream")

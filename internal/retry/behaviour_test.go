@@ -99,6 +99,7 @@ func TestLoadWithFaults(t *testing.T) {
 // simulator has: no create is ever applied twice, every 504 and reset of a
 // create reaches the client as it came.
 func TestCreatesNeverDuplicated(t *testing.T) {
+	t.Parallel()
 	const requests = 300
 	s := newSim(t, fusioosim.Config{Seed: 3, Faults: fusioosim.Faults{
 		Unavailable: 0.1, Concurrent: 0.1, GatewayTimeout: 0.1, TimeoutAfterApply: 0.1, ResetAfterApply: 0.1,
@@ -135,6 +136,7 @@ func TestCreatesNeverDuplicated(t *testing.T) {
 // share of recent requests, the Observer hears it, and the upstream answer
 // goes to the client.
 func TestBudgetExhausted(t *testing.T) {
+	t.Parallel()
 	const requests = 100
 	s := newSim(t, fusioosim.Config{Faults: fusioosim.Faults{Unavailable: 1}})
 	obs := newCountObserver()
@@ -181,6 +183,7 @@ func TestBudgetExhausted(t *testing.T) {
 // twice: every attempt carries the same bytes. Bodies too large to buffer
 // are streamed once, whole, and not retried; the buffers all return.
 func TestBodyReplay(t *testing.T) {
+	t.Parallel()
 	random := func(n int) []byte {
 		b := make([]byte, n)
 		_, _ = rand.Read(b)
@@ -210,6 +213,7 @@ func TestBodyReplay(t *testing.T) {
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
+			t.Parallel()
 			body := random(r.size)
 			want := sha256.Sum256(body)
 			s := newScript(t, scripted{status: 503, code: fusioo.CodeUnavailable}, scripted{status: 503, code: fusioo.CodeUnavailable}, scripted{status: 200})
@@ -249,6 +253,7 @@ func TestBodyReplay(t *testing.T) {
 // upstream reads carries exactly its request's bytes, so no pooled buffer
 // is reused while an attempt may still send it; the buffers are recycled.
 func TestBodyReplayConcurrent(t *testing.T) {
+	t.Parallel()
 	var mismatches, attempts atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -303,6 +308,7 @@ func TestBodyReplayConcurrent(t *testing.T) {
 // TestBufPoolBound checks that buffers in use never exceed MaxBufferBytes
 // and that released ones are reused.
 func TestBufPoolBound(t *testing.T) {
+	t.Parallel()
 	p := newBufPool(1<<20, 1<<20)
 	var held []*buffer
 	for {
@@ -333,6 +339,7 @@ func TestBufPoolBound(t *testing.T) {
 // (an eighth of MaxBufferBytes, at least one body), so another key's
 // retries still get theirs.
 func TestBufPoolShareOfAKey(t *testing.T) {
+	t.Parallel()
 	p := newBufPool(1<<20, 16<<20) // a share of 2 MiB
 	n := 0
 	for p.get("slow", 100<<10) != nil {
@@ -387,10 +394,12 @@ func TestClientDisconnectDuringBackoff(t *testing.T) {
 // fits before the deadline, and answered to the client at once, header
 // included, when it does not.
 func TestRetryAfter(t *testing.T) {
+	t.Parallel()
 	unavailable := func(ra string) scripted {
 		return scripted{status: 503, code: fusioo.CodeUnavailable, retryAfter: ra}
 	}
 	t.Run("longer than the deadline", func(t *testing.T) {
+		t.Parallel()
 		for _, ra := range []string{"30", "86400", "99999999999999999999", time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)} {
 			s := newScript(t, unavailable(ra), scripted{status: 200})
 			fc := clockwork.NewFakeClockAt(time.Now())
@@ -407,6 +416,7 @@ func TestRetryAfter(t *testing.T) {
 		}
 	})
 	t.Run("no deadline, longer than MaxDelay", func(t *testing.T) {
+		t.Parallel()
 		s := newScript(t, unavailable("30"), scripted{status: 200})
 		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = clockwork.NewFakeClock() }))
 		if res := roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps"}); res.status != 503 || s.requests() != 1 {
@@ -414,6 +424,7 @@ func TestRetryAfter(t *testing.T) {
 		}
 	})
 	t.Run("fits", func(t *testing.T) {
+		t.Parallel()
 		s := newScript(t, unavailable("2"), scripted{status: 200})
 		fc := clockwork.NewFakeClock()
 		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.Rand = fc, func() float64 { return 0.99 } }))
@@ -436,6 +447,7 @@ func TestRetryAfter(t *testing.T) {
 		}
 	})
 	t.Run("date in the past", func(t *testing.T) {
+		t.Parallel()
 		s := newScript(t, unavailable("Sun, 06 Nov 1994 08:49:37 GMT"), scripted{status: 200})
 		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = clockwork.NewFakeClock() }))
 		if res := roundTrip(t, tr, s.srv.URL, call{method: "GET", path: "/v3/apps"}); res.status != 200 || s.requests() != 2 {
@@ -443,6 +455,7 @@ func TestRetryAfter(t *testing.T) {
 		}
 	})
 	t.Run("simulator 20005", func(t *testing.T) {
+		t.Parallel()
 		s := newSim(t, fusioosim.Config{Limit: 1, RetryAfter: true})
 		fc := clockwork.NewFakeClock()
 		tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock = fc }))
@@ -459,6 +472,7 @@ func TestRetryAfter(t *testing.T) {
 // TestAnswered checks the attempts the hooks hear, in order, with what
 // each one learned.
 func TestAnswered(t *testing.T) {
+	t.Parallel()
 	s := newScript(t,
 		scripted{status: 503, code: fusioo.CodeUnavailable, retryAfter: "0"},
 		scripted{status: 400, code: fusioo.CodeConcurrentRequests},
@@ -537,6 +551,7 @@ func TestSerializeCreates30054(t *testing.T) {
 // TestSerializeLaneDeadline checks that waiting for a (key, App) turn ends
 // at the deadline: the client gets the 30054 it had.
 func TestSerializeLaneDeadline(t *testing.T) {
+	t.Parallel()
 	fc := clockwork.NewFakeClock()
 	s := newScript(t, scripted{status: 400, code: fusioo.CodeConcurrentRequests}, scripted{status: 200})
 	tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.ConcurrentDelay = fc, 0 }))
@@ -566,6 +581,7 @@ func TestSerializeLaneDeadline(t *testing.T) {
 // TestSerializeTurnDeadline checks a retry whose (key, App) turn does not
 // come before the deadline: the client gets the 30054 it had, intact.
 func TestSerializeTurnDeadline(t *testing.T) {
+	t.Parallel()
 	fc := clockwork.NewFakeClock()
 	var tr *Transport
 	var release func()
@@ -597,6 +613,7 @@ func TestSerializeTurnDeadline(t *testing.T) {
 
 // TestAppOf checks the App id extraction of serialized creates.
 func TestAppOf(t *testing.T) {
+	t.Parallel()
 	tr := newTransport(t, defaultConfig(t, nil), http.DefaultTransport)
 	for _, c := range []struct{ method, path, app string }{
 		{"POST", "/v3/records/apps/A1", "A1"},
@@ -617,6 +634,7 @@ func TestAppOf(t *testing.T) {
 // TestGzipErrorBody checks that a gzip-encoded error body is classified by
 // its code and, when final, reaches the client byte for byte.
 func TestGzipErrorBody(t *testing.T) {
+	t.Parallel()
 	var zb bytes.Buffer
 	zw := gzip.NewWriter(&zb)
 	zw.Write(fusioo.ErrorBody(fusioo.CodeConcurrentRequests, ""))
@@ -662,6 +680,7 @@ func (b *trackedBody) Close() error { b.closed = true; return nil }
 // closing it closes the upstream body; and that a retried answer's body is
 // closed.
 func TestFinalBodyRestored(t *testing.T) {
+	t.Parallel()
 	for _, size := range []int{0, 10, fusioo.MaxErrorBody - 1, fusioo.MaxErrorBody, fusioo.MaxErrorBody + 1, 100 << 10} {
 		payload := bytes.Repeat([]byte("<html>"), size/6+1)[:size]
 		var bodies []*trackedBody
@@ -686,6 +705,7 @@ func TestFinalBodyRestored(t *testing.T) {
 // TestReverseProxy runs the Transport under httputil.ReverseProxy, as the
 // gateway does, against a simulator failing a third of the attempts.
 func TestReverseProxy(t *testing.T) {
+	t.Parallel()
 	s := newSim(t, fusioosim.Config{Seed: 7, Faults: fusioosim.Faults{Unavailable: 0.3}})
 	u, _ := url.Parse(s.srv.URL)
 	tr := newTransport(t, defaultConfig(t, func(c *Config) {
@@ -728,6 +748,7 @@ func TestReverseProxy(t *testing.T) {
 // TestHTTP2 runs the basic cases over HTTP/2, as a TLS upstream offers:
 // bodiless and buffered requests retried, each attempt counted once.
 func TestHTTP2(t *testing.T) {
+	t.Parallel()
 	body := createBody(1)
 	for _, c := range []call{
 		{method: "GET", path: "/v3/apps"},

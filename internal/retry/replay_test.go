@@ -24,6 +24,7 @@ import (
 // Transport the simulator applies it exactly once and the client gets the
 // error.
 func TestNoHiddenReplayResetAfterApply(t *testing.T) {
+	t.Parallel()
 	run := func(t *testing.T, rt http.RoundTripper, sim *simServer) result {
 		// Warm a connection so the create goes over a reused one.
 		if res := roundTrip(t, rt, sim.srv.URL, call{method: "GET", path: "/v3/apps"}); res.status != 200 {
@@ -44,6 +45,7 @@ func TestNoHiddenReplayResetAfterApply(t *testing.T) {
 	}
 
 	t.Run("http.Transport alone replays", func(t *testing.T) {
+		t.Parallel()
 		// The control: proves the scenario triggers a hidden replay.
 		sim := newSim(t, fusioosim.Config{})
 		base := newBase(t, DefaultBaseOptions())
@@ -53,6 +55,7 @@ func TestNoHiddenReplayResetAfterApply(t *testing.T) {
 		}
 	})
 	t.Run("Transport", func(t *testing.T) {
+		t.Parallel()
 		sim := newSim(t, fusioosim.Config{})
 		cfg := fastConfig(t)
 		cfg.IdempotentWrites = true
@@ -208,6 +211,7 @@ func headerLines(head, name string) []string {
 // on its own: a bodiless create with an Idempotency-Key is sent once and
 // fails; a GET is retried, by the Transport, as a counted attempt.
 func TestNoHiddenReplayBodiless(t *testing.T) {
+	t.Parallel()
 	rows := []struct {
 		method, path string
 		header       map[string]string
@@ -221,6 +225,7 @@ func TestNoHiddenReplayBodiless(t *testing.T) {
 	}
 	for _, r := range rows {
 		t.Run(r.method+" "+r.path, func(t *testing.T) {
+			t.Parallel()
 			for _, layer := range []bool{false, true} {
 				s := newRawServer(t, 2)
 				base := newBase(t, DefaultBaseOptions())
@@ -261,6 +266,7 @@ func TestNoHiddenReplayBodiless(t *testing.T) {
 // no chunked encoding, Content-Length: 0 on a POST, none on a GET, and the
 // idempotency key present once, whatever its spelling.
 func TestBodilessWire(t *testing.T) {
+	t.Parallel()
 	s := newRawServer(t, 0)
 	tr := newTransport(t, fastConfig(t))
 	send := func(c call) rawRequest {
@@ -332,6 +338,7 @@ func (c countConn) Write(p []byte) (int, error) {
 // http.Transport alone: a buffered body is a reader http.Transport knows
 // to be in memory, and a bodiless one is not probed or flushed apart.
 func TestSingleWrite(t *testing.T) {
+	t.Parallel()
 	s := newRawServer(t, 0)
 	var writes atomic.Int64
 	base := newBase(t, DefaultBaseOptions())

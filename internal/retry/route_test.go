@@ -8,6 +8,7 @@ import (
 // TestStartRoute: a route of the Policy's table given to Start is used
 // instead of matching the path; one of another table is ignored.
 func TestStartRoute(t *testing.T) {
+	t.Parallel()
 	cfg := fastConfig(t)
 	tr := newTransport(t, cfg)
 	// A create route for what is, by its path, a read: a 504 is final.

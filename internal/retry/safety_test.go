@@ -18,6 +18,7 @@ import (
 // table to the simulator, the fault injected on every attempt, and checks
 // how many attempts the simulator saw and what the client got.
 func TestSafetyTable(t *testing.T) {
+	t.Parallel()
 	create := createBody(1)
 	upload := []byte("raw file bytes")
 	obj := []byte(`{"name":"x"}`)
@@ -90,6 +91,7 @@ func TestSafetyTable(t *testing.T) {
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
+			t.Parallel()
 			s := newSim(t, fusioosim.Config{Faults: r.faults, Seed: 1})
 			obs := newCountObserver()
 			cfg := fastConfig(t)
@@ -247,6 +249,7 @@ func TestSafetyTransportErrors(t *testing.T) {
 // TestRateLimited checks a 429/20005: retried for any method once Admit
 // (the quota) agrees, not sent when it does not.
 func TestRateLimited(t *testing.T) {
+	t.Parallel()
 	fc := clockwork.NewFakeClock()
 	s := newSim(t, fusioosim.Config{Limit: 1, Window: time.Minute, Now: fc.Now})
 	tr := newTransport(t, defaultConfig(t, func(c *Config) { c.Clock, c.BaseDelay, c.BudgetWindow = fc, 0, 0 }))
@@ -288,6 +291,7 @@ func TestRateLimited(t *testing.T) {
 // TestAdmitError checks that an error from Admit ends the retries like a
 // refusal: the client gets the last answer.
 func TestAdmitError(t *testing.T) {
+	t.Parallel()
 	s := newSim(t, fusioosim.Config{Faults: fusioosim.Faults{Unavailable: 1}})
 	tr := newTransport(t, fastConfig(t))
 	h, attempts := recordHooks(func(context.Context, time.Time) (bool, error) { return false, errors.New("queue full") })

@@ -21,6 +21,7 @@ import (
 var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
 	const max = time.Hour
 	for _, c := range []struct {
 		in   string
@@ -87,6 +88,7 @@ func FuzzParseRetryAfter(f *testing.F) {
 
 // TestClassifyAnswer is the safety table on answers, without a network.
 func TestClassifyAnswer(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		status int
 		code   fusioo.Code
@@ -121,6 +123,7 @@ func TestClassifyAnswer(t *testing.T) {
 }
 
 func TestClassifyError(t *testing.T) {
+	t.Parallel()
 	timeout := &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}
 	reset := &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}
 	for _, c := range []struct {
@@ -146,6 +149,7 @@ func TestClassifyError(t *testing.T) {
 // TestBackoff checks full jitter: a uniform draw below the capped
 // exponential, never the cap itself.
 func TestBackoff(t *testing.T) {
+	t.Parallel()
 	var r float64
 	tr := New(defaultConfig(t, func(c *Config) {
 		c.BaseDelay, c.MaxDelay, c.Rand = 100*time.Millisecond, time.Second, func() float64 { return r }
@@ -177,6 +181,7 @@ func TestBackoff(t *testing.T) {
 // TestSerializerBounded checks that idle (key, App) pairs are dropped once
 // their cooling period is over.
 func TestSerializerBounded(t *testing.T) {
+	t.Parallel()
 	fc := clockwork.NewFakeClock()
 	s := newSerializer(time.Second, fc)
 	for i := 0; i < 100; i++ {
@@ -290,6 +295,7 @@ func BenchmarkClassify(b *testing.B) {
 // default: one attempt, no backoff, no budget, nothing buffered, no
 // serialization, no cap on Retry-After.
 func TestZeroConfigIsNone(t *testing.T) {
+	t.Parallel()
 	p := New(Config{Routes: testRoutes(t)})
 	if p.maxAttempts != 1 || p.baseDelay != 0 || p.maxDelay != 0 || p.concurrentDelay != 0 || p.maxBody != 0 || p.maxRetryAfter != 0 {
 		t.Errorf("zero Config: attempts %d, delays %s %s %s, body %d, Retry-After cap %s; want 1 and none",
@@ -315,6 +321,7 @@ func TestZeroConfigIsNone(t *testing.T) {
 // TestDefaultConfig: DefaultConfig holds the defaults DESIGN.md documents,
 // the values the gateway's configuration defaults to.
 func TestDefaultConfig(t *testing.T) {
+	t.Parallel()
 	d := DefaultConfig()
 	p := New(defaultConfig(t, nil))
 	if d.Routes != nil || p.maxAttempts != 5 || p.baseDelay != 100*time.Millisecond || p.maxDelay != 5*time.Second ||
@@ -328,6 +335,7 @@ func TestDefaultConfig(t *testing.T) {
 // no idle connection (net/http's own zeros would mean defaults);
 // DefaultBaseOptions holds the gateway's transport tuning.
 func TestZeroBaseOptionsAreNone(t *testing.T) {
+	t.Parallel()
 	z := NewBaseTransport(BaseOptions{})
 	if z.TLSHandshakeTimeout != 0 || z.ResponseHeaderTimeout != 0 || z.IdleConnTimeout != 0 || z.MaxIdleConnsPerHost >= 0 || z.MaxConnsPerHost != 0 {
 		t.Errorf("zero BaseOptions: handshake %s, headers %s, idle %s, idle conns %d, conns %d",

@@ -20,6 +20,7 @@ import (
 // TestAdminPprofOnlyWhenEnabled: the profiles are served on the admin
 // listener when server.pprof is set, and not at all otherwise.
 func TestAdminPprofOnlyWhenEnabled(t *testing.T) {
+	t.Parallel()
 	for _, on := range []bool{false, true} {
 		cfg := config.Default()
 		cfg.Server.Pprof = on
@@ -39,6 +40,7 @@ func TestAdminPprofOnlyWhenEnabled(t *testing.T) {
 // TestLeaseTimeCappedByWindow: redis.lease_time applies up to 1/300 of
 // the quota window, so short test windows get short leases.
 func TestLeaseTimeCappedByWindow(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ lease, window, want time.Duration }{
 		{time.Second, time.Hour, time.Second},
 		{time.Second, 30 * time.Second, 100 * time.Millisecond},
@@ -56,6 +58,7 @@ func TestLeaseTimeCappedByWindow(t *testing.T) {
 // when it offers HTTP/2, whose Go client re-sends bodiless requests of
 // any method on its own after a stream reset (found by review).
 func TestUpstreamSpeaksHTTP1(t *testing.T) {
+	t.Parallel()
 	var proto atomic.Value
 	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { proto.Store(r.Proto) }))
 	up.EnableHTTP2 = true
@@ -83,6 +86,7 @@ func TestUpstreamSpeaksHTTP1(t *testing.T) {
 // anonymous limit, no leases); what the file has no key for comes from the
 // packages' Default functions.
 func TestConfiguredZerosPassedThrough(t *testing.T) {
+	t.Parallel()
 	cfg, err := config.Parse([]byte(`
 [retry]
 budget_ratio = 0.0

@@ -9,6 +9,7 @@ import (
 // releaseAfter and more than half of the live objects (a burst's leftover,
 // not the headroom of a steady heap).
 func TestMemoryReleaseDue(t *testing.T) {
+	t.Parallel()
 	m := newMemoryRelease()
 	for _, c := range []struct {
 		free, objects uint64
