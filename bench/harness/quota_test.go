@@ -7,6 +7,51 @@ import (
 	"time"
 )
 
+// TestFleetFollowsFailover is the fleet run on real topologies while a
+// master is killed (-9), in a Redis Cluster of 3 masters and 3 replicas
+// (cluster-node-timeout 2000) and a Sentinel-managed master with its
+// replica; and while a Cluster master fails over gracefully (CLUSTER
+// FAILOVER) and while a slot moves to another master (a reshard). The
+// upstream never answers 20005, no request fails, and within 2 s of the
+// replica's promotion the tokens it serves are decided by Redis again (a
+// request answered at once); in the Cluster, the tokens of the other
+// shards never leave Redis. It is first in the file: the longest of the
+// fleet runs starts first, and the others fill the slots beside it.
+func TestFleetFollowsFailover(t *testing.T) {
+	fleetTest(t, "four runs of 25 s of load")
+	for _, tc := range []struct {
+		topology, name string
+		fault          func(QuotaTargets) error
+	}{
+		{"cluster", "kill -9 of a master", KillShardOf(0)},
+		{"cluster", "CLUSTER FAILOVER", FailoverShardOf(0)},
+		{"cluster", "a slot moved to another master", ReshardSlotOf(0)},
+		{"sentinel", "kill -9 of the master", KillSentinelMaster},
+	} {
+		t.Run(tc.topology+", "+tc.name, func(t *testing.T) {
+			r := runFleet(t, QuotaOptions{
+				Topology: tc.topology, Duration: 25 * time.Second,
+				Faults: []QuotaFault{{8 * time.Second, tc.name, tc.fault}},
+			})
+			killed, promoted := r.Notes["killed"], r.Notes["promoted"]
+			t.Logf("promoted %s after the kill", promoted.Sub(killed))
+			on, off := r.ShardTokens(5)
+			if d, ok := r.RecoveredAfter(on, promoted); !ok || d > 2*time.Second {
+				t.Errorf("tokens %v back on Redis %s after the promotion (found %v), want within 2s", on, d, ok)
+			} else {
+				t.Logf("tokens %v (on the killed master) back on Redis %s after the promotion", on, d)
+			}
+			if len(off) > 0 {
+				slow, all := r.SlowAnswers(off, killed, promoted)
+				t.Logf("tokens %v (other shards): %d of %d refusals waited during the failover", off, slow, all)
+				if slow > all/50 {
+					t.Errorf("tokens on healthy shards waited for %d of %d refusals during the failover", slow, all)
+				}
+			}
+		})
+	}
+}
+
 // TestFleetIsOneLimiter is issue 12's run as a test, in process on a real
 // redis-server: 5 tokens of 60 requests per 10 s each, demanded at three
 // times the quota for 40 s, every token sent to every replica; 3 replicas,
@@ -70,49 +115,6 @@ func TestFleetSurvivesAPartition(t *testing.T) {
 	})
 	if len(r.OKByReplica) != 3 || r.OKByReplica[0] == 0 {
 		t.Errorf("200s by replica %v: the cut-off replica served nothing", r.OKByReplica)
-	}
-}
-
-// TestFleetFollowsFailover: the fleet run on real topologies while a
-// master is killed (-9), a Redis Cluster of 3 masters and 3 replicas
-// (cluster-node-timeout 2000) and a Sentinel-managed master with its
-// replica; and while a Cluster master fails over gracefully (CLUSTER
-// FAILOVER) and while a slot moves to another master (a reshard). The upstream never answers 20005, no request fails, and within
-// 2 s of the replica's promotion the tokens it serves are decided by Redis
-// again (a request answered at once); in the Cluster, the tokens of the
-// other shards never leave Redis.
-func TestFleetFollowsFailover(t *testing.T) {
-	fleetTest(t, "four runs of 25 s of load")
-	for _, tc := range []struct {
-		topology, name string
-		fault          func(QuotaTargets) error
-	}{
-		{"cluster", "kill -9 of a master", KillShardOf(0)},
-		{"cluster", "CLUSTER FAILOVER", FailoverShardOf(0)},
-		{"cluster", "a slot moved to another master", ReshardSlotOf(0)},
-		{"sentinel", "kill -9 of the master", KillSentinelMaster},
-	} {
-		t.Run(tc.topology+", "+tc.name, func(t *testing.T) {
-			r := runFleet(t, QuotaOptions{
-				Topology: tc.topology, Duration: 25 * time.Second,
-				Faults: []QuotaFault{{8 * time.Second, tc.name, tc.fault}},
-			})
-			killed, promoted := r.Notes["killed"], r.Notes["promoted"]
-			t.Logf("promoted %s after the kill", promoted.Sub(killed))
-			on, off := r.ShardTokens(5)
-			if d, ok := r.RecoveredAfter(on, promoted); !ok || d > 2*time.Second {
-				t.Errorf("tokens %v back on Redis %s after the promotion (found %v), want within 2s", on, d, ok)
-			} else {
-				t.Logf("tokens %v (on the killed master) back on Redis %s after the promotion", on, d)
-			}
-			if len(off) > 0 {
-				slow, all := r.SlowAnswers(off, killed, promoted)
-				t.Logf("tokens %v (other shards): %d of %d refusals waited during the failover", off, slow, all)
-				if slow > all/50 {
-					t.Errorf("tokens on healthy shards waited for %d of %d refusals during the failover", slow, all)
-				}
-			}
-		})
 	}
 }
 
