@@ -34,5 +34,5 @@ go test -count=1 -parallel 3 -timeout 15m ./bench/harness
 
 if [ -x scripts/fuzz.sh ]; then
   echo "== fuzz (bounded)"
-  scripts/fuzz.sh "${FUZZTIME:-10s}"
+  scripts/fuzz.sh ${FUZZTIME:+"$FUZZTIME"}
 fi
