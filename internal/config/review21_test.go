@@ -21,14 +21,7 @@ func TestReview21SecretInSectionOfWrongShape(t *testing.T) {
 		"redis = [{ sentinel_password = \"" + pw + "\" }]\n",
 		"[[quota]]\nkey_secret = \"" + pw + "\"\n",
 	} {
-		_, err := Parse([]byte(doc), nil)
-		if err == nil {
-			t.Errorf("%q: accepted", doc)
-			continue
-		}
-		if strings.Contains(err.Error(), pw) {
-			t.Errorf("%q: the error shows the secret:\n  %v", doc, err)
-		}
+		refusedWithoutSecret(t, pw, doc)
 	}
 }
 
@@ -49,14 +42,7 @@ func TestReview21SecretUnderMisspeltKey(t *testing.T) {
 		"[quota]\nkey-secret = " + pw + "\n",
 		"[quota]\nKey_Secret = " + pw + "\n",
 	} {
-		_, err := Parse([]byte(doc), nil)
-		if err == nil {
-			t.Errorf("%q: accepted", doc)
-			continue
-		}
-		if strings.Contains(err.Error(), pw) {
-			t.Errorf("%q: the error shows the secret:\n  %v", doc, err)
-		}
+		refusedWithoutSecret(t, pw, doc)
 	}
 }
 
