@@ -2,11 +2,14 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +26,7 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/proxy"
 	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/retry"
+	"github.com/fusioo-gateway/gateway/internal/testutil/memnet"
 )
 
 // stack is a gateway in front of an upstream, both on loopback.
@@ -39,6 +43,7 @@ type stack struct {
 	logs     *syncBuffer
 	reg      *prometheus.Registry
 	client   *http.Client
+	net      *memnet.Network // nil: loopback
 }
 
 type stackOpts struct {
@@ -55,23 +60,30 @@ type stackOpts struct {
 	dial        time.Duration // upstream.dial_timeout (default the base transport's)
 	upstreamURL string        // forward there instead of the upstream started
 	bodyTimeout time.Duration // upstream.body_timeout and server.body_timeout
+	// inBubble serves the upstream and the gateway on an in-process
+	// network (memnet) instead of loopback, for a test that runs inside
+	// a testing/synctest bubble: its waits are then on the bubble's fake
+	// clock, which advances only when every goroutine is blocked, so a
+	// loaded machine cannot stretch them.
+	inBubble bool
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
 	t.Helper()
 	s := &stack{t: t, logs: &syncBuffer{}}
-	switch {
-	case o.upstream != nil:
-		s.upstream = httptest.NewServer(o.upstream)
-	default:
+	if o.inBubble {
+		s.net = memnet.New()
+	}
+	up := o.upstream
+	if up == nil {
 		cfg := fusioosim.Config{}
 		if o.sim != nil {
 			cfg = *o.sim
 		}
 		s.sim = fusioosim.New(cfg)
-		s.upstream = httptest.NewServer(s.sim)
+		up = s.sim
 	}
-	t.Cleanup(s.upstream.Close)
+	s.upstream = s.server("fusioo.test:80", up, nil)
 	if o.policy.Limit == 0 {
 		o.policy = quota.Policy{Limit: 1000, Window: time.Hour, Buckets: quota.DefaultBuckets}
 	}
@@ -115,6 +127,9 @@ func newStack(t *testing.T, o stackOpts) *stack {
 			bo.DialTimeout = o.dial
 		}
 		base := retry.NewBaseTransport(bo)
+		if s.net != nil {
+			base.DialContext = s.net.Dial
+		}
 		t.Cleanup(base.CloseIdleConnections)
 		rt = retry.WithBodyTimeout(base, o.bodyTimeout)
 	}
@@ -131,21 +146,60 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		BodyTimeout: o.bodyTimeout, FlushInterval: 50 * time.Millisecond,
 	}
 	s.handler = proxy.New(s.cfg)
-	s.gw = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// The first handler's base context, as cmd/gateway wires it; a
+	// handler swapped in later (retarget) is reached without it.
+	s.gw = s.server("gateway.test:80", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		h := s.handler
 		s.mu.Unlock()
 		h.ServeHTTP(w, r)
-	}))
-	// The first handler's base context, as cmd/gateway wires it; a
-	// handler swapped in later (retarget) is reached without it.
-	s.gw.Config.BaseContext = s.handler.BaseContext
-	s.gw.Start()
-	t.Cleanup(s.gw.Close)
+	}), s.handler.BaseContext)
 	tr := &http.Transport{MaxIdleConnsPerHost: 100}
+	if s.net != nil {
+		tr.DialContext = s.net.Dial
+	}
 	t.Cleanup(tr.CloseIdleConnections)
 	s.client = &http.Client{Transport: tr}
 	return s
+}
+
+// server starts h on loopback, or at addr on the stack's in-process
+// network, and closes it when the test ends.
+func (s *stack) server(addr string, h http.Handler, base func(net.Listener) context.Context) *httptest.Server {
+	s.t.Helper()
+	srv := &httptest.Server{Config: &http.Server{Handler: h, BaseContext: base}}
+	if s.net == nil {
+		srv = httptest.NewUnstartedServer(h)
+		srv.Config.BaseContext = base
+	} else {
+		l, err := s.net.Listen(addr)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		srv.Listener = l
+	}
+	srv.Start()
+	s.t.Cleanup(srv.Close)
+	return srv
+}
+
+// dial opens a connection to the gateway, for a test that writes its own
+// bytes.
+func (s *stack) dial() net.Conn {
+	s.t.Helper()
+	addr := strings.TrimPrefix(s.gw.URL, "http://")
+	var c net.Conn
+	var err error
+	if s.net != nil {
+		c, err = s.net.Dial(s.t.Context(), "tcp", addr)
+	} else {
+		c, err = net.Dial("tcp", addr)
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // do sends a request through the gateway and returns the response with its

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
@@ -24,6 +25,7 @@ import (
 // never 20005, and no quota is spent or blocked. Hostile Retry-After values
 // are capped or ignored.
 func TestUnavailableIsNotExhausted(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		retryAfter string
 		pauses     bool
@@ -32,71 +34,78 @@ func TestUnavailableIsNotExhausted(t *testing.T) {
 		{"99999999999999999999", true},
 		{"-5", false},
 		{"soon", false},
-		{"Wed, 21 Oct 2015 07:28:00 GMT", false}, // in the past
+		{"Fri, 31 Dec 1999 23:00:00 GMT", false}, // in the past: the bubble's clock starts at 2000
 	} {
 		t.Run(tc.retryAfter, func(t *testing.T) {
-			var maintenance atomic.Bool
-			maintenance.Store(true)
-			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if maintenance.Swap(false) {
-					w.Header().Set("Retry-After", tc.retryAfter)
-					fusioo.WriteError(w, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "maintenance")
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				var maintenance atomic.Bool
+				maintenance.Store(true)
+				up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if maintenance.Swap(false) {
+						w.Header().Set("Retry-After", tc.retryAfter)
+						fusioo.WriteError(w, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "maintenance")
+						return
+					}
+					fusioo.WriteSuccess(w, map[string]any{})
+				})
+				const pause = 3 * time.Second
+				s := newStack(t, stackOpts{upstream: up, maxPause: pause, maxWait: 100 * time.Millisecond,
+					policy: quota.Policy{Limit: 10, Window: time.Hour, Buckets: quota.DefaultBuckets}, inBubble: true})
+				if resp, _ := s.do("GET", "/v3/apps", "tok-a", nil); resp.StatusCode != 503 {
+					t.Fatalf("maintenance answer: %d, want the upstream's 503", resp.StatusCode)
+				}
+				// Another token, at once: the upstream is paused, not a quota.
+				resp, b := s.do("GET", "/v3/apps", "tok-b", nil)
+				if !tc.pauses {
+					if resp.StatusCode != 200 {
+						t.Fatalf("Retry-After %q ignored, yet: %d %s", tc.retryAfter, resp.StatusCode, b)
+					}
 					return
 				}
-				fusioo.WriteSuccess(w, map[string]any{})
-			})
-			const pause = 3 * time.Second
-			s := newStack(t, stackOpts{upstream: up, maxPause: pause, maxWait: 100 * time.Millisecond,
-				policy: quota.Policy{Limit: 10, Window: time.Hour, Buckets: quota.DefaultBuckets}})
-			if resp, _ := s.do("GET", "/v3/apps", "tok-a", nil); resp.StatusCode != 503 {
-				t.Fatalf("maintenance answer: %d, want the upstream's 503", resp.StatusCode)
-			}
-			// Another token, at once: the upstream is paused, not a quota.
-			resp, b := s.do("GET", "/v3/apps", "tok-b", nil)
-			if !tc.pauses {
-				if resp.StatusCode != 200 {
-					t.Fatalf("Retry-After %q ignored, yet: %d %s", tc.retryAfter, resp.StatusCode, b)
+				env := envelope(t, resp, b)
+				if resp.StatusCode != 503 || env.Code != fusioo.CodeUnavailable {
+					t.Fatalf("while paused: %d code %d, want 503/10004", resp.StatusCode, env.Code)
 				}
-				return
-			}
-			env := envelope(t, resp, b)
-			if resp.StatusCode != 503 || env.Code != fusioo.CodeUnavailable {
-				t.Fatalf("while paused: %d code %d, want 503/10004", resp.StatusCode, env.Code)
-			}
-			if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || time.Duration(ra)*time.Second > pause {
-				t.Fatalf("Retry-After %q, want the pause (at most max_pause)", resp.Header.Get("Retry-After"))
-			}
-			if q, _ := s.lim.Status(t.Context(), proxy.NewIdentifier(nil).Key("tok-a")); q.Remaining != 9 || q.Blocked {
-				t.Fatalf("tok-a's quota after the maintenance 503: %+v, want 9 left and not blocked", q)
-			}
+				if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || time.Duration(ra)*time.Second > pause {
+					t.Fatalf("Retry-After %q, want the pause (at most max_pause)", resp.Header.Get("Retry-After"))
+				}
+				if q, _ := s.lim.Status(t.Context(), proxy.NewIdentifier(nil).Key("tok-a")); q.Remaining != 9 || q.Blocked {
+					t.Fatalf("tok-a's quota after the maintenance 503: %+v, want 9 left and not blocked", q)
+				}
+			})
 		})
 	}
 }
 
 // TestPauseWaitedOut: a request that can wait out the upstream's pause
-// does, then goes.
+// does, then goes when it ends (max_pause caps the upstream's 1 s to
+// 300 ms), and not before.
 func TestPauseWaitedOut(t *testing.T) {
-	var calls atomic.Int32
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if calls.Add(1) == 1 {
-			w.Header().Set("Retry-After", "1")
-			fusioo.WriteError(w, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "maintenance")
-			return
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if calls.Add(1) == 1 {
+				w.Header().Set("Retry-After", "1")
+				fusioo.WriteError(w, http.StatusServiceUnavailable, fusioo.CodeUnavailable, "maintenance")
+				return
+			}
+			fusioo.WriteSuccess(w, map[string]any{})
+		})
+		s := newStack(t, stackOpts{upstream: up, maxPause: 300 * time.Millisecond, maxWait: 2 * time.Second, inBubble: true})
+		start := time.Now()
+		s.do("GET", "/v3/apps", "tok-a", nil)
+		if resp, b := s.do("GET", "/v3/apps", "tok-b", nil); resp.StatusCode != 200 {
+			t.Fatalf("a request that can wait: %d %s", resp.StatusCode, b)
 		}
-		fusioo.WriteSuccess(w, map[string]any{})
+		if d := time.Since(start); d != 300*time.Millisecond {
+			t.Fatalf("sent after %s, want when the pause (max_pause 300ms) ends", d)
+		}
+		if n := calls.Load(); n != 2 {
+			t.Fatalf("the upstream saw %d requests, want 2", n)
+		}
 	})
-	s := newStack(t, stackOpts{upstream: up, maxPause: 300 * time.Millisecond, maxWait: 2 * time.Second})
-	s.do("GET", "/v3/apps", "tok-a", nil)
-	start := time.Now()
-	if resp, b := s.do("GET", "/v3/apps", "tok-b", nil); resp.StatusCode != 200 {
-		t.Fatalf("a request that can wait: %d %s", resp.StatusCode, b)
-	}
-	if d := time.Since(start); d < 200*time.Millisecond {
-		t.Fatalf("sent after %s: the pause (300ms) was not waited out", d)
-	}
-	if n := calls.Load(); n != 2 {
-		t.Fatalf("the upstream saw %d requests, want 2", n)
-	}
 }
 
 // TestOutcomeUnknownIsSaid: 503/10004 only when nothing reached the
@@ -162,67 +171,73 @@ func rawRequest(t *testing.T, st *stack, req string) (*http.Response, []byte) {
 
 // TestStalledBodiesBounded: an upstream that sends its headers and then
 // stalls the body (an error body the gateway peeks into, or a success body)
-// holds the client at most body_timeout, and the headers reach it first; a
-// client that stops sending its body is answered 408 within body_timeout.
+// holds the client exactly body_timeout, and a success's headers reach it
+// first; a client that stops sending its body is answered 408 after
+// body_timeout.
 func TestStalledBodiesBounded(t *testing.T) {
-	const idle = 300 * time.Millisecond
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		status := http.StatusOK
-		if r.URL.Path == "/v3/apps" {
-			status = http.StatusInternalServerError
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		const idle = 300 * time.Millisecond
+		release := make(chan struct{})
+		t.Cleanup(func() { close(release) })
+		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			status := http.StatusOK
+			if r.URL.Path == "/v3/apps" {
+				status = http.StatusInternalServerError
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_, _ = io.WriteString(w, `{"code":1000`)
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		})
+		s := newStack(t, stackOpts{upstream: up, bodyTimeout: idle, inBubble: true})
+		for _, tc := range []struct {
+			path    string
+			headers time.Duration // when the client has the headers
+		}{
+			{"/v3/apps", idle},           // an error body is peeked into before the headers go
+			{"/v3/records/apps/app1", 0}, // a success's headers go at once
+		} {
+			start := time.Now()
+			req, _ := http.NewRequest("GET", s.gw.URL+tc.path, nil)
+			req.Header.Set("Authorization", "Bearer tok")
+			resp, err := s.client.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.path, err)
+			}
+			headers := time.Since(start)
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			took := time.Since(start)
+			t.Logf("%s: status %d, headers after %s, body ended after %s (%v)", tc.path, resp.StatusCode, headers, took, err)
+			if took != idle {
+				t.Fatalf("%s: held the client %s with upstream.body_timeout %s", tc.path, took, idle)
+			}
+			if headers != tc.headers {
+				t.Fatalf("%s: headers after %s, want %s", tc.path, headers, tc.headers)
+			}
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, `{"code":1000`)
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
+
+		// The client's side: a body that stops coming (to an upstream that
+		// reads request bodies).
+		s = newStack(t, stackOpts{bodyTimeout: idle, attempts: 3, inBubble: true}) // bodies buffered before they are sent
+		conn := s.dial()
+		start := time.Now()
+		_, _ = io.WriteString(conn, "POST /v3/records/apps/app1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: 100\r\n\r\n{\"na")
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("slow client body: %v after %s", err, time.Since(start))
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestTimeout || time.Since(start) != idle {
+			t.Fatalf("slow client body: %d after %s, want 408 after server.body_timeout %s", resp.StatusCode, time.Since(start), idle)
 		}
 	})
-	s := newStack(t, stackOpts{upstream: up, bodyTimeout: idle})
-	for _, path := range []string{"/v3/apps", "/v3/records/apps/app1"} {
-		start := time.Now()
-		req, _ := http.NewRequest("GET", s.gw.URL+path, nil)
-		req.Header.Set("Authorization", "Bearer tok")
-		resp, err := s.client.Do(req)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		headers := time.Since(start)
-		_, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
-		took := time.Since(start)
-		t.Logf("%s: status %d, headers after %s, body ended after %s (%v)", path, resp.StatusCode, headers, took, err)
-		if took > idle+2*time.Second {
-			t.Fatalf("%s: held the client %s with upstream.body_timeout %s", path, took, idle)
-		}
-		if path != "/v3/apps" && headers > idle {
-			t.Fatalf("%s: headers after %s: not sent before the body stalled", path, headers)
-		}
-	}
-
-	// The client's side: a body that stops coming (to an upstream that
-	// reads request bodies).
-	s = newStack(t, stackOpts{bodyTimeout: idle, attempts: 3}) // bodies buffered before they are sent
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.gw.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	start := time.Now()
-	_, _ = io.WriteString(conn, "POST /v3/records/apps/app1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: 100\r\n\r\n{\"na")
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("slow client body: %v after %s", err, time.Since(start))
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestTimeout || time.Since(start) > idle+2*time.Second {
-		t.Fatalf("slow client body: %d after %s, want 408 within server.body_timeout %s", resp.StatusCode, time.Since(start), idle)
-	}
 }
 
 // fullListener listens on loopback with an accept queue of one and fills

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
@@ -23,7 +24,6 @@ import (
 	"github.com/fusioo-gateway/gateway/internal/proxy"
 	"github.com/fusioo-gateway/gateway/internal/quota"
 	"github.com/fusioo-gateway/gateway/internal/testutil/leaktest"
-	"github.com/fusioo-gateway/gateway/internal/testutil/poll"
 )
 
 func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
@@ -221,25 +221,28 @@ func TestGatewayErrors(t *testing.T) {
 
 // TestRollingBoundAtSimulator drives concurrent clients at three times the
 // quota for several windows; the simulator, counting strictly in rolling
-// windows, must never see a request over the limit.
+// windows, must never see a request over the limit. On the bubble's clock
+// the 3 s of load take no wall time, and a loaded machine cannot make the
+// clients miss the slots freeing at a window's turn.
 func TestRollingBoundAtSimulator(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs for ~3 s of load")
-	}
+	t.Parallel()
+	synctest.Test(t, rollingBoundAtSimulator)
+}
+
+func rollingBoundAtSimulator(t *testing.T) {
 	const limit, window = 40, time.Second
 	s := newStack(t, stackOpts{
-		policy:  quota.Policy{Limit: limit, Window: window, Margin: 100 * time.Millisecond, Buckets: 20},
-		maxWait: 200 * time.Millisecond,
-		sim:     &fusioosim.Config{Limit: limit, Window: window},
+		policy:   quota.Policy{Limit: limit, Window: window, Margin: 100 * time.Millisecond, Buckets: 20},
+		maxWait:  200 * time.Millisecond,
+		sim:      &fusioosim.Config{Limit: limit, Window: window},
+		inBubble: true,
 	})
 	tokens := []string{"tok-a", "tok-b"}
 	end := time.Now().Add(3 * window)
 	var ok, limited atomic.Int64
 	var wg sync.WaitGroup
 	// Demand above the quota, and never limited by the clients' own pace:
-	// a client admitted asks again at once (on a loaded machine a paced
-	// client could not use the slots freeing at each window's turn in
-	// time); one refused backs off a little.
+	// a client admitted asks again at once; one refused backs off a little.
 	for c := range 16 {
 		wg.Go(func() {
 			tok := tokens[c%len(tokens)]
@@ -266,9 +269,9 @@ func TestRollingBoundAtSimulator(t *testing.T) {
 		t.Fatalf("simulator saw %d over quota, max %d in a window (limit %d)", l.OverQuota, l.MaxInWindow, limit)
 	}
 	t.Logf("%d admitted, %d limited", ok.Load(), limited.Load())
-	// Most of the quota is used: 3 windows' worth per token, less the
-	// margin and one bucket per window.
-	if min := int64(float64(2*limit*3) * 0.7); ok.Load() < min {
+	// All of the quota is used: the limit at 0, 1.1 and 2.2 s (a window
+	// and the 100 ms margin apart), per token.
+	if min := int64(2 * limit * 3); ok.Load() < min {
 		t.Fatalf("only %d admitted (want >= %d), %d limited", ok.Load(), min, limited.Load())
 	}
 	if limited.Load() == 0 {
@@ -277,48 +280,67 @@ func TestRollingBoundAtSimulator(t *testing.T) {
 }
 
 // TestQueueWaitsThenForwards checks a request over quota waits for its slot
-// when that is within max_wait, then goes through.
+// when that is within max_wait, then goes through, and not before: two
+// requests per 300 ms counted in 30 ms buckets, so the third and fourth go
+// when the first bucket leaves the window, 330 ms after the first (on the
+// bubble's clock: exact, however loaded the machine).
 func TestQueueWaitsThenForwards(t *testing.T) {
-	s := newStack(t, stackOpts{
-		policy:  quota.Policy{Limit: 2, Window: 300 * time.Millisecond, Buckets: 10},
-		maxWait: 5 * time.Second,
-	})
-	start := time.Now()
-	for range 4 {
-		if resp, b := s.do("GET", "/v3/apps", "tok-q", nil); resp.StatusCode != 200 {
-			t.Fatalf("%d %s", resp.StatusCode, b)
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := newStack(t, stackOpts{
+			policy:   quota.Policy{Limit: 2, Window: 300 * time.Millisecond, Buckets: 10},
+			maxWait:  5 * time.Second,
+			inBubble: true,
+		})
+		start := time.Now()
+		for i := range 4 {
+			if resp, b := s.do("GET", "/v3/apps", "tok-q", nil); resp.StatusCode != 200 {
+				t.Fatalf("%d %s", resp.StatusCode, b)
+			}
+			want := time.Duration(0)
+			if i >= 2 {
+				want = 330 * time.Millisecond
+			}
+			if el := time.Since(start); el != want {
+				t.Fatalf("request %d answered after %s, want %s (2 per 300 ms in 30 ms buckets)", i+1, el, want)
+			}
 		}
-	}
-	if el := time.Since(start); el < 300*time.Millisecond {
-		t.Fatalf("4 requests with a limit of 2 per 300 ms took only %s", el)
-	}
-	if l := s.sim.Ledger(); l.Requests != 4 {
-		t.Fatalf("upstream saw %d", l.Requests)
-	}
+		if l := s.sim.Ledger(); l.Requests != 4 {
+			t.Fatalf("upstream saw %d", l.Requests)
+		}
+	})
 }
 
 // TestMaxWaitRetryAfter checks the immediate 429 carries the honest wait.
+// The slot frees when its 1 s bucket leaves the 90 s window, 91 s after
+// the first request (on the bubble's clock: exact).
 func TestMaxWaitRetryAfter(t *testing.T) {
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 90 * time.Second, Buckets: 90}, maxWait: time.Second})
-	s.do("GET", "/v3/apps", "tok-r", nil)
-	resp, b := s.do("GET", "/v3/apps", "tok-r", nil)
-	if resp.StatusCode != 429 {
-		t.Fatalf("%d %s", resp.StatusCode, b)
-	}
-	ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
-	if ra < 89 || ra > 91 {
-		t.Fatalf("Retry-After %d, want about 91", ra)
-	}
-	if resp.Header.Get("RateLimit-Remaining") != "0" || resp.Header.Get("RateLimit") != `"hourly";r=0;t=`+strconv.Itoa(ra) {
-		t.Fatalf("headers %v", resp.Header)
-	}
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 90 * time.Second, Buckets: 90}, maxWait: time.Second, inBubble: true})
+		s.do("GET", "/v3/apps", "tok-r", nil)
+		resp, b := s.do("GET", "/v3/apps", "tok-r", nil)
+		if resp.StatusCode != 429 {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		if ra := resp.Header.Get("Retry-After"); ra != "91" {
+			t.Fatalf("Retry-After %s, want 91", ra)
+		}
+		if resp.Header.Get("RateLimit-Remaining") != "0" || resp.Header.Get("RateLimit") != `"hourly";r=0;t=91` {
+			t.Fatalf("headers %v", resp.Header)
+		}
+	})
 }
 
 // TestDisconnectWhileQueued: a client that leaves while queued consumes no
 // quota, never reaches the upstream, and leaves no goroutine behind.
 func TestDisconnectWhileQueued(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: quota.DefaultBuckets}, maxWait: time.Minute})
+	synctest.Test(t, disconnectWhileQueued)
+}
+
+func disconnectWhileQueued(t *testing.T) {
+	s := newStack(t, stackOpts{policy: quota.Policy{Limit: 1, Window: 10 * time.Second, Buckets: quota.DefaultBuckets}, maxWait: time.Minute, inBubble: true})
 	s.do("GET", "/v3/apps", "tok-d", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -331,12 +353,18 @@ func TestDisconnectWhileQueued(t *testing.T) {
 		}
 		errc <- err
 	}()
-	poll.Until(t, 30*time.Second, "condition", func() bool { return s.lim.Queued() == 1 })
+	synctest.Wait()
+	if q := s.lim.Queued(); q != 1 {
+		t.Fatalf("%d queued, want the second request", q)
+	}
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client: %v", err)
 	}
-	poll.Until(t, 30*time.Second, "condition", func() bool { return s.lim.Queued() == 0 })
+	synctest.Wait()
+	if q := s.lim.Queued(); q != 0 {
+		t.Fatalf("%d queued after the client left", q)
+	}
 	if l := s.sim.Ledger(); l.Requests != 1 {
 		t.Fatalf("upstream saw %d requests", l.Requests)
 	}
@@ -407,6 +435,10 @@ func TestAnonymousAndUncharged(t *testing.T) {
 // and one in flight: both get 503/10004.
 func TestAbortAnswers503(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, abortAnswers503)
+}
+
+func abortAnswers503(t *testing.T) {
 	hang := make(chan struct{})
 	var inflight sync.WaitGroup
 	inflight.Add(1)
@@ -421,7 +453,7 @@ func TestAbortAnswers503(t *testing.T) {
 		}
 		fusioo.WriteSuccess(w, map[string]any{})
 	})
-	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 3 * time.Hour})
+	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 3 * time.Hour, inBubble: true})
 	defer close(hang)
 	s.do("GET", "/v3/apps", "tok-s", nil)
 	type res struct {
@@ -445,7 +477,10 @@ func TestAbortAnswers503(t *testing.T) {
 	go send("/v3/hang")
 	inflight.Wait()
 	go send("/v3/apps")
-	poll.Until(t, 30*time.Second, "condition", func() bool { return s.lim.Queued() == 1 })
+	synctest.Wait()
+	if q := s.lim.Queued(); q != 1 {
+		t.Fatalf("%d queued, want the second request", q)
+	}
 	s.handler.Abort()
 	// The queued one never reached the upstream: 503/10004; the one at the
 	// upstream may have been applied: 504/10001.
@@ -464,13 +499,17 @@ var _ = fmt.Sprint
 // request is upstream cancels the upstream call.
 func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, clientDisconnectCancelsUpstream)
+}
+
+func clientDisconnectCancelsUpstream(t *testing.T) {
 	arrived, cancelled := make(chan struct{}), make(chan struct{})
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(arrived)
 		<-r.Context().Done()
 		close(cancelled)
 	})
-	s := newStack(t, stackOpts{upstream: up})
+	s := newStack(t, stackOpts{upstream: up, inBubble: true})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
@@ -484,9 +523,10 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	}()
 	<-arrived
 	cancel()
+	synctest.Wait()
 	select {
 	case <-cancelled:
-	case <-time.After(10 * time.Second):
+	default:
 		t.Fatal("the upstream call outlived its client")
 	}
 	if err := <-errc; !errors.Is(err, context.Canceled) {
