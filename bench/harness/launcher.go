@@ -135,6 +135,7 @@ func (l *ProcLauncher) Bare(upstream string) (*Service, error) {
 
 // Gateway implements Launcher.
 func (l *ProcLauncher) Gateway(name, cfg string, env []string) (*Service, error) {
+	env = append([]string{NoCoalesce}, env...)
 	listen, err := FreeAddr()
 	if err != nil {
 		return nil, err
@@ -161,6 +162,14 @@ func (l *ProcLauncher) Gateway(name, cfg string, env []string) (*Service, error)
 	}
 	return s, nil
 }
+
+// NoCoalesce comes first in every harness gateway's environment: the
+// runs judge the limiter and the retries at the simulator, and the
+// identical reads their clients send would otherwise share answers
+// ([coalesce]). A run that measures the deployed defaults (wrk) puts
+// FUSIOO_GATEWAY_COALESCE_ENABLED=true after it, and sends reads that
+// differ.
+const NoCoalesce = "FUSIOO_GATEWAY_COALESCE_ENABLED=false"
 
 // InprocLauncher runs everything inside the calling process: the
 // simulator package, bench/bareproxy and bench/inproc's copy of the
@@ -220,7 +229,7 @@ func (l *InprocLauncher) Bare(upstream string) (*Service, error) {
 
 // Gateway implements Launcher.
 func (l *InprocLauncher) Gateway(name, cfg string, env []string) (*Service, error) {
-	c, err := inproc.Parse(cfg, env)
+	c, err := inproc.Parse(cfg, append([]string{NoCoalesce}, env...))
 	if err != nil {
 		return nil, err
 	}

@@ -157,7 +157,10 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 	if err := pin(rs.Pid(), o.LoadCPU); err != nil {
 		return nil, err
 	}
-	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upURL}
+	// The deployed defaults, coalescing on; bench.lua's reads all differ
+	// (a sequence number in the query), so none is shared and each pays
+	// what coalescing costs a read.
+	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upURL, "FUSIOO_GATEWAY_COALESCE_ENABLED=true"}
 	if o.ProfileDir != "" {
 		gwEnv = append(gwEnv, "FUSIOO_GATEWAY_SERVER_PPROF=true")
 	}

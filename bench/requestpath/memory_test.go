@@ -10,6 +10,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,8 +113,11 @@ func BenchmarkQueued(b *testing.B) {
 		"FUSIOO_GATEWAY_QUEUE_MAX_QUEUED="+strconv.Itoa(2*n),
 		"FUSIOO_GATEWAY_SMOOTHING_RATE=1000000000", "FUSIOO_GATEWAY_SMOOTHING_BURST=1000000000")
 	base := baseContext(g.Handler)
+	var seq atomic.Int64
 	send := func(ctx context.Context) int {
-		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/apps", nil)
+		// Distinct reads (a sequence number in the query): identical ones
+		// would wait as one, coalesced.
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/apps?seq="+strconv.FormatInt(seq.Add(1), 10), nil)
 		req.Header.Set("Authorization", "Bearer queued-token")
 		w := &discardWriter{h: http.Header{}}
 		g.Handler.ServeHTTP(w, req)

@@ -134,8 +134,12 @@ func runTargets(b *testing.B, targets []target) {
 				w := &discardWriter{h: http.Header{}}
 				ctx := baseContext(tg.h)
 				for pb.Next() {
-					req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/records/apps/app1?limit=20", nil)
-					req.Header.Set("Authorization", auth[int(next.Add(1))%len(auth)])
+					// A sequence number in the query: no two reads are the
+					// same, so none is coalesced (each pays what
+					// coalescing costs a read).
+					n := next.Add(1)
+					req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/records/apps/app1?limit=20&seq="+strconv.FormatInt(n, 10), nil)
+					req.Header.Set("Authorization", auth[int(n)%len(auth)])
 					serveOne(b, tg.h, req, w)
 				}
 			})
@@ -168,6 +172,7 @@ func BenchmarkRequestPath(b *testing.B) {
 		{"gateway-redis-no-leases-no-autopipeline", gatewayConfig(b, "redis", up.URL, rs.URL(), "info",
 			"FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s", "FUSIOO_GATEWAY_REDIS_AUTO_PIPELINE=false").Handler},
 		{"gateway-memory-nolog", gatewayConfig(b, "memory", up.URL, "", "warn").Handler},
+		{"gateway-memory-nocoalesce", gatewayConfig(b, "memory", up.URL, "", "info", "FUSIOO_GATEWAY_COALESCE_ENABLED=false").Handler},
 	})
 }
 

@@ -298,9 +298,11 @@ func TestDeployMetricsPromtool(t *testing.T) {
 		routes[r.Name()] = true
 	}
 	unknownRoute := regexp.MustCompile(`^[A-Z]+ \{unknown\}$`)
-	for _, s := range byName["fusioo_gateway_route_requests_total"] {
-		if r := s.labels["route"]; !routes[r] && !unknownRoute.MatchString(r) {
-			t.Errorf("route_requests_total: route label %q is not a route template", r)
+	for _, name := range []string{"fusioo_gateway_route_requests_total", "fusioo_gateway_coalesced_total"} {
+		for _, s := range byName[name] {
+			if r := s.labels["route"]; !routes[r] && !unknownRoute.MatchString(r) {
+				t.Errorf("%s: route label %q is not a route template", name, r)
+			}
 		}
 	}
 

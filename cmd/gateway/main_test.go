@@ -237,7 +237,7 @@ level = "info"
 		got[a.status] = a.body
 	}
 	if !strings.Contains(got[200], "slow") {
-		t.Fatalf("in-flight request not finished: %v", got)
+		t.Fatalf("in-flight request not finished: %v\n%s", got, lw.String())
 	}
 	if !strings.Contains(got[503], `"code":10004`) {
 		t.Fatalf("queued request not answered 503/10004: %v", got)

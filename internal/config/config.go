@@ -41,6 +41,7 @@ type Config struct {
 	Smoothing Smoothing `toml:"smoothing"`
 	Queue     Queue     `toml:"queue"`
 	Retry     Retry     `toml:"retry"`
+	Coalesce  Coalesce  `toml:"coalesce"`
 	Log       Log       `toml:"log"`
 	Routes    []Route   `toml:"routes"`
 }
@@ -135,6 +136,13 @@ type Retry struct {
 	SerializeCooldown Duration `toml:"serialize_cooldown"`
 }
 
+// Coalesce shares one upstream exchange among identical reads of one
+// token in flight together.
+type Coalesce struct {
+	Enabled        bool `toml:"enabled"`
+	MaxBufferBytes int  `toml:"max_buffer_bytes"`
+}
+
 // Log configures zap.
 type Log struct {
 	Level  string `toml:"level"`
@@ -192,6 +200,7 @@ func Default() Config {
 		},
 		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},
 		Queue:     Queue{MaxWait: Duration{30 * time.Second}, MaxDepth: 1000, MaxQueued: 10000},
+		Coalesce:  Coalesce{Enabled: true, MaxBufferBytes: 1 << 20},
 		Retry: Retry{
 			MaxAttempts:       5,
 			BaseDelay:         Duration{100 * time.Millisecond},
@@ -683,6 +692,9 @@ func (c *Config) validate() Errors {
 		add("queue.max_queued", "must not be negative, got %d", c.Queue.MaxQueued)
 	}
 
+	if c.Coalesce.MaxBufferBytes < 1 {
+		add("coalesce.max_buffer_bytes", "must be positive, got %d", c.Coalesce.MaxBufferBytes)
+	}
 	if c.Retry.MaxAttempts < 1 || c.Retry.MaxAttempts > 20 {
 		add("retry.max_attempts", "must be between 1 (no retry) and 20, got %d", c.Retry.MaxAttempts)
 	}

@@ -23,7 +23,7 @@ func TestExampleIsDefault(t *testing.T) {
 	// The example documents every default: loading it changes nothing.
 	if cfg.Server != def.Server || cfg.Upstream != def.Upstream || cfg.Quota != def.Quota || cfg.Smoothing != def.Smoothing ||
 		cfg.Redis.AutoPipeline != def.Redis.AutoPipeline || cfg.Redis.Timeout != def.Redis.Timeout || cfg.Redis.KeyPrefix != def.Redis.KeyPrefix ||
-		cfg.Queue != def.Queue || cfg.Retry != def.Retry || cfg.Log != def.Log {
+		cfg.Queue != def.Queue || cfg.Retry != def.Retry || cfg.Log != def.Log || cfg.Coalesce != def.Coalesce {
 		t.Fatalf("example differs from defaults:\n%+v\n%+v", cfg, def)
 	}
 }

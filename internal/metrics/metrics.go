@@ -31,6 +31,7 @@ type Metrics struct {
 	queueWait         prometheus.Histogram
 	storeErrors       *prometheus.CounterVec
 	fallbackActive    prometheus.Gauge
+	coalesced         *prometheus.CounterVec
 
 	// The children of the pre-initialised label values, resolved once so
 	// the request path neither hashes label values nor takes the vectors'
@@ -42,6 +43,7 @@ type Metrics struct {
 	retriesBy   map[string]prometheus.Counter
 	rejectedBy  map[string]prometheus.Counter
 	storeErrsBy map[string]prometheus.Counter
+	coalescedBy map[string]prometheus.Counter
 }
 
 // requestKey is a requests_total child: method label and raw status.
@@ -124,12 +126,17 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 			Namespace: Namespace, Name: "store_fallback_active",
 			Help: "1 while the shared quota store is unavailable and this replica counts locally.",
 		}),
+		coalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "coalesced_total",
+			Help: "Requests answered from an identical read of the same token in flight (no upstream attempt, no quota), by route.",
+		}, []string{"route"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.routeRequests, m.upstream, m.upstreamDuration, m.retries,
-		m.budgetExhausted, m.quotaRejections, m.upstreamExhausted, m.queueDepth, m.queueWait, m.storeErrors, m.fallbackActive} {
+		m.budgetExhausted, m.quotaRejections, m.upstreamExhausted, m.queueDepth, m.queueWait, m.storeErrors, m.fallbackActive, m.coalesced} {
 		f(c)
 	}
 	m.routesBy = resolve(m.routeRequests, o.Routes)
+	m.coalescedBy = resolve(m.coalesced, o.Routes)
 	m.retriesBy = resolve(m.retries, o.RetryReasons)
 	m.rejectedBy = resolve(m.quotaRejections, o.RejectReasons)
 	m.storeErrsBy = resolve(m.storeErrors, o.StoreOps)
@@ -260,6 +267,9 @@ func inc(v *prometheus.CounterVec, by map[string]prometheus.Counter, label strin
 	}
 	v.WithLabelValues(label).Inc()
 }
+
+// Coalesced implements proxy.Observer.
+func (m *Metrics) Coalesced(route string) { inc(m.coalesced, m.coalescedBy, route) }
 
 // UpstreamExhausted implements proxy.Observer.
 func (m *Metrics) UpstreamExhausted() { m.upstreamExhausted.Inc() }

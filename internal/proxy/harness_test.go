@@ -66,6 +66,7 @@ type stackOpts struct {
 	// clock, which advances only when every goroutine is blocked, so a
 	// loaded machine cannot stretch them.
 	inBubble bool
+	coalesce bool // [coalesce] enabled
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -143,7 +144,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	s.cfg = proxy.Config{
 		Upstream: u, Transport: rt, Retry: pol, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,
 		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window, MaxPause: o.maxPause,
-		BodyTimeout: o.bodyTimeout, FlushInterval: 50 * time.Millisecond,
+		BodyTimeout: o.bodyTimeout, FlushInterval: 50 * time.Millisecond, Coalesce: o.coalesce,
 	}
 	s.handler = proxy.New(s.cfg)
 	// The first handler's base context, as cmd/gateway wires it; a

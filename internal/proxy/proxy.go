@@ -27,6 +27,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 
+	"github.com/fusioo-gateway/gateway/internal/flight"
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
 	"github.com/fusioo-gateway/gateway/internal/quota"
@@ -61,6 +62,9 @@ type Observer interface {
 	Upstream(route string, status int, code fusioo.Code, d time.Duration)
 	// UpstreamExhausted is called when the upstream answered 20005 for a key.
 	UpstreamExhausted()
+	// Coalesced is called for a request answered from an identical read
+	// of the same token in flight: no attempt of its own, no quota.
+	Coalesced(route string)
 }
 
 // Config holds the handler's dependencies and tunables.
@@ -124,6 +128,14 @@ type Config struct {
 	// address (upstream.forwarded_headers): "" (none) or "none", "set",
 	// "append".
 	ForwardedHeaders string
+	// Coalesce makes identical reads of one token in flight together
+	// share one exchange, one unit of quota and one answer ([coalesce]
+	// enabled); false: every request is sent on its own.
+	Coalesce bool
+	// CoalesceMaxBuffer bounds what a shared answer keeps of its body for
+	// requests that join late (flight.Group.MaxBuffer); 0: flight's
+	// default.
+	CoalesceMaxBuffer int
 	// FlushInterval is passed to httputil.ReverseProxy; 0: no periodic
 	// flush (ReverseProxy still streams responses of unknown length at
 	// once).
@@ -156,6 +168,9 @@ type Handler struct {
 	// rejected remembers the keys of tokens the upstream answered 10003
 	// or 20007: their requests go under the anonymous limit.
 	rejected *rejectedKeys
+	// flights are the reads in flight that identical reads of the same
+	// token join (Config.Coalesce).
+	flights flight.Group
 }
 
 // New returns a handler for cfg. It does no I/O.
@@ -179,7 +194,7 @@ func New(cfg Config) *Handler {
 		cfg.Transport = http.DefaultTransport
 	}
 	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer, retry: cfg.Retry,
-		rejected: newRejectedKeys(rejectedKeysMax, rejectedFor)}
+		rejected: newRejectedKeys(rejectedKeysMax, rejectedFor), flights: flight.Group{MaxBuffer: cfg.CoalesceMaxBuffer}}
 	if h.retry == nil {
 		// No retries; the policy's defaults for the rest (the cap on a
 		// parsed Retry-After, the serialization of creates after a 30054).
@@ -256,6 +271,7 @@ type reqState struct {
 	// forwarded under the anonymous limit; a success clears the mark.
 	rejectedKey string
 	written     bool  // an attempt may have been applied (written and cut, or answered 504)
+	coalesced   bool  // answered from an identical read in flight (serveShared), not sent
 	bodyErr     error // reading the client's body failed (clientBody)
 }
 
@@ -353,10 +369,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx = context.WithValue(ctx, stateKey{}, rs)
 	r = r.WithContext(ctx)
-	// The exchange starts before the quota is charged: a body that may be
-	// retried is read now, however slowly the client sends it, so the
-	// slot counted next is used at once (Fusioo counts the request when
-	// it arrives); a streamed body goes out as it comes, its headers first.
+	if h.cfg.Coalesce && rs.key != "" && rs.route.Kind == fusioo.KindRead {
+		h.serveShared(w, r, rs)
+		return
+	}
+	h.forward(w, r, rs)
+}
+
+// forward admits a request and sends it upstream, answering w. The
+// exchange starts before the quota is charged: a body that may be retried
+// is read now, however slowly the client sends it, so the slot counted
+// next is used at once (Fusioo counts the request when it arrives); a
+// streamed body goes out as it comes, its headers first.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	var route *fusioo.Route
 	if h.samePath {
 		route = rs.route
@@ -371,8 +396,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A create to an App cooling after a 30054 waits for its (key, App)
 	// turn before its slot is counted, too; it is sent when the turn does
 	// not come in time: an honest answer beats none.
-	x.Turn(ctx)
-	if ok := h.admit(ctx, w, rs); !ok {
+	x.Turn(r.Context())
+	if ok := h.admit(r.Context(), w, rs); !ok {
 		return
 	}
 	h.rp.ServeHTTP(w, r)
@@ -816,6 +841,7 @@ func (h *Handler) finish(r *http.Request, rs *reqState) {
 			zap.Duration("queue_wait", waited),
 			zap.Duration("duration", d),
 			zap.String("token", Fingerprint(rs.key)),
+			zap.Bool("coalesced", rs.coalesced),
 		)
 	}
 }
@@ -873,3 +899,4 @@ type nopObserver struct{}
 func (nopObserver) Request(string, string, int, time.Duration)       {}
 func (nopObserver) Upstream(string, int, fusioo.Code, time.Duration) {}
 func (nopObserver) UpstreamExhausted()                               {}
+func (nopObserver) Coalesced(string)                                 {}

@@ -433,12 +433,18 @@ func TestAnonymousAndUncharged(t *testing.T) {
 
 // TestAbortAnswers503 ends a shutdown grace period with a request queued
 // and one in flight: both get 503/10004.
+// Shared reads (coalescing) are answered alike.
 func TestAbortAnswers503(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, abortAnswers503)
+	for _, coalesce := range []bool{false, true} {
+		t.Run(fmt.Sprintf("coalesce=%v", coalesce), func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) { abortAnswers503(t, coalesce) })
+		})
+	}
 }
 
-func abortAnswers503(t *testing.T) {
+func abortAnswers503(t *testing.T, coalesce bool) {
 	hang := make(chan struct{})
 	var inflight sync.WaitGroup
 	inflight.Add(1)
@@ -453,7 +459,7 @@ func abortAnswers503(t *testing.T) {
 		}
 		fusioo.WriteSuccess(w, map[string]any{})
 	})
-	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 3 * time.Hour, inBubble: true})
+	s := newStack(t, stackOpts{upstream: up, policy: quota.Policy{Limit: 2, Window: time.Hour, Buckets: quota.DefaultBuckets}, maxWait: 3 * time.Hour, inBubble: true, coalesce: coalesce})
 	defer close(hang)
 	s.do("GET", "/v3/apps", "tok-s", nil)
 	type res struct {

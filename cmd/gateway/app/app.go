@@ -117,8 +117,10 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		ForwardedHeaders: cfg.Upstream.ForwardedHeaders,
 		BodyTimeout:      cfg.Server.BodyTimeout.Duration,
 		// Headers go out at once, before a body the upstream may stall.
-		FlushInterval: 100 * time.Millisecond,
-		PolicyName:    cfg.Quota.PolicyName,
+		FlushInterval:     100 * time.Millisecond,
+		Coalesce:          cfg.Coalesce.Enabled,
+		CoalesceMaxBuffer: cfg.Coalesce.MaxBufferBytes,
+		PolicyName:        cfg.Quota.PolicyName,
 	})
 	return g, nil
 }

@@ -1,0 +1,410 @@
+// Package flight shares one HTTP answer among identical requests in flight
+// together: the first caller of a key (the leader) runs the exchange and
+// answers its own client through Flight.Writer, which records the answer
+// as it passes; every later caller streams the recording to its client
+// (Serve): the status and headers once they are known, then the body as it
+// comes, from its first byte, however late it joined.
+//
+// It is golang.org/x/sync/singleflight for a streamed answer, with one
+// difference that matters to a gateway: the exchange belongs to no caller.
+// A caller that leaves, the leader included, stops its own answer only;
+// the exchange's context (Flight.Context) ends when the last caller has
+// left before the answer was complete. The leader's goroutine runs the
+// exchange: a flight costs no goroutine of its own.
+//
+// What makes two requests the same is the caller's to say (Key); this
+// package knows nothing of tokens, routes or quotas.
+package flight
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"sync"
+)
+
+// Key names a request: a digest (SHA-256) of everything that can change
+// its answer, which the caller computes.
+type Key [sha256.Size]byte
+
+// DefaultMaxBuffer is Group.MaxBuffer's default: 1 MiB.
+const DefaultMaxBuffer = 1 << 20
+
+// Group holds the flights in progress. Its zero value is ready to use.
+type Group struct {
+	// MaxBuffer bounds what a flight keeps of its body for callers that
+	// join late: once the body is longer, nobody joins (the next identical
+	// request starts a flight of its own), what every caller has sent on
+	// is dropped, and a caller that falls MaxBuffer behind the exchange
+	// is cut (ErrLagged) rather than hold its body for everyone.
+	// 0: DefaultMaxBuffer.
+	MaxBuffer int
+
+	mu sync.Mutex
+	m  map[Key]*Flight
+}
+
+// Join returns the flight in progress for key, or a new one; leader
+// reports whether the caller must run the exchange: under Flight.Context,
+// answering through Writer, ending with Finish (and LeaderLeft if its
+// client leaves first). Every other caller calls Serve once.
+//
+// A new flight's context is a child of parent (a gateway's shutdown
+// context, say), not of any caller's.
+func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if f := g.m[key]; f != nil {
+		f.mu.Lock()
+		ok := f.joinable
+		if ok {
+			f.callers++
+		}
+		f.mu.Unlock()
+		if ok {
+			return f, false
+		}
+	}
+	if g.m == nil {
+		g.m = map[Key]*Flight{}
+	}
+	max := g.MaxBuffer
+	if max <= 0 {
+		max = DefaultMaxBuffer
+	}
+	f = &Flight{g: g, key: key, joinable: true, callers: 1, max: int64(max)}
+	f.ctx, f.cancel = context.WithCancel(parent)
+	g.m[key] = f
+	return f, true
+}
+
+// InFlight is the number of flights in progress, for tests and metrics.
+func (g *Group) InFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.m)
+}
+
+// leave drops f from the group, if it is still the flight of its key.
+func (g *Group) leave(f *Flight) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m[f.key] == f {
+		delete(g.m, f.key)
+	}
+}
+
+// ErrAborted is Serve's error when the exchange ended without a complete
+// answer (Finish(false)): the caller should cut its client's connection,
+// as the exchange's own client would have seen it cut.
+var ErrAborted = errors.New("flight: the shared answer was cut")
+
+// ErrLagged is Serve's error for a caller that fell more than MaxBuffer
+// behind the exchange's body.
+var ErrLagged = errors.New("flight: fell too far behind the shared answer")
+
+// Flight is one exchange and its recording. The leader writes it through
+// Writer, one goroutine at a time; the other callers read it with Serve.
+type Flight struct {
+	g      *Group
+	key    Key
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed on the next change; nil: nobody waits
+	status   int
+	sent     http.Header // the header as of WriteHeader: read-only after
+	chunks   [][]byte    // the body from offset base on
+	base     int64
+	size     int64
+	done     bool
+	complete bool
+	joinable bool
+	callers  int
+	readers  map[*int64]struct{} // offsets of the callers serving
+	max      int64
+	// leaderGone: the leader's client left (LeaderLeft).
+	leaderGone bool
+}
+
+// Context is the exchange's context: cancelled when every caller has left
+// before the answer was complete, when Join's parent is, or after Finish.
+func (f *Flight) Context() context.Context { return f.ctx }
+
+// Writer returns the leader's http.ResponseWriter for the exchange: what
+// is written goes to w, the leader's client, and into the recording the
+// other callers serve. Once the leader's client has gone (LeaderLeft, or a
+// failed write), writes still record, so the others keep getting the
+// answer.
+func (f *Flight) Writer(w http.ResponseWriter) http.ResponseWriter {
+	return &tee{f: f, w: w, rc: http.NewResponseController(w)}
+}
+
+// LeaderLeft says the leader's client has gone: it no longer counts among
+// the callers waiting (the last one to leave cancels the exchange), and
+// Writer writes to it no more.
+func (f *Flight) LeaderLeft() {
+	f.mu.Lock()
+	was := f.leaderGone
+	f.leaderGone = true
+	f.mu.Unlock()
+	if !was {
+		f.leave()
+	}
+}
+
+// record notes the status and a copy of the header.
+func (f *Flight) record(status int, h http.Header) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.status != 0 {
+		return
+	}
+	f.status, f.sent = status, h.Clone()
+	f.broadcast()
+}
+
+// append records body bytes.
+func (f *Flight) append(p []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done || len(p) == 0 {
+		return
+	}
+	f.chunks = append(f.chunks, append([]byte(nil), p...))
+	f.size += int64(len(p))
+	if f.size > f.max {
+		f.joinable = false
+		f.trim()
+	}
+	f.broadcast()
+}
+
+// Finish ends the recording: complete says whether the answer is whole
+// (false: the exchange was cut, and the callers cut theirs). The flight
+// leaves the group: an identical request from now on starts another.
+func (f *Flight) Finish(complete bool) {
+	f.mu.Lock()
+	if !f.done {
+		f.done, f.complete, f.joinable = true, complete && f.status != 0, false
+		f.broadcast()
+	}
+	f.mu.Unlock()
+	f.g.leave(f)
+	f.cancel()
+}
+
+// Status is the recorded status, 0 before WriteHeader.
+func (f *Flight) Status() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status
+}
+
+// Body returns the whole body and true when the answer is complete and
+// was kept entire (at most MaxBuffer bytes).
+func (f *Flight) Body() ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.complete || f.base != 0 {
+		return nil, false
+	}
+	b := make([]byte, 0, f.size)
+	for _, c := range f.chunks {
+		b = append(b, c...)
+	}
+	return b, true
+}
+
+// SentHeader is the header recorded by WriteHeader (nil before): read-only.
+func (f *Flight) SentHeader() http.Header {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sent
+}
+
+// broadcast wakes the callers waiting for a change. Called with f.mu held.
+func (f *Flight) broadcast() {
+	if f.changed != nil {
+		close(f.changed)
+		f.changed = nil
+	}
+}
+
+// trim drops the chunks every serving caller within MaxBuffer of the end
+// has sent on; a caller further behind (a client that stopped reading)
+// holds nothing, and is cut when it comes back. Called with f.mu held,
+// once the body is past MaxBuffer.
+func (f *Flight) trim() {
+	min := f.size
+	for off := range f.readers {
+		if *off < min && f.size-*off <= f.max {
+			min = *off
+		}
+	}
+	for len(f.chunks) > 0 && f.base+int64(len(f.chunks[0])) <= min {
+		f.base += int64(len(f.chunks[0]))
+		f.chunks[0] = nil
+		f.chunks = f.chunks[1:]
+	}
+}
+
+// Serve streams the answer to w: once the status is known, header (the
+// recorded header, which the caller may adjust in fix before it is sent)
+// and status, then the body from its first byte as it comes, flushed. It
+// returns the status sent (0: none) and nil when the whole answer was
+// sent; ctx.Err() when the caller's client left first, ErrAborted when the
+// exchange was cut, ErrLagged when the caller fell too far behind, or the
+// error of writing to w. Every caller of Join but the leader calls it
+// once: the last caller to leave before the answer is complete cancels
+// the exchange.
+func (f *Flight) Serve(ctx context.Context, w http.ResponseWriter, fix func(http.Header)) (int, error) {
+	var off int64
+	f.mu.Lock()
+	if f.readers == nil {
+		f.readers = map[*int64]struct{}{}
+	}
+	f.readers[&off] = struct{}{}
+	f.mu.Unlock()
+	defer f.leaveServe(&off)
+
+	rc := http.NewResponseController(w)
+	status := 0
+	for {
+		f.mu.Lock()
+		if status == 0 && f.status != 0 {
+			status = f.status
+			f.mu.Unlock()
+			h := w.Header()
+			for k, v := range f.sent {
+				h[k] = v
+			}
+			if fix != nil {
+				fix(h)
+			}
+			w.WriteHeader(status)
+			continue
+		}
+		var chunk []byte
+		if status != 0 {
+			if off < f.base {
+				f.mu.Unlock()
+				return status, ErrLagged
+			}
+			if f.size-off > f.max && !f.done {
+				f.mu.Unlock()
+				return status, ErrLagged
+			}
+			pos := f.base
+			for _, c := range f.chunks {
+				if off < pos+int64(len(c)) {
+					chunk = c[off-pos:]
+					break
+				}
+				pos += int64(len(c))
+			}
+		}
+		done, complete := f.done, f.complete
+		var changed chan struct{}
+		if chunk == nil && !done {
+			if f.changed == nil {
+				f.changed = make(chan struct{})
+			}
+			changed = f.changed
+		}
+		f.mu.Unlock()
+		if chunk != nil {
+			if _, err := w.Write(chunk); err != nil {
+				return status, err
+			}
+			_ = rc.Flush()
+			f.mu.Lock()
+			off += int64(len(chunk))
+			f.mu.Unlock()
+			continue
+		}
+		if done {
+			if !complete {
+				return status, ErrAborted
+			}
+			return status, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return status, ctx.Err()
+		}
+	}
+}
+
+// leaveServe ends a caller's Serve.
+func (f *Flight) leaveServe(off *int64) {
+	f.mu.Lock()
+	delete(f.readers, off)
+	f.mu.Unlock()
+	f.leave()
+}
+
+// leave counts a caller out; the last caller to leave an answer not yet
+// complete cancels the exchange.
+func (f *Flight) leave() {
+	f.mu.Lock()
+	f.callers--
+	last := f.callers == 0 && !f.done
+	if last {
+		f.joinable = false
+	}
+	f.mu.Unlock()
+	if last {
+		f.g.leave(f)
+		f.cancel()
+	}
+}
+
+// tee is Writer's http.ResponseWriter.
+type tee struct {
+	f           *Flight
+	w           http.ResponseWriter
+	rc          *http.ResponseController
+	wroteHeader bool
+}
+
+// gone reports whether the leader's client has left.
+func (t *tee) gone() bool {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	return t.f.leaderGone
+}
+
+func (t *tee) Header() http.Header { return t.w.Header() }
+
+func (t *tee) WriteHeader(status int) {
+	if status >= 200 && !t.wroteHeader {
+		t.wroteHeader = true
+		t.f.record(status, t.w.Header())
+	}
+	if !t.gone() {
+		t.w.WriteHeader(status)
+	}
+}
+
+func (t *tee) Write(p []byte) (int, error) {
+	if !t.wroteHeader {
+		t.WriteHeader(http.StatusOK)
+	}
+	t.f.append(p)
+	if !t.gone() {
+		if _, err := t.w.Write(p); err != nil {
+			t.f.LeaderLeft()
+		}
+	}
+	return len(p), nil
+}
+
+func (t *tee) Flush() {
+	if !t.gone() {
+		_ = t.rc.Flush()
+	}
+}

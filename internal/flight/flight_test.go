@@ -1,0 +1,183 @@
+package flight
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"testing/synctest"
+)
+
+var k1 = Key(sha256.Sum256([]byte("GET /v3/apps")))
+
+// TestLateCallerGetsAll: a caller that joins after part of the body was
+// written gets the whole answer, headers first, fixed its own way.
+func TestLateCallerGetsAll(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g Group
+		f, leader := g.Join(t.Context(), k1)
+		if !leader {
+			t.Fatal("first caller not the leader")
+		}
+		own := httptest.NewRecorder()
+		lw := f.Writer(own)
+		lw.Header().Set("Content-Type", "application/json")
+		lw.WriteHeader(201)
+		_, _ = lw.Write([]byte(`{"a":`))
+		results := make(chan *httptest.ResponseRecorder, 3)
+		for i := range 2 {
+			if f2, leader := g.Join(t.Context(), k1); leader || f2 != f {
+				t.Fatal("a later caller did not join")
+			}
+			go func() {
+				w := httptest.NewRecorder()
+				st, err := f.Serve(t.Context(), w, func(h http.Header) { h.Set("X-Caller", string(rune('0'+i))) })
+				if st != 201 || err != nil {
+					t.Errorf("Serve: %d %v", st, err)
+				}
+				results <- w
+			}()
+		}
+		synctest.Wait()
+		_, _ = lw.Write([]byte(`1}`))
+		f.Finish(true)
+		results <- own
+		fixed := 0
+		for range 3 {
+			w := <-results
+			if w.Code != 201 || w.Body.String() != `{"a":1}` || w.Header().Get("Content-Type") != "application/json" {
+				t.Fatalf("got %d %q %v", w.Code, w.Body, w.Header())
+			}
+			if w.Header().Get("X-Caller") != "" {
+				fixed++
+			}
+		}
+		if fixed != 2 {
+			t.Fatalf("%d answers fixed by their callers, want the 2 served", fixed)
+		}
+		if g.InFlight() != 0 {
+			t.Fatal("a finished flight stays joinable")
+		}
+		if b, ok := f.Body(); !ok || string(b) != `{"a":1}` {
+			t.Fatalf("Body %q %v", b, ok)
+		}
+		if _, leader := g.Join(t.Context(), k1); !leader {
+			t.Fatal("joined a finished flight")
+		}
+	})
+}
+
+// TestLastToLeaveCancels: the exchange outlives the leader's client and a
+// caller that leave while another still waits, and ends when the last one
+// leaves.
+func TestLastToLeaveCancels(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g Group
+		f, _ := g.Join(t.Context(), k1)
+		g.Join(t.Context(), k1)
+		g.Join(t.Context(), k1)
+		ctx1, leave1 := context.WithCancel(t.Context())
+		ctx2, leave2 := context.WithCancel(t.Context())
+		errs := make(chan error, 2)
+		for _, ctx := range []context.Context{ctx1, ctx2} {
+			go func() {
+				_, err := f.Serve(ctx, httptest.NewRecorder(), nil)
+				errs <- err
+			}()
+		}
+		synctest.Wait()
+		f.LeaderLeft()
+		f.LeaderLeft() // said twice (a failed write, then the context): counted once
+		leave1()
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("first to leave: %v", err)
+		}
+		synctest.Wait()
+		if f.Context().Err() != nil {
+			t.Fatal("the exchange ended while a caller still waits")
+		}
+		leave2()
+		<-errs
+		synctest.Wait()
+		if f.Context().Err() == nil {
+			t.Fatal("the exchange outlived every caller")
+		}
+		if g.InFlight() != 0 {
+			t.Fatal("an abandoned flight stays joinable")
+		}
+	})
+}
+
+// TestAbortedAndLagged: a cut exchange cuts every caller after what was
+// recorded; past MaxBuffer nobody joins, and a caller that stops reading
+// holds nothing back and is cut.
+func TestAbortedAndLagged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g Group
+		f, _ := g.Join(t.Context(), k1)
+		g.Join(t.Context(), k1)
+		_, _ = f.Writer(httptest.NewRecorder()).Write([]byte("part"))
+		f.Finish(false)
+		w := httptest.NewRecorder()
+		if st, err := f.Serve(t.Context(), w, nil); st != 200 || !errors.Is(err, ErrAborted) || w.Body.String() != "part" {
+			t.Fatalf("aborted: %d %v %q", st, err, w.Body)
+		}
+
+		g = Group{MaxBuffer: 10}
+		f, _ = g.Join(t.Context(), k1)
+		lw := f.Writer(httptest.NewRecorder())
+		g.Join(t.Context(), k1)
+		g.Join(t.Context(), k1)
+		stalled := &blockingWriter{ResponseRecorder: httptest.NewRecorder(), release: make(chan struct{})}
+		errs := make(chan error, 2)
+		go func() { _, err := f.Serve(t.Context(), stalled, nil); errs <- err }()
+		fast := httptest.NewRecorder()
+		go func() { _, err := f.Serve(t.Context(), fast, nil); errs <- err }()
+		for range 5 {
+			_, _ = lw.Write([]byte(strings.Repeat("x", 8)))
+			synctest.Wait()
+		}
+		if _, leader := g.Join(t.Context(), k1); !leader {
+			t.Fatal("joined a flight past MaxBuffer")
+		}
+		f.mu.Lock()
+		kept := f.size - f.base
+		f.mu.Unlock()
+		if kept > 16 {
+			t.Fatalf("kept %d bytes for a stalled caller (MaxBuffer 10)", kept)
+		}
+		close(stalled.release)
+		f.Finish(true)
+		lagged, whole := 0, 0
+		for range 2 {
+			switch err := <-errs; {
+			case errors.Is(err, ErrLagged):
+				lagged++
+			case err == nil:
+				whole++
+			}
+		}
+		if lagged != 1 || whole != 1 || fast.Body.Len() != 40 {
+			t.Fatalf("stalled and fast callers: %d cut, %d whole; the fast one got %d bytes", lagged, whole, fast.Body.Len())
+		}
+	})
+}
+
+// blockingWriter is a client that stops reading: its first body write
+// blocks until released.
+type blockingWriter struct {
+	*httptest.ResponseRecorder
+	release chan struct{}
+	wrote   bool
+}
+
+func (b *blockingWriter) Write(p []byte) (int, error) {
+	if !b.wrote {
+		b.wrote = true
+		<-b.release
+	}
+	return b.ResponseRecorder.Write(p)
+}
