@@ -139,8 +139,9 @@ type Retry struct {
 // Coalesce shares one upstream exchange among identical reads of one
 // token in flight together.
 type Coalesce struct {
-	Enabled        bool `toml:"enabled"`
-	MaxBufferBytes int  `toml:"max_buffer_bytes"`
+	Enabled        bool  `toml:"enabled"`
+	MaxBufferBytes int   `toml:"max_buffer_bytes"`
+	MaxTotalBytes  int64 `toml:"max_total_bytes"`
 }
 
 // Log configures zap.
@@ -200,7 +201,7 @@ func Default() Config {
 		},
 		Smoothing: Smoothing{AnonymousRate: 10, AnonymousBurst: 20},
 		Queue:     Queue{MaxWait: Duration{30 * time.Second}, MaxDepth: 1000, MaxQueued: 10000},
-		Coalesce:  Coalesce{Enabled: true, MaxBufferBytes: 1 << 20},
+		Coalesce:  Coalesce{Enabled: true, MaxBufferBytes: 1 << 20, MaxTotalBytes: 64 << 20},
 		Retry: Retry{
 			MaxAttempts:       5,
 			BaseDelay:         Duration{100 * time.Millisecond},
@@ -694,6 +695,9 @@ func (c *Config) validate() Errors {
 
 	if c.Coalesce.MaxBufferBytes < 1 {
 		add("coalesce.max_buffer_bytes", "must be positive, got %d", c.Coalesce.MaxBufferBytes)
+	}
+	if c.Coalesce.MaxTotalBytes < int64(c.Coalesce.MaxBufferBytes) {
+		add("coalesce.max_total_bytes", "must be at least coalesce.max_buffer_bytes (%d), got %d", c.Coalesce.MaxBufferBytes, c.Coalesce.MaxTotalBytes)
 	}
 	if c.Retry.MaxAttempts < 1 || c.Retry.MaxAttempts > 20 {
 		add("retry.max_attempts", "must be between 1 (no retry) and 20, got %d", c.Retry.MaxAttempts)

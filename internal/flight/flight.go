@@ -22,6 +22,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 )
 
 // Key names a request: a digest (SHA-256) of everything that can change
@@ -30,6 +31,26 @@ type Key [sha256.Size]byte
 
 // DefaultMaxBuffer is Group.MaxBuffer's default: 1 MiB.
 const DefaultMaxBuffer = 1 << 20
+
+// DefaultMaxTotal is Group.MaxTotal's default: 64 MiB.
+const DefaultMaxTotal = 64 << 20
+
+// keep counts n more bytes kept, and reports false (counting nothing)
+// when that would pass MaxTotal.
+func (g *Group) keep(n int64) bool {
+	max := g.MaxTotal
+	if max <= 0 {
+		max = DefaultMaxTotal
+	}
+	if g.held.Add(n) > max {
+		g.held.Add(-n)
+		return false
+	}
+	return true
+}
+
+// Held is what the flights keep, in bytes, for tests and metrics.
+func (g *Group) Held() int64 { return g.held.Load() }
 
 // Group holds the flights in progress. Its zero value is ready to use.
 type Group struct {
@@ -40,6 +61,13 @@ type Group struct {
 	// is cut (ErrLagged) rather than hold its body for everyone.
 	// 0: DefaultMaxBuffer.
 	MaxBuffer int
+	// MaxTotal bounds what all flights together keep: a flight whose
+	// body would pass it keeps nothing more for late joiners, as one past
+	// MaxBuffer (so that many slow downloads cannot hold MaxBuffer each).
+	// 0: DefaultMaxTotal.
+	MaxTotal int64
+
+	held atomic.Int64 // bytes kept, against MaxTotal
 
 	mu sync.Mutex
 	m  map[Key]*Flight
@@ -127,6 +155,8 @@ type Flight struct {
 	max      int64
 	// leaderGone: the leader's client left (LeaderLeft).
 	leaderGone bool
+	kept       int64 // bytes counted against the group's MaxTotal
+	over       bool  // the group's MaxTotal refused more: keep nothing for late joiners
 }
 
 // Context is the exchange's context: cancelled when every caller has left
@@ -175,11 +205,27 @@ func (f *Flight) append(p []byte) {
 	}
 	f.chunks = append(f.chunks, append([]byte(nil), p...))
 	f.size += int64(len(p))
-	if f.size > f.max {
+	if !f.over {
+		if f.g.keep(int64(len(p))) {
+			f.kept += int64(len(p))
+		} else {
+			f.over = true
+		}
+	}
+	if f.size > f.max || f.over {
 		f.joinable = false
 		f.trim()
 	}
 	f.broadcast()
+}
+
+// release gives back what f kept to the group's budget, once the answer
+// is done and nobody serves it. Called with f.mu held.
+func (f *Flight) release() {
+	if f.done && len(f.readers) == 0 && f.kept > 0 {
+		f.g.held.Add(-f.kept)
+		f.kept = 0
+	}
 }
 
 // Finish ends the recording: complete says whether the answer is whole
@@ -191,6 +237,7 @@ func (f *Flight) Finish(complete bool) {
 		f.done, f.complete, f.joinable = true, complete && f.status != 0, false
 		f.broadcast()
 	}
+	f.release()
 	f.mu.Unlock()
 	f.g.leave(f)
 	f.cancel()
@@ -343,6 +390,7 @@ func (f *Flight) Serve(ctx context.Context, w http.ResponseWriter, fix func(http
 func (f *Flight) leaveServe(off *int64) {
 	f.mu.Lock()
 	delete(f.readers, off)
+	f.release()
 	f.mu.Unlock()
 	f.leave()
 }

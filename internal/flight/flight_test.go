@@ -181,3 +181,35 @@ func (b *blockingWriter) Write(p []byte) (int, error) {
 	}
 	return b.ResponseRecorder.Write(p)
 }
+
+// TestMaxTotal: past the group's budget a flight keeps nothing for late
+// joiners, and a finished flight gives its bytes back.
+func TestMaxTotal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := Group{MaxTotal: 16}
+		k2 := Key(sha256.Sum256([]byte("GET /v3/apps/2")))
+		a, _ := g.Join(t.Context(), k1)
+		b, _ := g.Join(t.Context(), k2)
+		_, _ = a.Writer(httptest.NewRecorder()).Write([]byte("0123456789"))
+		_, _ = b.Writer(httptest.NewRecorder()).Write([]byte("0123456789"))
+		if g.Held() != 10 {
+			t.Fatalf("held %d, want the first flight's 10", g.Held())
+		}
+		if _, leader := g.Join(t.Context(), k2); !leader {
+			t.Fatal("joined a flight that keeps nothing")
+		}
+		if f, leader := g.Join(t.Context(), k1); leader || f != a {
+			t.Fatal("could not join the flight within the budget")
+		}
+		done := make(chan error)
+		go func() { _, err := a.Serve(t.Context(), httptest.NewRecorder(), nil); done <- err }()
+		a.Finish(true)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		b.Finish(true)
+		if g.Held() != 0 {
+			t.Fatalf("held %d after every flight finished", g.Held())
+		}
+	})
+}

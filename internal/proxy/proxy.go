@@ -136,6 +136,9 @@ type Config struct {
 	// requests that join late (flight.Group.MaxBuffer); 0: flight's
 	// default.
 	CoalesceMaxBuffer int
+	// CoalesceMaxTotal bounds what all shared answers keep together
+	// (flight.Group.MaxTotal); 0: flight's default.
+	CoalesceMaxTotal int64
 	// FlushInterval is passed to httputil.ReverseProxy; 0: no periodic
 	// flush (ReverseProxy still streams responses of unknown length at
 	// once).
@@ -194,7 +197,7 @@ func New(cfg Config) *Handler {
 		cfg.Transport = http.DefaultTransport
 	}
 	h := &Handler{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, obs: cfg.Observer, retry: cfg.Retry,
-		rejected: newRejectedKeys(rejectedKeysMax, rejectedFor), flights: flight.Group{MaxBuffer: cfg.CoalesceMaxBuffer}}
+		rejected: newRejectedKeys(rejectedKeysMax, rejectedFor), flights: flight.Group{MaxBuffer: cfg.CoalesceMaxBuffer, MaxTotal: cfg.CoalesceMaxTotal}}
 	if h.retry == nil {
 		// No retries; the policy's defaults for the rest (the cap on a
 		// parsed Retry-After, the serialization of creates after a 30054).

@@ -120,6 +120,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		FlushInterval:     100 * time.Millisecond,
 		Coalesce:          cfg.Coalesce.Enabled,
 		CoalesceMaxBuffer: cfg.Coalesce.MaxBufferBytes,
+		CoalesceMaxTotal:  cfg.Coalesce.MaxTotalBytes,
 		PolicyName:        cfg.Quota.PolicyName,
 	})
 	return g, nil
