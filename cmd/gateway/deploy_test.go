@@ -298,7 +298,7 @@ func TestDeployMetricsPromtool(t *testing.T) {
 		routes[r.Name()] = true
 	}
 	unknownRoute := regexp.MustCompile(`^[A-Z]+ \{unknown\}$`)
-	for _, name := range []string{"fusioo_gateway_route_requests_total", "fusioo_gateway_coalesced_total"} {
+	for _, name := range []string{"fusioo_gateway_route_requests_total", "fusioo_gateway_coalesced_total", "fusioo_gateway_cache_requests_total"} {
 		for _, s := range byName[name] {
 			if r := s.labels["route"]; !routes[r] && !unknownRoute.MatchString(r) {
 				t.Errorf("%s: route label %q is not a route template", name, r)

@@ -44,6 +44,7 @@ type Config struct {
 	Coalesce  Coalesce  `toml:"coalesce"`
 	Log       Log       `toml:"log"`
 	Routes    []Route   `toml:"routes"`
+	Cache     []Cache   `toml:"cache"`
 }
 
 // Server configures the two listeners.
@@ -142,6 +143,13 @@ type Coalesce struct {
 	Enabled        bool  `toml:"enabled"`
 	MaxBufferBytes int   `toml:"max_buffer_bytes"`
 	MaxTotalBytes  int64 `toml:"max_total_bytes"`
+}
+
+// Cache opts one read route into the response cache ([[cache]]).
+type Cache struct {
+	Route    string   `toml:"route"`
+	TTL      Duration `toml:"ttl"`
+	MaxBytes int64    `toml:"max_bytes"`
 }
 
 // Log configures zap.
@@ -728,6 +736,24 @@ func (c *Config) validate() Errors {
 		add("log.format", "want \"json\" or \"console\", got %q", c.Log.Format)
 	}
 
+	seen := map[string]bool{}
+	for i, cr := range c.Cache {
+		key := fmt.Sprintf("cache[%d]", i)
+		method, tmpl, ok := strings.Cut(cr.Route, " ")
+		switch {
+		case !ok || method == "" || !strings.HasPrefix(tmpl, "/"):
+			add(key+".route", `want a route of the table, "METHOD /template" (such as "GET /records/apps/{app}"), got %q`, cr.Route)
+		case seen[cr.Route]:
+			add(key+".route", "%q has a [[cache]] entry already", cr.Route)
+		}
+		seen[cr.Route] = true
+		if cr.TTL.Duration <= 0 {
+			add(key+".ttl", "must be positive, got %s", cr.TTL)
+		}
+		if cr.MaxBytes <= 0 {
+			add(key+".max_bytes", "must be positive, got %d", cr.MaxBytes)
+		}
+	}
 	for i, r := range c.Routes {
 		key := fmt.Sprintf("routes[%d]", i)
 		if r.Method == "" {
@@ -818,6 +844,7 @@ func (c Config) Redacted() Config {
 		}
 	}
 	c.Routes = append([]Route(nil), c.Routes...)
+	c.Cache = append([]Cache(nil), c.Cache...)
 	return c
 }
 
@@ -844,6 +871,11 @@ func (c Config) Settings() map[string]any {
 		routes = append(routes, fmt.Sprintf("%s %s charged=%v kind=%s", r.Method, r.Template, r.Charged, r.Kind))
 	}
 	out["routes"] = routes
+	caches := make([]string, 0, len(c.Cache))
+	for _, cr := range c.Cache {
+		caches = append(caches, fmt.Sprintf("%s ttl=%s max_bytes=%d", cr.Route, cr.TTL, cr.MaxBytes))
+	}
+	out["cache"] = caches
 	return out
 }
 

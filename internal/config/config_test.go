@@ -226,7 +226,7 @@ func TestSettingsNameKeys(t *testing.T) {
 		t.Fatalf("settings %v", s)
 	}
 	for k := range s {
-		if k != "routes" && !strings.Contains(k, ".") {
+		if k != "routes" && k != "cache" && !strings.Contains(k, ".") {
 			t.Fatalf("key %q is not a TOML key", k)
 		}
 	}
@@ -248,6 +248,22 @@ func TestRedisTimeoutNamedOnce(t *testing.T) {
 		_, err := Parse([]byte(file), nil)
 		if err == nil || strings.Count(err.Error(), "redis.timeout: must be positive") != 1 || strings.Count(err.Error(), "redis.timeout") != 1 {
 			t.Errorf("%q: %v, want redis.timeout named once", file, err)
+		}
+	}
+}
+
+// TestCacheEntries: [[cache]] entries are read, and every bad key of them
+// is named at once.
+func TestCacheEntries(t *testing.T) {
+	t.Parallel()
+	cfg, err := Parse([]byte("[[cache]]\nroute = \"GET /records/apps/{app}\"\nttl = \"10s\"\nmax_bytes = 1048576\n"), nil)
+	if err != nil || len(cfg.Cache) != 1 || cfg.Cache[0].TTL.Duration != 10*time.Second || cfg.Cache[0].MaxBytes != 1<<20 {
+		t.Fatalf("%+v %v", cfg.Cache, err)
+	}
+	_, err = Parse([]byte("[[cache]]\nroute = \"records\"\nttl = \"0s\"\nmax_bytes = -1\n[[cache]]\nroute = \"GET /apps\"\nttl = \"1s\"\nmax_bytes = 1\nsize = 3\n"), nil)
+	for _, k := range []string{"cache[0].route", "cache[0].ttl", "cache[0].max_bytes", "cache[1].size"} {
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Fatalf("error %v does not name %s", err, k)
 		}
 	}
 }

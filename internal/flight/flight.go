@@ -107,6 +107,18 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 	return f, true
 }
 
+// Solo returns a flight nobody joins: the recording of one request's
+// answer (to cache it), run as a leader runs one.
+func (g *Group) Solo(parent context.Context) *Flight {
+	max := g.MaxBuffer
+	if max <= 0 {
+		max = DefaultMaxBuffer
+	}
+	f := &Flight{g: g, callers: 1, max: int64(max)}
+	f.ctx, f.cancel = context.WithCancel(parent)
+	return f
+}
+
 // InFlight is the number of flights in progress, for tests and metrics.
 func (g *Group) InFlight() int {
 	g.mu.Lock()

@@ -297,6 +297,17 @@ func (r *Route) Param(path, name string) string {
 	return p
 }
 
+// Resource is the first segment of r's template ("records", "files",
+// "webhooks", "apps", "ping"), "" for the unknown routes: what a write
+// and a read must share for the write to change the read's answer
+// without naming what it names (a record's update and its App's list).
+func (r *Route) Resource() string {
+	if len(r.segs) == 0 || r.segs[0][0] == '{' {
+		return ""
+	}
+	return r.segs[0]
+}
+
 // Params returns every "{name}" segment of r's template with path's value
 // there.
 func (r *Route) Params(path string) map[string]string {

@@ -32,6 +32,7 @@ type Metrics struct {
 	storeErrors       *prometheus.CounterVec
 	fallbackActive    prometheus.Gauge
 	coalesced         *prometheus.CounterVec
+	cacheRequests     *prometheus.CounterVec
 
 	// The children of the pre-initialised label values, resolved once so
 	// the request path neither hashes label values nor takes the vectors'
@@ -130,9 +131,13 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 			Namespace: Namespace, Name: "coalesced_total",
 			Help: "Requests answered from an identical read of the same token in flight (no upstream attempt, no quota), by route.",
 		}, []string{"route"}),
+		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "cache_requests_total",
+			Help: "Requests of the cached routes ([[cache]]), by route and result: hit (answered from the cache, no attempt, no quota), miss, bypass (the client's Cache-Control).",
+		}, []string{"route", "result"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.routeRequests, m.upstream, m.upstreamDuration, m.retries,
-		m.budgetExhausted, m.quotaRejections, m.upstreamExhausted, m.queueDepth, m.queueWait, m.storeErrors, m.fallbackActive, m.coalesced} {
+		m.budgetExhausted, m.quotaRejections, m.upstreamExhausted, m.queueDepth, m.queueWait, m.storeErrors, m.fallbackActive, m.coalesced, m.cacheRequests} {
 		f(c)
 	}
 	m.routesBy = resolve(m.routeRequests, o.Routes)
@@ -270,6 +275,11 @@ func inc(v *prometheus.CounterVec, by map[string]prometheus.Counter, label strin
 
 // Coalesced implements proxy.Observer.
 func (m *Metrics) Coalesced(route string) { inc(m.coalesced, m.coalescedBy, route) }
+
+// CacheRequest implements proxy.Observer.
+func (m *Metrics) CacheRequest(route, result string) {
+	m.cacheRequests.WithLabelValues(route, result).Inc()
+}
 
 // UpstreamExhausted implements proxy.Observer.
 func (m *Metrics) UpstreamExhausted() { m.upstreamExhausted.Inc() }

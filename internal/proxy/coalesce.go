@@ -8,7 +8,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 
+	"github.com/fusioo-gateway/gateway/internal/cache"
 	"github.com/fusioo-gateway/gateway/internal/flight"
 )
 
@@ -71,9 +75,34 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 		h.errorHandler(w, r, err)
 		return
 	}
-	f, leader := h.flights.Join(h.ctx, key)
+	store := false
+	var since uint64
+	if _, cached := h.cfg.Cache.Rule(rs.route.Name()); cached {
+		cc := requestCacheControl(r.Header)
+		switch {
+		case cc.noStore || cc.noCache:
+			h.obs.CacheRequest(rs.route.Name(), "bypass")
+		default:
+			if e, age, ok := h.cfg.Cache.Get(key, h.clock.Now(), cc.maxAge); ok {
+				h.obs.CacheRequest(rs.route.Name(), "hit")
+				h.serveCached(w, r, rs, e, age)
+				return
+			}
+			h.obs.CacheRequest(rs.route.Name(), "miss")
+		}
+		store, since = !cc.noStore, h.cfg.Cache.Generation()
+	}
+	var f *flight.Flight
+	leader := true
+	if h.cfg.Coalesce {
+		f, leader = h.flights.Join(h.ctx, key)
+	} else {
+		f = h.flights.Solo(h.ctx)
+	}
 	if leader {
-		h.lead(f, w, r, rs)
+		if h.lead(f, w, r, rs) && store {
+			h.store(f, r, rs, key, since)
+		}
 		return
 	}
 	rs.coalesced = true
@@ -104,8 +133,9 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 	}
 }
 
-// lead runs a shared read's exchange into its flight, answering w.
-func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState) {
+// lead runs a shared read's exchange into its flight, answering w; it
+// reports whether the exchange ended with a whole answer.
+func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState) bool {
 	gone := false
 	stop := context.AfterFunc(r.Context(), func() {
 		if !errors.Is(context.Cause(r.Context()), ErrShutdown) {
@@ -127,4 +157,97 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 	h.forward(tw, r.WithContext(context.WithValue(f.Context(), stateKey{}, rs)), rs)
 	complete = true
 	gone = r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShutdown)
+	return true
+}
+
+// store caches a read's answer when it is a whole 200 the upstream let
+// be stored, asked for at the cache's generation since.
+func (h *Handler) store(f *flight.Flight, r *http.Request, rs *reqState, key flight.Key, since uint64) {
+	body, ok := f.Body()
+	hd := f.SentHeader()
+	if !ok || f.Status() != http.StatusOK || responseNoStore(hd) {
+		return
+	}
+	hd = hd.Clone()
+	for _, k := range quotaHeaderNames {
+		delete(hd, k) // the quota as of a hit is told then
+	}
+	h.cfg.Cache.Put(key, rs.key, rs.route.Name(), rs.route.Resource(), rs.route.Params(r.URL.Path), hd, body, h.clock.Now(), since)
+}
+
+// serveCached answers a read from the cache: the stored header and body,
+// its Age, and the quota as it stands (a hit costs none).
+func (h *Handler) serveCached(w http.ResponseWriter, r *http.Request, rs *reqState, e *cache.Entry, age time.Duration) {
+	hd := w.Header()
+	for k, v := range e.Header {
+		hd[k] = v
+	}
+	hd.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
+	if q, err := h.cfg.Limiter.Status(r.Context(), rs.key); err == nil {
+		h.setQuotaHeaders(hd, rs, q)
+	}
+	rs.mu.Lock()
+	rs.status, rs.cached = http.StatusOK, true
+	rs.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(e.Body)
+	}
+}
+
+// invalidate drops the cached reads of rs's token that the write r can
+// change.
+func (h *Handler) invalidate(r *http.Request, rs *reqState) {
+	w := cache.Write{Resource: rs.route.Resource(), Params: rs.route.Params(r.URL.Path), Unknown: rs.route.Resource() == ""}
+	h.cfg.Cache.Invalidate(rs.key, w)
+}
+
+// cacheControl is what a request's Cache-Control (and Pragma) asks of the
+// cache.
+type cacheControl struct {
+	noCache, noStore bool
+	maxAge           time.Duration // negative: none given
+}
+
+func requestCacheControl(h http.Header) cacheControl {
+	cc := cacheControl{maxAge: -1}
+	for _, p := range h.Values("Pragma") {
+		if strings.EqualFold(strings.TrimSpace(p), "no-cache") {
+			cc.noCache = true
+		}
+	}
+	for _, v := range h.Values("Cache-Control") {
+		for d := range strings.SplitSeq(v, ",") {
+			name, val, _ := strings.Cut(strings.TrimSpace(d), "=")
+			switch strings.ToLower(name) {
+			case "no-cache":
+				cc.noCache = true
+			case "no-store":
+				cc.noStore = true
+			case "max-age":
+				n, err := strconv.ParseInt(strings.Trim(val, `"`), 10, 64)
+				if err != nil || n < 0 {
+					cc.noCache = true // unreadable: ask the upstream
+					continue
+				}
+				if a := time.Duration(min(n, 1<<30)) * time.Second; cc.maxAge < 0 || a < cc.maxAge {
+					cc.maxAge = a
+				}
+			}
+		}
+	}
+	return cc
+}
+
+// responseNoStore reports whether an answer's Cache-Control forbids
+// storing it.
+func responseNoStore(h http.Header) bool {
+	for _, v := range h.Values("Cache-Control") {
+		for d := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(d), "no-store") {
+				return true
+			}
+		}
+	}
+	return false
 }

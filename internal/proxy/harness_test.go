@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/fusioo-gateway/gateway/internal/cache"
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/fusioosim"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
@@ -44,6 +45,7 @@ type stack struct {
 	reg      *prometheus.Registry
 	client   *http.Client
 	net      *memnet.Network // nil: loopback
+	cache    *cache.Cache    // nil: no [[cache]]
 }
 
 type stackOpts struct {
@@ -66,7 +68,8 @@ type stackOpts struct {
 	// clock, which advances only when every goroutine is blocked, so a
 	// loaded machine cannot stretch them.
 	inBubble bool
-	coalesce bool // [coalesce] enabled
+	coalesce bool                  // [coalesce] enabled
+	cache    map[string]cache.Rule // [[cache]] entries, by route name
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -141,10 +144,14 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	rc.BaseDelay, rc.ConcurrentDelay, rc.MaxDelay = 0, 0, 10*time.Millisecond
 	pol := retry.New(rc)
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(s.logs), zap.DebugLevel))
+	if o.cache != nil {
+		s.cache = cache.New(o.cache)
+	}
 	s.cfg = proxy.Config{
 		Upstream: u, Transport: rt, Retry: pol, Limiter: s.lim, Routes: routes, Logger: log, Clock: o.clock, Observer: m,
 		MaxBodyBytes: o.maxBody, MaxWait: o.maxWait, Limit: o.policy.Limit, Window: o.policy.Window, MaxPause: o.maxPause,
 		BodyTimeout: o.bodyTimeout, FlushInterval: 50 * time.Millisecond, Coalesce: o.coalesce,
+		Cache: s.cache,
 	}
 	s.handler = proxy.New(s.cfg)
 	// The first handler's base context, as cmd/gateway wires it; a

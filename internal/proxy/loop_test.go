@@ -157,6 +157,7 @@ type upstreamCounts struct {
 
 func (o *upstreamCounts) Request(string, string, int, time.Duration) {}
 func (o *upstreamCounts) Coalesced(string)                           {}
+func (o *upstreamCounts) CacheRequest(string, string)                {}
 func (o *upstreamCounts) Upstream(_ string, status int, _ fusioo.Code, _ time.Duration) {
 	o.mu.Lock()
 	o.statuses = append(o.statuses, status)

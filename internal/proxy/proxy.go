@@ -27,6 +27,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 
+	"github.com/fusioo-gateway/gateway/internal/cache"
 	"github.com/fusioo-gateway/gateway/internal/flight"
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
@@ -65,6 +66,9 @@ type Observer interface {
 	// Coalesced is called for a request answered from an identical read
 	// of the same token in flight: no attempt of its own, no quota.
 	Coalesced(route string)
+	// CacheRequest is called for each request of a cached route: result
+	// "hit", "miss" or "bypass" (the client's Cache-Control).
+	CacheRequest(route, result string)
 }
 
 // Config holds the handler's dependencies and tunables.
@@ -128,6 +132,9 @@ type Config struct {
 	// address (upstream.forwarded_headers): "" (none) or "none", "set",
 	// "append".
 	ForwardedHeaders string
+	// Cache keeps the 200 answers of the read routes it has rules for,
+	// per token ([[cache]]); nil: none.
+	Cache *cache.Cache
 	// Coalesce makes identical reads of one token in flight together
 	// share one exchange, one unit of quota and one answer ([coalesce]
 	// enabled); false: every request is sent on its own.
@@ -275,6 +282,7 @@ type reqState struct {
 	rejectedKey string
 	written     bool  // an attempt may have been applied (written and cut, or answered 504)
 	coalesced   bool  // answered from an identical read in flight (serveShared), not sent
+	cached      bool  // answered from the cache, not sent
 	bodyErr     error // reading the client's body failed (clientBody)
 }
 
@@ -372,9 +380,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx = context.WithValue(ctx, stateKey{}, rs)
 	r = r.WithContext(ctx)
-	if h.cfg.Coalesce && rs.key != "" && rs.route.Kind == fusioo.KindRead {
-		h.serveShared(w, r, rs)
-		return
+	if rs.key != "" && rs.route.Kind == fusioo.KindRead {
+		if _, cached := h.cfg.Cache.Rule(rs.route.Name()); h.cfg.Coalesce || cached {
+			h.serveShared(w, r, rs)
+			return
+		}
+	}
+	if rs.key != "" && rs.route.Kind != fusioo.KindRead && h.cfg.Cache != nil {
+		// Before (no cached read of what changes is served while it is
+		// sent) and after (none stored from a read it overtook: the
+		// cache's generation).
+		h.invalidate(r, rs)
+		defer h.invalidate(r, rs)
 	}
 	h.forward(w, r, rs)
 }
@@ -845,6 +862,7 @@ func (h *Handler) finish(r *http.Request, rs *reqState) {
 			zap.Duration("duration", d),
 			zap.String("token", Fingerprint(rs.key)),
 			zap.Bool("coalesced", rs.coalesced),
+			zap.Bool("cached", rs.cached),
 		)
 	}
 }
@@ -903,3 +921,4 @@ func (nopObserver) Request(string, string, int, time.Duration)       {}
 func (nopObserver) Upstream(string, int, fusioo.Code, time.Duration) {}
 func (nopObserver) UpstreamExhausted()                               {}
 func (nopObserver) Coalesced(string)                                 {}
+func (nopObserver) CacheRequest(string, string)                      {}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
 
+	"github.com/fusioo-gateway/gateway/internal/cache"
 	"github.com/fusioo-gateway/gateway/internal/config"
 	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/limiter"
@@ -92,6 +94,10 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	responses, err := responseCache(cfg.Cache, routes)
+	if err != nil {
+		return nil, err
+	}
 	m := g.newMetrics(routes, version)
 	store, err := g.newStore(cfg, m)
 	if err != nil {
@@ -118,6 +124,7 @@ func New(cfg config.Config, log *zap.Logger, version string) (*Gateway, error) {
 		BodyTimeout:      cfg.Server.BodyTimeout.Duration,
 		// Headers go out at once, before a body the upstream may stall.
 		FlushInterval:     100 * time.Millisecond,
+		Cache:             responses,
 		Coalesce:          cfg.Coalesce.Enabled,
 		CoalesceMaxBuffer: cfg.Coalesce.MaxBufferBytes,
 		CoalesceMaxTotal:  cfg.Coalesce.MaxTotalBytes,
@@ -141,6 +148,36 @@ func routeTable(overrides []config.Route) (*fusioo.Routes, error) {
 		return nil, fmt.Errorf("routes: %w", err)
 	}
 	return routes, nil
+}
+
+// responseCache is the [[cache]] entries' cache, nil without any; each
+// must name a read route of the table.
+func responseCache(entries []config.Cache, routes *fusioo.Routes) (*cache.Cache, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	reads := map[string]bool{}
+	for _, r := range routes.All() {
+		if r.Kind == fusioo.KindRead && r.Template != "{unknown}" {
+			reads[r.Name()] = true
+		}
+	}
+	rules := map[string]cache.Rule{}
+	var errs []error
+	for i, e := range entries {
+		method, tmpl, _ := strings.Cut(e.Route, " ")
+		_, tmpl = fusioo.SplitVersion(tmpl)
+		name := strings.ToUpper(method) + " " + tmpl
+		if !reads[name] {
+			errs = append(errs, fmt.Errorf("cache[%d].route: %q is not a read route of the route table", i, e.Route))
+			continue
+		}
+		rules[name] = cache.Rule{TTL: e.TTL.Duration, MaxBytes: e.MaxBytes}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return cache.New(rules), nil
 }
 
 // newMetrics registers the process, build and gateway collectors on

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,5 +130,27 @@ lease_max = 0
 	if tr.ResponseHeaderTimeout != time.Minute || tr.TLSHandshakeTimeout != 5*time.Second || tr.IdleConnTimeout != 90*time.Second || tr.MaxIdleConnsPerHost != 256 {
 		t.Errorf("upstream transport: headers %s, handshake %s, idle %s, idle conns %d",
 			tr.ResponseHeaderTimeout, tr.TLSHandshakeTimeout, tr.IdleConnTimeout, tr.MaxIdleConnsPerHost)
+	}
+}
+
+// TestCacheRoutesAreReads: a [[cache]] entry must name a read route of the
+// table (version prefix or not); every one that does not is named.
+func TestCacheRoutesAreReads(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	cfg.Cache = []config.Cache{
+		{Route: "GET /v3/records/apps/{app}", TTL: config.Duration{Duration: time.Second}, MaxBytes: 1 << 20},
+		{Route: "PUT /records/{record}", TTL: config.Duration{Duration: time.Second}, MaxBytes: 1 << 20},
+		{Route: "GET /nowhere", TTL: config.Duration{Duration: time.Second}, MaxBytes: 1 << 20},
+	}
+	_, err := New(cfg, zap.NewNop(), "test")
+	if err == nil || strings.Contains(err.Error(), "cache[0]") || !strings.Contains(err.Error(), "cache[1].route") || !strings.Contains(err.Error(), "cache[2].route") {
+		t.Fatalf("%v", err)
+	}
+	cfg.Cache = cfg.Cache[:1]
+	if g, err := New(cfg, zap.NewNop(), "test"); err != nil {
+		t.Fatal(err)
+	} else {
+		g.Close()
 	}
 }
