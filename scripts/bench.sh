@@ -27,6 +27,11 @@
 #   scripts/bench.sh bench [FLAGS]   # only the comparison; FLAGS go to gwbench,
 #                                    # e.g. -rounds 5 -concurrency 64 -enforce=false
 #   scripts/bench.sh quota [FLAGS]   # only the quota run
+#   scripts/bench.sh saving [FLAGS]  # issue 18's quota-saving run: a dashboard
+#                                    # of one token (20 clients, 5 pages, every
+#                                    # 2 s) and a sync job, coalescing off / on /
+#                                    # on with a 10 s cache on the lists; upstream
+#                                    # requests and quota per minute (~3 minutes)
 # Not part of scripts/test.sh: it takes minutes and needs a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +52,7 @@ case "$what" in
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-bench" "$@" bench || status=$?
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-quota" "$@" quota || status=$?
     ;;
-  bench|quota)
+  bench|quota|saving)
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-$what" "$@" "$what" || status=$?
     ;;
   wrk)
@@ -76,7 +81,7 @@ case "$what" in
     "$tmp/bin/gwbench" -bin "$tmp/bin" -logs "$tmp/logs-quota" "$@" quota || status=$?
     ;;
   *)
-    echo "usage: $0 [all|bench|wrk [REV]|quota|quota-compare [REV]] [gwbench flags]" >&2; exit 2 ;;
+    echo "usage: $0 [all|bench|wrk [REV]|quota|saving|quota-compare [REV]] [gwbench flags]" >&2; exit 2 ;;
 esac
 echo "logs: $tmp"
 exit $status

@@ -244,3 +244,27 @@ func TestLoadRunRate(t *testing.T) {
 		}
 	}
 }
+
+// TestSavingSmoke: the quota-saving run, short and in process: coalescing
+// sends fewer requests upstream than none, and the cache fewer still.
+func TestSavingSmoke(t *testing.T) {
+	l := &InprocLauncher{Logs: t.TempDir()}
+	var out strings.Builder
+	rows, err := RunSaving(t.Context(), l, SavingOptions{Duration: 3 * time.Second}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	if len(rows) != 3 {
+		t.Fatalf("%d rows", len(rows))
+	}
+	off, on, cached := rows[0], rows[1], rows[2]
+	for _, r := range rows {
+		if r.Errors != 0 || r.Requests == 0 {
+			t.Fatalf("%s: %d answered, %d errors", r.Name, r.Requests, r.Errors)
+		}
+	}
+	if !(on.Charged < off.Charged && cached.Charged < on.Charged) {
+		t.Fatalf("quota spent: off %d, coalescing %d, cache %d", off.Charged, on.Charged, cached.Charged)
+	}
+}

@@ -63,10 +63,12 @@ func run() int {
 	qDuration := fs.Duration("quota-duration", 40*time.Second, "quota: how long clients demand")
 	qDemand := fs.Float64("quota-demand", 3, "quota: demand as a multiple of the quota")
 	qReplicas := fs.Int("quota-replicas", 3, "quota: gateway replicas on the one Redis")
+	// saving
+	sDuration := fs.Duration("saving-duration", time.Minute, "saving: how long each configuration runs")
 	// faults
 	short := fs.Bool("short", false, "faults: shorter phases (a quick check, not the documented run)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|wrk|quota|redis-kill|redis-delay|redis-loss|upstream-errors|upstream-hang|disconnect|faults")
+		fmt.Fprintln(fs.Output(), "usage: gwbench -bin DIR [flags] bench|wrk|quota|saving|redis-kill|redis-delay|redis-loss|upstream-errors|upstream-hang|disconnect|faults")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -133,6 +135,8 @@ func run() int {
 		if r != nil {
 			v = r.Verdicts
 		}
+	case "saving":
+		_, err = harness.RunSaving(ctx, l, harness.SavingOptions{Duration: *sDuration}, out)
 	case "faults":
 		for _, name := range harness.FaultNames {
 			fmt.Fprintf(out, "\n===== %s\n", name)
