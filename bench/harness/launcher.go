@@ -68,6 +68,9 @@ type ProcLauncher struct {
 	// CPUs, when set, is the CPU list (taskset -c) every process starts
 	// on, so a Go binary's GOMAXPROCS fits the CPUs it has.
 	CPUs string
+	// Defaults keeps the gateway's deployed defaults: no NoCoalesce (for
+	// runs that measure them, and builds that predate the key).
+	Defaults bool
 }
 
 // start runs bin under taskset when l.CPUs is set (taskset execs bin:
@@ -135,7 +138,9 @@ func (l *ProcLauncher) Bare(upstream string) (*Service, error) {
 
 // Gateway implements Launcher.
 func (l *ProcLauncher) Gateway(name, cfg string, env []string) (*Service, error) {
-	env = append([]string{NoCoalesce}, env...)
+	if !l.Defaults {
+		env = append([]string{NoCoalesce}, env...)
+	}
 	listen, err := FreeAddr()
 	if err != nil {
 		return nil, err
@@ -166,9 +171,8 @@ func (l *ProcLauncher) Gateway(name, cfg string, env []string) (*Service, error)
 // NoCoalesce comes first in every harness gateway's environment: the
 // runs judge the limiter and the retries at the simulator, and the
 // identical reads their clients send would otherwise share answers
-// ([coalesce]). A run that measures the deployed defaults (wrk) puts
-// FUSIOO_GATEWAY_COALESCE_ENABLED=true after it, and sends reads that
-// differ.
+// ([coalesce]). A run that measures the deployed defaults (wrk) starts
+// its gateways with ProcLauncher.Defaults, and sends reads that differ.
 const NoCoalesce = "FUSIOO_GATEWAY_COALESCE_ENABLED=false"
 
 // InprocLauncher runs everything inside the calling process: the

@@ -124,7 +124,7 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 		return nil
 	}
 	loadL := &ProcLauncher{BinDir: l.BinDir, Logs: l.Logs, CPUs: o.LoadCPU}
-	proxyL := &ProcLauncher{BinDir: l.BinDir, Logs: l.Logs, CPUs: o.ProxyCPU}
+	proxyL := &ProcLauncher{BinDir: l.BinDir, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}
 	sim, err := loadL.Sim(SimOptions{})
 	if err != nil {
 		return nil, err
@@ -157,10 +157,10 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 	if err := pin(rs.Pid(), o.LoadCPU); err != nil {
 		return nil, err
 	}
-	// The deployed defaults, coalescing on; bench.lua's reads all differ
-	// (a sequence number in the query), so none is shared and each pays
-	// what coalescing costs a read.
-	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upURL, "FUSIOO_GATEWAY_COALESCE_ENABLED=true"}
+	// The deployed defaults (ProcLauncher.Defaults), coalescing on;
+	// bench.lua's reads all differ (a sequence number in the query), so
+	// none is shared and each pays what coalescing costs a read.
+	gwEnv := []string{"FUSIOO_GATEWAY_UPSTREAM_URL=" + upURL}
 	if o.ProfileDir != "" {
 		gwEnv = append(gwEnv, "FUSIOO_GATEWAY_SERVER_PPROF=true")
 	}
@@ -176,7 +176,7 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 		case "redis", "base-redis":
 			ll := proxyL
 			if target == "base-redis" {
-				ll = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU}
+				ll = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}
 			}
 			s, err = ll.Gateway("gateway-"+target, BenchGatewayConfig("redis", "info"),
 				append(gwEnv[:len(gwEnv):len(gwEnv)], "FUSIOO_GATEWAY_REDIS_URL="+rs.URL()))
