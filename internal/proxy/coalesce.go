@@ -27,6 +27,22 @@ var answerHeaders = [...]string{
 	"If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range",
 }
 
+// keyable reports whether r's body is small enough to read whole for its
+// key (readKey): none, or a declared length within coalesce's buffer. A
+// larger or chunked body (a search POST can be up to server.max_body_bytes)
+// is streamed as any request's, not shared, so that shared reads never
+// hold more than a buffer's worth of a client's body.
+func (h *Handler) keyable(r *http.Request) bool {
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	max := int64(h.cfg.CoalesceMaxBuffer)
+	if max <= 0 {
+		max = flight.DefaultMaxBuffer
+	}
+	return r.ContentLength >= 0 && r.ContentLength <= max
+}
+
 // readKey names a read of the token of key: what coalescing shares. A body
 // (the POST search routes') is read whole here (the gateway's body limits
 // and timeout apply) and put back for the exchange.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -128,7 +129,15 @@ func TestCoalescingNeverSharesAcross(t *testing.T) {
 			}
 		}
 
+		// A body larger than coalescing's buffer is streamed, not shared.
+		big := []byte(`{"filters":{},"pad":"` + strings.Repeat("x", 1<<20) + `"}`)
 		before := s.sim.Ledger().Requests
+		s.sendAll(2, "POST", "/v3/records/apps/app1/filter", "tok-a", func(int) []byte { return big })
+		if n := s.sim.Ledger().Requests - before; n != 2 {
+			t.Fatalf("2 filters with a body over the buffer reached the upstream %d times, want 2", n)
+		}
+
+		before = s.sim.Ledger().Requests
 		s.sendAll(5, "PUT", "/v3/records/rec1", "tok-a", func(int) []byte { return []byte(`{"name":"x"}`) })
 		s.sendAll(5, "POST", "/v3/records/apps/app2", "tok-a", func(i int) []byte { return []byte(`{"name":"x` + strconv.Itoa(i) + `"}`) })
 		if n := s.sim.Ledger().Requests - before; n != 10 {
