@@ -160,38 +160,38 @@ func savingLoad(ctx context.Context, gw string, o SavingOptions) SavingRow {
 	for range o.Clients {
 		phase := time.Duration(rng.Int64N(int64(o.Interval)))
 		wg.Go(func() {
-			t := time.NewTimer(phase)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				t.Reset(o.Interval)
+			every(ctx, phase, o.Interval, func() {
 				var pw sync.WaitGroup
 				for _, p := range savingPages { // a dashboard loads its panels together
 					pw.Go(func() { get(p) })
 				}
 				pw.Wait()
-			}
+			})
 		})
 	}
 	wg.Go(func() { // the sync job: the App's ten pages one after another, every 10 s
-		t := time.NewTimer(0)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			t.Reset(10 * time.Second)
+		every(ctx, 0, 10*time.Second, func() {
 			for off := 0; off < 200 && ctx.Err() == nil; off += 20 {
 				get("/v3/records/apps/app2?limit=20&offset=" + strconv.Itoa(off))
 			}
-		}
+		})
 	})
 	wg.Wait()
 	return row
+}
+
+// every runs fn after first, then every d from each run's start, until
+// ctx ends.
+func every(ctx context.Context, first, d time.Duration, fn func()) {
+	t := time.NewTimer(first)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		t.Reset(d)
+		fn()
+	}
 }
