@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the parsers that see untrusted input. Each target runs
-# a fixed number of inputs (about 7 s of it on an idle 2-core machine),
+# a fixed number of inputs (about 4 s of it on an idle 2-core machine),
 # not a duration: with a duration, Go's fuzzing coordinator can fail a
 # clean run with "context deadline exceeded" at its end (golang/go#75804,
 # seen here on go1.26). `scripts/fuzz.sh 5m` runs each for a duration by
@@ -9,12 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${1:-}
 targets=(
-  "./internal/fusioo FuzzPeekCode 100000x"
-  "./internal/fusioo FuzzRoutesMatch 100000x"
-  "./internal/proxy FuzzCredential 25000x"
-  "./internal/proxy FuzzHandler 20000x"
-  "./internal/config FuzzParse 35000x"
-  "./internal/retry FuzzParseRetryAfter 50000x"
+  "./internal/fusioo FuzzPeekCode 60000x"
+  "./internal/fusioo FuzzRoutesMatch 60000x"
+  "./internal/proxy FuzzCredential 15000x"
+  "./internal/proxy FuzzHandler 12000x"
+  "./internal/config FuzzParse 21000x"
+  "./internal/retry FuzzParseRetryAfter 30000x"
 )
 for tg in "${targets[@]}"; do
   set -- $tg

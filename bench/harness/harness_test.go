@@ -248,6 +248,7 @@ func TestLoadRunRate(t *testing.T) {
 // TestSavingSmoke: the quota-saving run, short and in process: coalescing
 // sends fewer requests upstream than none, and the cache fewer still.
 func TestSavingSmoke(t *testing.T) {
+	t.Parallel() // mostly waiting on the simulator's latency
 	l := &InprocLauncher{Logs: t.TempDir()}
 	var out strings.Builder
 	rows, err := RunSaving(t.Context(), l, SavingOptions{Duration: 3 * time.Second}, &out)
