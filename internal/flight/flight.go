@@ -97,11 +97,7 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 	if g.m == nil {
 		g.m = map[Key]*Flight{}
 	}
-	max := g.MaxBuffer
-	if max <= 0 {
-		max = DefaultMaxBuffer
-	}
-	f = &Flight{g: g, key: key, joinable: true, callers: 1, max: int64(max)}
+	f = &Flight{g: g, key: key, joinable: true, callers: 1, max: g.Buffer()}
 	f.ctx, f.cancel = context.WithCancel(parent)
 	g.m[key] = f
 	return f, true
@@ -110,13 +106,18 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 // Solo returns a flight nobody joins: the recording of one request's
 // answer (to cache it), run as a leader runs one.
 func (g *Group) Solo(parent context.Context) *Flight {
-	max := g.MaxBuffer
-	if max <= 0 {
-		max = DefaultMaxBuffer
-	}
-	f := &Flight{g: g, callers: 1, max: int64(max)}
+	f := &Flight{g: g, callers: 1, max: g.Buffer()}
 	f.ctx, f.cancel = context.WithCancel(parent)
 	return f
+}
+
+// Buffer is MaxBuffer with its default applied: what a flight keeps for
+// late joiners.
+func (g *Group) Buffer() int64 {
+	if g.MaxBuffer <= 0 {
+		return DefaultMaxBuffer
+	}
+	return int64(g.MaxBuffer)
 }
 
 // InFlight is the number of flights in progress, for tests and metrics.

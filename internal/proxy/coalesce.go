@@ -36,11 +36,7 @@ func (h *Handler) keyable(r *http.Request) bool {
 	if r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
-	max := int64(h.cfg.CoalesceMaxBuffer)
-	if max <= 0 {
-		max = flight.DefaultMaxBuffer
-	}
-	return r.ContentLength >= 0 && r.ContentLength <= max
+	return r.ContentLength >= 0 && r.ContentLength <= h.flights.Buffer()
 }
 
 // readKey names a read of the token of key: what coalescing shares. A body
@@ -85,7 +81,9 @@ func appendPart(b []byte, s string) []byte {
 // cancels the exchange while one still waits. The others cost no attempt
 // and no quota: their RateLimit headers are the first one's, the quota
 // left as it stands.
-func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqState) {
+//
+// cached says the route has a [[cache]] rule (ServeHTTP looked it up).
+func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqState, cached bool) {
 	key, err := readKey(r, rs.key)
 	if err != nil {
 		h.errorHandler(w, r, err)
@@ -93,7 +91,7 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 	}
 	store := false
 	var since uint64
-	if _, cached := h.cfg.Cache.Rule(rs.route.Name()); cached {
+	if cached {
 		cc := requestCacheControl(r.Header)
 		switch {
 		case cc.noStore || cc.noCache:

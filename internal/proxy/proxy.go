@@ -382,7 +382,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	if rs.key != "" && rs.route.Kind == fusioo.KindRead && h.keyable(r) {
 		if _, cached := h.cfg.Cache.Rule(rs.route.Name()); h.cfg.Coalesce || cached {
-			h.serveShared(w, r, rs)
+			h.serveShared(w, r, rs, cached)
 			return
 		}
 	}
