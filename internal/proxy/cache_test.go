@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/fusioo-gateway/gateway/internal/cache"
@@ -21,12 +20,12 @@ const (
 
 // cachingStack is a gateway with a 10 s cache on a record's read and on
 // an App's list, coalescing on (the default).
-func cachingStack(t *testing.T, budget int64) *stack {
-	return newStack(t, stackOpts{
-		coalesce: true, inBubble: true,
-		policy: quota.Policy{Limit: 100000, Window: time.Hour, Buckets: quota.DefaultBuckets},
-		cache:  map[string]cache.Rule{recordRoute: {TTL: 10 * time.Second, MaxBytes: budget}, listRoute: {TTL: 10 * time.Second, MaxBytes: budget}},
-	})
+func cachingStack(t *testing.T, n *testNet, budget int64) *stack {
+	return newStack(t, n.opts(stackOpts{
+		coalesce: true,
+		policy:   quota.Policy{Limit: 100000, Window: time.Hour, Buckets: quota.DefaultBuckets},
+		cache:    map[string]cache.Rule{recordRoute: {TTL: 10 * time.Second, MaxBytes: budget}, listRoute: {TTL: 10 * time.Second, MaxBytes: budget}},
+	}, true))
 }
 
 // createRecord creates a record in app1 through the gateway and returns
@@ -51,14 +50,14 @@ func createRecord(t *testing.T, s *stack, tok, name string) string {
 // App's cached list goes too.
 func TestCachedUntilWritten(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		s := cachingStack(t, 1<<20)
+	nets(t, func(t *testing.T, n *testNet) {
+		s := cachingStack(t, n, 1<<20)
 		id := createRecord(t, s, "tok", "first")
 		s.do("GET", "/v3/records/apps/app1", "tok", nil)
 		resp, first := s.do("GET", "/v3/records/"+id, "tok", nil)
 		before := s.sim.Ledger().Requests
 		remaining := resp.Header.Get("RateLimit-Remaining")
-		time.Sleep(3 * time.Second)
+		n.advance(3 * time.Second)
 		resp, again := s.do("GET", "/v3/records/"+id, "tok", nil)
 		if resp.StatusCode != 200 || string(again) != string(first) || resp.Header.Get("Age") != "3" {
 			t.Fatalf("a cached read: %d Age %q %s", resp.StatusCode, resp.Header.Get("Age"), again)
@@ -83,7 +82,7 @@ func TestCachedUntilWritten(t *testing.T) {
 		if n, _ := s.metric("fusioo_gateway_cache_requests_total", "route", recordRoute, "result", "hit"); n != 1 {
 			t.Fatalf("cache hits %v, want 1", n)
 		}
-		time.Sleep(10 * time.Second)
+		n.advance(10 * time.Second)
 		if resp, _ := s.do("GET", "/v3/records/"+id, "tok", nil); resp.Header.Get("Age") != "" {
 			t.Fatal("served past its TTL")
 		}
@@ -94,11 +93,11 @@ func TestCachedUntilWritten(t *testing.T) {
 // fetch from the upstream; no-store neither reads nor stores.
 func TestCacheControlBypass(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		s := cachingStack(t, 1<<20)
+	nets(t, func(t *testing.T, n *testNet) {
+		s := cachingStack(t, n, 1<<20)
 		id := createRecord(t, s, "tok", "x")
 		s.do("GET", "/v3/records/"+id, "tok", nil)
-		time.Sleep(5 * time.Second)
+		n.advance(5 * time.Second)
 		// (Each of these stores what it fetched, but no-store: max-age
 		// first, while the entry is 5 s old.)
 		for _, cc := range []string{"max-age=2", "no-cache", "no-store"} {
@@ -121,9 +120,9 @@ func TestCacheControlBypass(t *testing.T) {
 // TestCacheWithinBudget: 10,000 distinct cached URLs keep the cache within
 // its byte budget, as counted and as the heap measures it.
 func TestCacheWithinBudget(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	netsInTurn(t, func(t *testing.T, n *testNet) {
 		const budget = 256 << 10
-		s := cachingStack(t, budget)
+		s := cachingStack(t, n, budget)
 		heap := func() int64 {
 			var ms runtime.MemStats
 			runtime.GC()

@@ -4,16 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"github.com/fusioo-gateway/gateway/internal/fusioosim"
+	"github.com/jonboulle/clockwork"
+
 	"github.com/fusioo-gateway/gateway/internal/proxy"
 	"github.com/fusioo-gateway/gateway/internal/quota"
 )
@@ -61,15 +64,140 @@ func (s *stack) sendAll(n int, method, path, token string, body func(i int) []by
 	return out
 }
 
-// coalescingStack is a gateway with coalescing on in front of a simulator
-// that takes 100 ms to answer, so that requests sent together are in
-// flight together (on the bubble's clock).
-func coalescingStack(t *testing.T) *stack {
-	return newStack(t, stackOpts{
-		coalesce: true, inBubble: true,
-		policy: quota.Policy{Limit: 1000, Window: time.Hour, Buckets: quota.DefaultBuckets},
-		sim:    &fusioosim.Config{Faults: fusioosim.Faults{Latency: 100 * time.Millisecond}},
+// nets runs f over both of the test networks, in parallel: loopback (real
+// listeners, the real clock, and a fake clock for the waits the test
+// makes itself) and, inside a testing/synctest bubble, the in-process
+// network. Waits on loopback are conditions with a deadline, so a loaded
+// machine can make them slower but not wrong.
+func nets(t *testing.T, f func(t *testing.T, n *testNet)) { eachNet(t, true, f) }
+
+// netsInTurn is nets one network after the other, for a test that
+// measures the heap.
+func netsInTurn(t *testing.T, f func(t *testing.T, n *testNet)) { eachNet(t, false, f) }
+
+func eachNet(t *testing.T, parallel bool, f func(t *testing.T, n *testNet)) {
+	t.Run("loopback", func(t *testing.T) {
+		if parallel {
+			t.Parallel()
+		}
+		f(t, &testNet{fake: clockwork.NewFakeClock()})
 	})
+	t.Run("memnet", func(t *testing.T) {
+		if parallel {
+			t.Parallel()
+		}
+		synctest.Test(t, func(t *testing.T) { f(t, &testNet{inBubble: true}) })
+	})
+}
+
+// testNet is one of the networks nets runs a test over.
+type testNet struct {
+	inBubble bool
+	fake     *clockwork.FakeClock // loopback: the clock the test advances
+}
+
+// opts sets o up for the network: memnet in the bubble, or loopback with
+// the fake clock when the test asks for it (withClock).
+func (n *testNet) opts(o stackOpts, withClock bool) stackOpts {
+	o.inBubble = n.inBubble
+	if withClock && !n.inBubble {
+		o.clock = n.fake
+	}
+	return o
+}
+
+// advance moves the gateway's clock by d: the bubble's by sleeping, the
+// fake one by advancing it.
+func (n *testNet) advance(d time.Duration) {
+	if n.inBubble {
+		time.Sleep(d)
+		return
+	}
+	n.fake.Advance(d)
+}
+
+// until waits for cond, failing the test with what when it does not hold
+// within 30 s (of the bubble's clock, or the machine's).
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 30 s: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// gate is an upstream in front of another that holds every request until
+// it is opened, and counts the requests that reached it: a test holds the
+// first of several reads at the upstream until the others have joined it
+// (or, wrongly, reached the upstream too), whatever the machine's load.
+type gate struct {
+	next    http.Handler
+	arrived atomic.Int64
+	mu      sync.Mutex
+	open    chan struct{}
+}
+
+func newGate() *gate { return &gate{open: make(chan struct{})} }
+
+func (g *gate) wrap(next http.Handler) http.Handler { g.next = next; return g }
+
+func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.arrived.Add(1)
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	select {
+	case <-open:
+		g.next.ServeHTTP(w, r)
+	case <-r.Context().Done():
+	}
+}
+
+// release lets every request held, and every later one, through.
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-g.open:
+	default:
+		close(g.open)
+	}
+}
+
+// hold holds the requests that arrive from now on.
+func (g *gate) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open = make(chan struct{})
+}
+
+// coalescingStack is a gateway with coalescing on in front of the
+// simulator behind g.
+func coalescingStack(t *testing.T, n *testNet, g *gate) *stack {
+	return newStack(t, n.opts(stackOpts{
+		coalesce: true, wrap: g.wrap,
+		policy: quota.Policy{Limit: 1000, Window: time.Hour, Buckets: quota.DefaultBuckets},
+	}, false))
+}
+
+// coalesced is the number of requests answered from another's read so far.
+func (s *stack) coalesced() int64 {
+	n, _ := s.metric("fusioo_gateway_coalesced_total")
+	return int64(n)
+}
+
+// settle waits until the n requests sent since the gate counted from and
+// the gateway counted from have each either reached the upstream or
+// joined another's read, and returns how many reached it.
+func (s *stack) settle(t *testing.T, g *gate, n, arrivedFrom, coalescedFrom int64) int64 {
+	t.Helper()
+	until(t, fmt.Sprintf("%d requests reached the upstream or joined a read", n), func() bool {
+		return g.arrived.Load()-arrivedFrom+s.coalesced()-coalescedFrom == n
+	})
+	return g.arrived.Load() - arrivedFrom
 }
 
 // TestCoalescedReadsSpendOneUnit: 100 identical concurrent GETs of one
@@ -78,9 +206,16 @@ func coalescingStack(t *testing.T) *stack {
 // decremented for the 99 that shared it.
 func TestCoalescedReadsSpendOneUnit(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		s := coalescingStack(t)
-		got := s.sendAll(100, "GET", "/v3/records/apps/app1?limit=5", "tok-c", nil)
+	nets(t, func(t *testing.T, n *testNet) {
+		g := newGate()
+		s := coalescingStack(t, n, g)
+		done := make(chan []answer)
+		go func() { done <- s.sendAll(100, "GET", "/v3/records/apps/app1?limit=5", "tok-c", nil) }()
+		if up := s.settle(t, g, 100, 0, 0); up != 1 {
+			t.Fatalf("100 identical reads held at the upstream: %d reached it, want 1", up)
+		}
+		g.release()
+		got := <-done
 		for i, a := range got {
 			if a.err != nil || a.status != 200 || a.body != got[0].body || a.remaining != "999" {
 				t.Fatalf("client %d: %d remaining %q %v, body %.60s (first: %.60s)", i, a.status, a.remaining, a.err, a.body, got[0].body)
@@ -103,25 +238,38 @@ func TestCoalescedReadsSpendOneUnit(t *testing.T) {
 }
 
 // TestCoalescingNeverSharesAcross: two tokens never share an answer, nor
-// do reads that differ in query, Accept or body; writes and creates are
-// never coalesced.
+// do reads that differ in body, nor reads whose body is over the buffer;
+// writes and creates are never coalesced. Each batch is held at the
+// upstream until every request has either reached it or joined another.
 func TestCoalescingNeverSharesAcross(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		s := coalescingStack(t)
-		var wg sync.WaitGroup
-		for _, tok := range []string{"tok-a", "tok-b"} {
-			wg.Go(func() { s.sendAll(10, "GET", "/v3/apps", tok, nil) })
+	nets(t, func(t *testing.T, n *testNet) {
+		g := newGate()
+		s := coalescingStack(t, n, g)
+		// batch sends the requests of each send at once, holds them at
+		// the upstream until they settle, and returns how many reached it.
+		batch := func(want int64, sends ...func()) int64 {
+			t.Helper()
+			g.hold()
+			from, cfrom := g.arrived.Load(), s.coalesced()
+			var wg sync.WaitGroup
+			for _, send := range sends {
+				wg.Go(send)
+			}
+			up := s.settle(t, g, want, from, cfrom)
+			g.release()
+			wg.Wait()
+			return up
 		}
-		wg.Wait()
-		if l := s.sim.Ledger(); l.Requests != 2 {
-			t.Fatalf("two tokens' reads reached the upstream %d times, want 2", l.Requests)
+		tokens := func(tok string) func() { return func() { s.sendAll(10, "GET", "/v3/apps", tok, nil) } }
+		if up := batch(20, tokens("tok-a"), tokens("tok-b")); up != 2 {
+			t.Fatalf("two tokens' 20 reads reached the upstream %d times, want 2", up)
 		}
 
 		filters := func(i int) []byte { return []byte(`{"filters":{"name":{"equal":"` + strconv.Itoa(i%2) + `"}}}`) }
-		got := s.sendAll(10, "POST", "/v3/records/apps/app1/filter", "tok-a", filters)
-		if l := s.sim.Ledger(); l.ByRoute["POST /records/apps/{app}/filter"] != 2 {
-			t.Fatalf("10 filters with 2 distinct bodies reached the upstream %d times, want 2", l.ByRoute["POST /records/apps/{app}/filter"])
+		var got []answer
+		if up := batch(10, func() { got = s.sendAll(10, "POST", "/v3/records/apps/app1/filter", "tok-a", filters) }); up != 2 {
+			t.Fatalf("10 filters with 2 distinct bodies reached the upstream %d times, want 2", up)
 		}
 		for i, a := range got {
 			if a.status != 200 {
@@ -131,17 +279,16 @@ func TestCoalescingNeverSharesAcross(t *testing.T) {
 
 		// A body larger than coalescing's buffer is streamed, not shared.
 		big := []byte(`{"filters":{},"pad":"` + strings.Repeat("x", 1<<20) + `"}`)
-		before := s.sim.Ledger().Requests
-		s.sendAll(2, "POST", "/v3/records/apps/app1/filter", "tok-a", func(int) []byte { return big })
-		if n := s.sim.Ledger().Requests - before; n != 2 {
-			t.Fatalf("2 filters with a body over the buffer reached the upstream %d times, want 2", n)
+		if up := batch(2, func() { s.sendAll(2, "POST", "/v3/records/apps/app1/filter", "tok-a", func(int) []byte { return big }) }); up != 2 {
+			t.Fatalf("2 filters with a body over the buffer reached the upstream %d times, want 2", up)
 		}
 
-		before = s.sim.Ledger().Requests
-		s.sendAll(5, "PUT", "/v3/records/rec1", "tok-a", func(int) []byte { return []byte(`{"name":"x"}`) })
-		s.sendAll(5, "POST", "/v3/records/apps/app2", "tok-a", func(i int) []byte { return []byte(`{"name":"x` + strconv.Itoa(i) + `"}`) })
-		if n := s.sim.Ledger().Requests - before; n != 10 {
-			t.Fatalf("5 writes and 5 creates reached the upstream %d times, want 10", n)
+		same := func(int) []byte { return []byte(`{"name":"x"}`) }
+		if up := batch(5, func() { s.sendAll(5, "PUT", "/v3/records/rec1", "tok-a", same) }); up != 5 {
+			t.Fatalf("5 identical writes reached the upstream %d times, want 5", up)
+		}
+		if up := batch(5, func() { s.sendAll(5, "POST", "/v3/records/apps/app2", "tok-a", same) }); up != 5 {
+			t.Fatalf("5 identical creates reached the upstream %d times, want 5", up)
 		}
 	})
 }
@@ -151,50 +298,53 @@ func TestCoalescingNeverSharesAcross(t *testing.T) {
 // exchange is cancelled only when the last one has left.
 func TestCoalescedLeaderLeaves(t *testing.T) {
 	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		s := coalescingStack(t)
+	nets(t, func(t *testing.T, n *testNet) {
+		g := newGate()
+		s := coalescingStack(t, n, g)
 		first, leave := context.WithCancel(context.Background())
-		go func() {
-			// The leader, sent first: it leaves 50 ms in.
-			time.Sleep(50 * time.Millisecond)
-			leave()
-		}()
 		done := make(chan []answer)
 		go func() { done <- s.sendAll(1, "GET", "/v3/apps", "tok-l", nil, first) }()
-		synctest.Wait()
-		others := s.sendAll(5, "GET", "/v3/apps", "tok-l", nil)
+		until(t, "the first read reached the upstream", func() bool { return g.arrived.Load() == 1 })
+		followed := make(chan []answer)
+		go func() { followed <- s.sendAll(5, "GET", "/v3/apps", "tok-l", nil) }()
+		until(t, "5 reads joined the first", func() bool { return s.coalesced() == 5 })
+		leave()
 		if a := (<-done)[0]; !errors.Is(a.err, context.Canceled) {
 			t.Fatalf("the leader: %+v, want its own cancellation", a)
 		}
-		for i, a := range others {
+		g.release()
+		for i, a := range <-followed {
 			if a.err != nil || a.status != 200 {
 				t.Fatalf("follower %d after the leader left: %d %v", i, a.status, a.err)
 			}
 		}
-		if l := s.sim.Ledger(); l.Requests != 1 {
-			t.Fatalf("upstream saw %d requests, want 1", l.Requests)
+		if l := s.sim.Ledger(); l.Requests != 1 || g.arrived.Load() != 1 {
+			t.Fatalf("upstream saw %d requests (%d arrived), want 1", l.Requests, g.arrived.Load())
 		}
 
 		// Everyone leaves: the exchange is cancelled at the upstream.
+		var arrived atomic.Int64
 		cancelled := make(chan struct{})
 		hang := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived.Add(1)
 			<-r.Context().Done()
 			close(cancelled)
 		})
-		s = newStack(t, stackOpts{coalesce: true, inBubble: true, upstream: hang})
+		s = newStack(t, n.opts(stackOpts{coalesce: true, upstream: hang}, false))
 		ctx, cancel := context.WithCancel(context.Background())
-		go func() { time.Sleep(50 * time.Millisecond); cancel() }()
-		got := s.sendAll(3, "GET", "/v3/apps/app9", "tok-l", nil, ctx, ctx, ctx)
-		for _, a := range got {
+		left := make(chan []answer)
+		go func() { left <- s.sendAll(3, "GET", "/v3/apps/app9", "tok-l", nil, ctx, ctx, ctx) }()
+		until(t, "3 reads in one exchange", func() bool { return arrived.Load() == 1 && s.coalesced() == 2 })
+		cancel()
+		for _, a := range <-left {
 			if !errors.Is(a.err, context.Canceled) {
 				t.Fatalf("a client that left: %+v", a)
 			}
 		}
-		synctest.Wait()
 		select {
 		case <-cancelled:
-		default:
-			t.Fatal("the exchange outlived every client waiting for it")
+		case <-time.After(30 * time.Second):
+			t.Fatal("the exchange outlived every client waiting for it by 30 s")
 		}
 	})
 }

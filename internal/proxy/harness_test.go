@@ -52,8 +52,9 @@ type stackOpts struct {
 	policy      quota.Policy
 	maxWait     time.Duration
 	maxBody     int64
-	sim         *fusioosim.Config // nil with upstream set
-	upstream    http.Handler      // a custom upstream instead of the simulator
+	sim         *fusioosim.Config               // nil with upstream set
+	upstream    http.Handler                    // a custom upstream instead of the simulator
+	wrap        func(http.Handler) http.Handler // nil: the upstream as it is
 	clock       clockwork.Clock
 	timeout     time.Duration // upstream response header timeout (default the base transport's)
 	transport   http.RoundTripper
@@ -86,6 +87,9 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		}
 		s.sim = fusioosim.New(cfg)
 		up = s.sim
+	}
+	if o.wrap != nil {
+		up = o.wrap(up)
 	}
 	s.upstream = s.server("fusioo.test:80", up, nil)
 	if o.policy.Limit == 0 {
