@@ -16,10 +16,11 @@ const (
 	listR  = "GET /records/apps/{app}"
 	record = "GET /records/{record}"
 	hooks  = "GET /webhooks"
+	discs  = "GET /records/{record}/discussions"
 )
 
 func rules() map[string]Rule {
-	return map[string]Rule{listR: {10 * time.Second, 1 << 20}, record: {10 * time.Second, 1 << 20}, hooks: {10 * time.Second, 1 << 20}}
+	return map[string]Rule{listR: {10 * time.Second, 1 << 20}, record: {10 * time.Second, 1 << 20}, hooks: {10 * time.Second, 1 << 20}, discs: {10 * time.Second, 1 << 20}}
 }
 
 // TestTTLAndMaxAge: an entry is served within its TTL and the client's
@@ -46,11 +47,12 @@ func TestInvalidate(t *testing.T) {
 		w     Write
 		drops []string
 	}{
-		{"update of a record", Write{"records", map[string]string{"record": "R1"}, false}, []string{"rec R1", "list A", "list B"}},
-		{"create into an App", Write{"records", map[string]string{"app": "A"}, false}, []string{"list A", "rec R1", "rec R2"}},
-		{"file upload into an App", Write{"files", map[string]string{"app": "A", "field": "f"}, false}, []string{"list A", "rec R1", "rec R2"}},
+		{"update or discussion of a record", Write{"records", map[string]string{"record": "R1"}, false}, []string{"rec R1", "list A", "list B", "disc R1"}},
+		{"create into an App", Write{"records", map[string]string{"app": "A"}, false}, []string{"list A", "rec R1", "rec R2", "disc R1"}},
+		{"file upload into an App", Write{"files", map[string]string{"app": "A", "field": "f"}, false}, []string{"list A", "rec R1", "rec R2", "disc R1"}},
+		{"update or discussion of another record", Write{"records", map[string]string{"record": "R2"}, false}, []string{"rec R2", "list A", "list B"}},
 		{"webhook update", Write{"webhooks", map[string]string{"webhook": "W"}, false}, []string{"hooks"}},
-		{"unknown write", Write{Unknown: true}, []string{"list A", "list B", "rec R1", "rec R2", "hooks"}},
+		{"unknown write", Write{Unknown: true}, []string{"list A", "list B", "rec R1", "rec R2", "hooks", "disc R1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New(rules())
@@ -67,6 +69,9 @@ func TestInvalidate(t *testing.T) {
 				"rec R2": func(tok string) {
 					c.Put(key(tok+"r2"), tok, record, "records", map[string]string{"record": "R2"}, nil, nil, t0, 0)
 				},
+				"disc R1": func(tok string) {
+					c.Put(key(tok+"d1"), tok, discs, "records", map[string]string{"record": "R1"}, nil, nil, t0, 0)
+				},
 				"hooks": func(tok string) { c.Put(key(tok+"h"), tok, hooks, "webhooks", map[string]string{}, nil, nil, t0, 0) },
 			}
 			for _, put := range entries {
@@ -79,7 +84,7 @@ func TestInvalidate(t *testing.T) {
 			if c.Len() != 2*len(entries)-len(tc.drops) {
 				t.Fatalf("%d left", c.Len())
 			}
-			ids := map[string]string{"list A": "la", "list B": "lb", "rec R1": "r1", "rec R2": "r2", "hooks": "h"}
+			ids := map[string]string{"list A": "la", "list B": "lb", "rec R1": "r1", "rec R2": "r2", "hooks": "h", "disc R1": "d1"}
 			for _, d := range tc.drops {
 				if _, _, ok := c.Get(key("tok"+ids[d]), t0, -1); ok {
 					t.Fatalf("%s kept", d)
