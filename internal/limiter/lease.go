@@ -185,17 +185,20 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 // holds a reference to the key's state, so the sweeper keeps it, and is
 // not started once the limiter is closed.
 func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Duration, asked time.Time, gen uint64) {
-	l.mu.Lock()
+	l.refillMu.Lock()
 	if l.noRefills {
-		l.mu.Unlock()
+		l.refillMu.Unlock()
 		ks.mu.Lock()
 		ks.lease.fetching = false
 		ks.mu.Unlock()
 		return
 	}
+	sh := l.shard(key)
+	sh.mu.Lock()
 	ks.refs++
+	sh.mu.Unlock()
 	l.refills.Add(1)
-	l.mu.Unlock()
+	l.refillMu.Unlock()
 	go func() {
 		defer l.refills.Done()
 		defer l.release(key, ks)

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -96,8 +97,8 @@ type Config struct {
 	IdleAfter time.Duration
 	// MaxKeys bounds the keys whose local state is kept (quota.max_keys):
 	// a new key beyond it takes the place of the least recently used key
-	// no request is using (its smoothing and lease state only: its counts
-	// are the store's), or is refused (ReasonKeysFull) when every key is
+	// no request is using, of its shard or else of another (its smoothing
+	// and lease state only: its counts are the store's), or is refused (ReasonKeysFull) when every key is
 	// in use. 0: no bound.
 	MaxKeys int
 
@@ -162,12 +163,28 @@ type Limiter struct {
 	// refills are the lease refills running in the background (lease.go).
 	refills sync.WaitGroup
 
-	mu        sync.Mutex
-	keys      map[string]*keyState
-	lruHead   *keyState // most recently used key (guarded by mu)
-	lruTail   *keyState
-	noRefills bool // set by Close
+	// shards hold the keys' local state: a request locks its key's
+	// shard only, so tokens of different shards never wait for each
+	// other. nkeys counts the keys of all shards, against MaxKeys.
+	seed   maphash.Seed
+	shards [keyShards]keyShard
+	nkeys  atomic.Int64
+
+	refillMu  sync.Mutex
+	noRefills bool // set by Close, under refillMu
 	anon      *keyState
+}
+
+// keyShards is the number of the limiter's shards.
+const keyShards = 64
+
+// keyShard is one part of the limiter's keys, with its own lock and its
+// own least-recently-used order.
+type keyShard struct {
+	mu      sync.Mutex
+	keys    map[string]*keyState
+	lruHead *keyState // most recently used key (guarded by mu)
+	lruTail *keyState
 }
 
 // keyState is one key's local state. refs counts the requests using it, so
@@ -179,10 +196,10 @@ type keyState struct {
 	// first waits, so a key that never queued costs no queue.
 	q        *queue
 	lease    *lease // guarded by mu; nil unless the limiter leases
-	refs     int    // guarded by Limiter.mu
-	lastUsed int64  // unix ns on the limiter's clock; guarded by Limiter.mu
-	// key and the LRU links (most recently used at Limiter.lru's head),
-	// guarded by Limiter.mu.
+	refs     int    // guarded by its shard's mu
+	lastUsed int64  // unix ns on the limiter's clock; guarded by its shard's mu
+	// key and the LRU links (most recently used at the shard's head),
+	// guarded by its shard's mu.
 	key        string
 	prev, next *keyState
 }
@@ -233,7 +250,10 @@ func New(cfg Config) *Limiter {
 		cfg.Observer = nopObserver{}
 	}
 	cfg.IdleAfter = max(cfg.IdleAfter, 0)
-	l := &Limiter{cfg: cfg, clock: cfg.Clock, obs: cfg.Observer, closed: make(chan struct{}), keys: map[string]*keyState{}}
+	l := &Limiter{cfg: cfg, clock: cfg.Clock, obs: cfg.Observer, closed: make(chan struct{}), seed: maphash.MakeSeed()}
+	for i := range l.shards {
+		l.shards[i].keys = map[string]*keyState{}
+	}
 	l.anon = &keyState{}
 	if cfg.AnonymousRate > 0 {
 		l.anon.smooth = rate.NewLimiter(cfg.AnonymousRate, max(cfg.AnonymousBurst, 1))
@@ -598,8 +618,9 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 	}
 	// Slots leased here must not be used either: dropped at once. The
 	// waiters are woken once the store has the block, so they see it.
-	l.mu.Lock()
-	ks := l.keys[key]
+	sh := l.shard(key)
+	sh.mu.Lock()
+	ks := sh.keys[key]
 	if ks != nil {
 		ks.refs++ // kept while this runs
 		ks.mu.Lock()
@@ -608,7 +629,7 @@ func (l *Limiter) Exhaust(ctx context.Context, key string, d time.Duration) erro
 		}
 		ks.mu.Unlock()
 	}
-	l.mu.Unlock()
+	sh.mu.Unlock()
 	err := l.cfg.Store.Block(ctx, key, d)
 	if ks != nil {
 		ks.mu.Lock()
@@ -641,23 +662,37 @@ func (l *Limiter) Queued() int { return int(l.queued.Load()) }
 // bounded by the store's own timeout).
 func (l *Limiter) Close() {
 	l.close.Do(func() { close(l.closed) })
-	l.mu.Lock()
-	l.noRefills = true // refills start under mu: none after this
-	l.mu.Unlock()
+	l.refillMu.Lock()
+	l.noRefills = true // refills start under refillMu: none after this
+	l.refillMu.Unlock()
 	l.refills.Wait()
+}
+
+// shard is key's shard.
+func (l *Limiter) shard(key string) *keyShard {
+	return &l.shards[maphash.String(l.seed, key)%keyShards]
 }
 
 func (l *Limiter) acquire(key string) *keyState {
 	if key == "" {
 		return l.anon
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ks := l.keys[key]
-	if ks == nil {
-		if l.cfg.MaxKeys > 0 && len(l.keys) >= l.cfg.MaxKeys && !l.evictIdle() {
-			return nil
-		}
+	sh := l.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ks := sh.keys[key]
+	switch {
+	case ks != nil:
+		sh.unlink(ks)
+	case !l.reserveKey(sh):
+		return nil
+	case sh.keys[key] != nil:
+		// reserveKey let sh's lock go, and another request of key added
+		// it meanwhile.
+		l.nkeys.Add(-1)
+		ks = sh.keys[key]
+		sh.unlink(ks)
+	default:
 		ks = &keyState{key: key}
 		if l.leasing() {
 			ks.lease = new(lease)
@@ -665,54 +700,91 @@ func (l *Limiter) acquire(key string) *keyState {
 		if l.cfg.Rate > 0 {
 			ks.smooth = rate.NewLimiter(l.cfg.Rate, max(l.cfg.Burst, 1))
 		}
-		l.keys[key] = ks
-	} else {
-		l.unlink(ks)
+		sh.keys[key] = ks
 	}
-	l.pushFront(ks)
+	sh.pushFront(ks)
 	ks.refs++
 	return ks
 }
 
-// evictIdle drops the least recently used key no request is using (l.mu
-// held) and reports whether there was one.
-func (l *Limiter) evictIdle() bool {
-	for ks := l.lruTail; ks != nil; ks = ks.prev {
+// reserveKey counts one more key against MaxKeys (sh.mu held), making
+// room when at the bound: the least recently used key no request is using,
+// of sh or, when sh has none, of another shard (each locked in turn, sh's
+// lock let go meanwhile, so that no two shard locks are ever held). It
+// reports false when every key is in use.
+func (l *Limiter) reserveKey(sh *keyShard) bool {
+	if l.cfg.MaxKeys <= 0 {
+		l.nkeys.Add(1)
+		return true
+	}
+	for range 2 {
+		if l.nkeys.Add(1) <= int64(l.cfg.MaxKeys) {
+			return true
+		}
+		l.nkeys.Add(-1)
+		if l.evictIdle(sh) {
+			continue
+		}
+		sh.mu.Unlock()
+		found := false
+		for i := range l.shards {
+			if o := &l.shards[i]; o != sh {
+				o.mu.Lock()
+				found = l.evictIdle(o)
+				o.mu.Unlock()
+				if found {
+					break
+				}
+			}
+		}
+		sh.mu.Lock()
+		if !found {
+			return false
+		}
+	}
+	return false
+}
+
+// evictIdle drops the least recently used key of sh no request is using
+// (sh.mu held) and reports whether there was one.
+func (l *Limiter) evictIdle(sh *keyShard) bool {
+	for ks := sh.lruTail; ks != nil; ks = ks.prev {
 		if ks.refs == 0 {
-			l.drop(ks)
+			l.drop(sh, ks)
 			return true
 		}
 	}
 	return false
 }
 
-// drop forgets ks's local state (l.mu held).
-func (l *Limiter) drop(ks *keyState) {
-	l.unlink(ks)
-	delete(l.keys, ks.key)
+// drop forgets ks's local state (sh.mu held).
+func (l *Limiter) drop(sh *keyShard, ks *keyState) {
+	sh.unlink(ks)
+	delete(sh.keys, ks.key)
+	l.nkeys.Add(-1)
 }
 
-func (l *Limiter) pushFront(ks *keyState) {
-	ks.prev, ks.next = nil, l.lruHead
-	if l.lruHead != nil {
-		l.lruHead.prev = ks
+func (sh *keyShard) pushFront(ks *keyState) {
+	ks.prev, ks.next = nil, sh.lruHead
+	if sh.lruHead != nil {
+		sh.lruHead.prev = ks
 	}
-	l.lruHead = ks
-	if l.lruTail == nil {
-		l.lruTail = ks
+	sh.lruHead = ks
+	if sh.lruTail == nil {
+		sh.lruTail = ks
 	}
 }
 
-func (l *Limiter) unlink(ks *keyState) {
+func (sh *keyShard) unlink(ks *keyState) {
 	if ks.prev != nil {
 		ks.prev.next = ks.next
-	} else if l.lruHead == ks {
-		l.lruHead = ks.next
+	} else if sh.lruHead == ks {
+		sh.lruHead = ks.next
 	}
 	if ks.next != nil {
 		ks.next.prev = ks.prev
-	} else if l.lruTail == ks {
-		l.lruTail = ks.prev
+	} else if sh.lruTail == ks {
+		sh.lruTail = ks.prev
 	}
 	ks.prev, ks.next = nil, nil
 }
@@ -724,11 +796,12 @@ func (l *Limiter) Forget(key string) {
 	if key == "" {
 		return
 	}
-	l.mu.Lock()
-	if ks := l.keys[key]; ks != nil && ks.refs == 0 {
-		l.drop(ks)
+	sh := l.shard(key)
+	sh.mu.Lock()
+	if ks := sh.keys[key]; ks != nil && ks.refs == 0 {
+		l.drop(sh, ks)
 	}
-	l.mu.Unlock()
+	sh.mu.Unlock()
 	if f, ok := l.cfg.Store.(quota.Forgetter); ok {
 		f.Forget(key)
 	}
@@ -739,37 +812,41 @@ func (l *Limiter) release(key string, ks *keyState) {
 		return
 	}
 	now := l.clock.Now()
-	l.mu.Lock()
+	sh := l.shard(key)
+	sh.mu.Lock()
 	ks.refs--
 	ks.lastUsed = now.UnixNano()
-	l.mu.Unlock()
+	sh.mu.Unlock()
 }
 
 // Sweep drops the local state of the keys no request is using that hold
 // nothing a fresh state would not (spent), or were unused for IdleAfter,
-// and returns how many remain. It walks from the least recently used key
-// and stops at the first used within the smoother's refill time (and
-// IdleAfter): neither idle nor, from empty, spent yet. A sweep so costs
-// what it drops, not what the limiter tracks.
+// and returns how many remain. It walks each shard from its least recently
+// used key and stops at the first used within the smoother's refill time
+// (and IdleAfter): neither idle nor, from empty, spent yet. A sweep so
+// costs what it drops, not what the limiter tracks.
 func (l *Limiter) Sweep() int {
 	now := l.clock.Now()
 	idle := now.Add(-l.cfg.IdleAfter).UnixNano()
 	recent := now.Add(-min(l.refillTime(), l.cfg.IdleAfter)).UnixNano()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for ks := l.lruTail; ks != nil; {
-		prev := ks.prev
-		if ks.refs == 0 {
-			if ks.lastUsed >= recent {
-				break
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for ks := sh.lruTail; ks != nil; {
+			prev := ks.prev
+			if ks.refs == 0 {
+				if ks.lastUsed >= recent {
+					break
+				}
+				if ks.lastUsed < idle || ks.spent(now) {
+					l.drop(sh, ks)
+				}
 			}
-			if ks.lastUsed < idle || ks.spent(now) {
-				l.drop(ks)
-			}
+			ks = prev
 		}
-		ks = prev
+		sh.mu.Unlock()
 	}
-	return len(l.keys)
+	return int(l.nkeys.Load())
 }
 
 // refillTime is how long an unused key's smoother takes to refill.

@@ -433,10 +433,13 @@ func TestSweepKeepsBusyKeys(t *testing.T) {
 	if n := l.Sweep(); n != 2 {
 		t.Fatalf("%d keys left, want 2 (drained, recent)", n)
 	}
-	l.mu.Lock()
-	_, drained := l.keys["drained"]
-	_, recent := l.keys["recent"]
-	l.mu.Unlock()
+	tracked := func(key string) bool {
+		sh := l.shard(key)
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		return sh.keys[key] != nil
+	}
+	drained, recent := tracked("drained"), tracked("recent")
 	if !drained || !recent {
 		t.Fatalf("kept drained %v, recent %v; want both", drained, recent)
 	}

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -52,4 +53,33 @@ func TestLimiterMaxKeys(t *testing.T) {
 			t.Fatalf("new key once idle: %+v %v", d, err)
 		}
 	})
+}
+
+// TestLimiterMaxKeysConcurrent: requests of many new keys at once, over
+// every shard, never leave more than MaxKeys keys tracked, and the count
+// the bound is checked against is the keys the shards hold.
+func TestLimiterMaxKeysConcurrent(t *testing.T) {
+	t.Parallel()
+	l, _, _ := newTestLimiter(nil, quota.Policy{Limit: 100, Window: 10 * time.Second, Buckets: 10}, func(c *Config) {
+		c.MaxKeys, c.IdleAfter = 20, time.Hour
+	})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 500 {
+				if _, err := l.Admit(context.Background(), fmt.Sprintf("k%d", (g*500+i)%300), time.Time{}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	held := 0
+	for i := range l.shards {
+		held += len(l.shards[i].keys)
+	}
+	if n := l.nkeys.Load(); n != int64(held) || held > 20 {
+		t.Fatalf("%d keys counted, %d held; bound 20", n, held)
+	}
 }
