@@ -69,8 +69,62 @@ type Group struct {
 
 	held atomic.Int64 // bytes kept, against MaxTotal
 
-	mu sync.Mutex
-	m  map[Key]*Flight
+	// shards hold the flights in progress, by their key's first byte: a
+	// request locks its key's shard only, so reads of different keys
+	// never wait for each other. Solo flights are kept by sequence
+	// number (solo), so that Close reaches them too.
+	shards [groupShards]groupShard
+	solo   atomic.Uint64
+	// closed is Close's cause once it ran.
+	closed atomic.Pointer[error]
+}
+
+// groupShards is the number of a Group's shards.
+const groupShards = 64
+
+type groupShard struct {
+	mu    sync.Mutex
+	m     map[Key]*Flight
+	solos map[*Flight]struct{}
+}
+
+func (g *Group) shard(f *Flight) *groupShard {
+	if f.solo {
+		return &g.shards[f.seq%groupShards]
+	}
+	return &g.shards[f.key[0]%groupShards]
+}
+
+// newFlight returns a flight whose context ends with cause when the
+// group is closed (at once if it is already), and whose values are
+// parent's; sh.mu held, where f is then added.
+func (g *Group) newFlight(parent context.Context, f *Flight) *Flight {
+	f.g, f.callers, f.max = g, 1, g.Buffer()
+	// Without parent's cancellation, which would register every flight
+	// under one context (a lock all keys share): Close ends them.
+	f.ctx, f.cancel = context.WithCancelCause(context.WithoutCancel(parent))
+	if cause := g.closed.Load(); cause != nil {
+		f.cancel(*cause)
+	}
+	return f
+}
+
+// Close cancels every flight in progress with cause, and every one
+// started from now on: a gateway's shutdown, whose grace period ran out.
+func (g *Group) Close(cause error) {
+	g.closed.CompareAndSwap(nil, &cause)
+	cause = *g.closed.Load()
+	for i := range g.shards {
+		sh := &g.shards[i]
+		sh.mu.Lock()
+		for _, f := range sh.m {
+			f.cancel(cause)
+		}
+		for f := range sh.solos {
+			f.cancel(cause)
+		}
+		sh.mu.Unlock()
+	}
 }
 
 // Join returns the flight in progress for key, or a new one; leader
@@ -78,12 +132,14 @@ type Group struct {
 // answering through Writer, ending with Finish (and LeaderLeft if its
 // client leaves first). Every other caller calls Serve once.
 //
-// A new flight's context is a child of parent (a gateway's shutdown
-// context, say), not of any caller's.
+// A new flight's context has parent's values, not its cancellation, nor
+// any caller's: it ends when its callers have all left, when it
+// finishes, or when the group is closed.
 func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if f := g.m[key]; f != nil {
+	sh := &g.shards[key[0]%groupShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if f := sh.m[key]; f != nil {
 		f.mu.Lock()
 		ok := f.joinable
 		if ok {
@@ -94,20 +150,25 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 			return f, false
 		}
 	}
-	if g.m == nil {
-		g.m = map[Key]*Flight{}
+	if sh.m == nil {
+		sh.m = map[Key]*Flight{}
 	}
-	f = &Flight{g: g, key: key, joinable: true, callers: 1, max: g.Buffer()}
-	f.ctx, f.cancel = context.WithCancel(parent)
-	g.m[key] = f
+	f = g.newFlight(parent, &Flight{key: key, joinable: true})
+	sh.m[key] = f
 	return f, true
 }
 
 // Solo returns a flight nobody joins: the recording of one request's
 // answer (to cache it), run as a leader runs one.
 func (g *Group) Solo(parent context.Context) *Flight {
-	f := &Flight{g: g, callers: 1, max: g.Buffer()}
-	f.ctx, f.cancel = context.WithCancel(parent)
+	f := &Flight{solo: true, seq: g.solo.Add(1)}
+	sh := g.shard(f)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.solos == nil {
+		sh.solos = map[*Flight]struct{}{}
+	}
+	sh.solos[g.newFlight(parent, f)] = struct{}{}
 	return f
 }
 
@@ -122,17 +183,25 @@ func (g *Group) Buffer() int64 {
 
 // InFlight is the number of flights in progress, for tests and metrics.
 func (g *Group) InFlight() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.m)
+	n := 0
+	for i := range g.shards {
+		sh := &g.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m) + len(sh.solos)
+		sh.mu.Unlock()
+	}
+	return n
 }
 
 // leave drops f from the group, if it is still the flight of its key.
 func (g *Group) leave(f *Flight) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.m[f.key] == f {
-		delete(g.m, f.key)
+	sh := g.shard(f)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if f.solo {
+		delete(sh.solos, f)
+	} else if sh.m[f.key] == f {
+		delete(sh.m, f.key)
 	}
 }
 
@@ -150,8 +219,10 @@ var ErrLagged = errors.New("flight: fell too far behind the shared answer")
 type Flight struct {
 	g      *Group
 	key    Key
+	solo   bool   // made by Solo: kept by seq, not key
+	seq    uint64 // Solo's sequence number
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 
 	mu       sync.Mutex
 	changed  chan struct{} // closed on the next change; nil: nobody waits
@@ -173,7 +244,8 @@ type Flight struct {
 }
 
 // Context is the exchange's context: cancelled when every caller has left
-// before the answer was complete, when Join's parent is, or after Finish.
+// before the answer was complete, when the group is closed (with Close's
+// cause), or after Finish.
 func (f *Flight) Context() context.Context { return f.ctx }
 
 // Writer returns the leader's http.ResponseWriter for the exchange: what
@@ -253,7 +325,7 @@ func (f *Flight) Finish(complete bool) {
 	f.release()
 	f.mu.Unlock()
 	f.g.leave(f)
-	f.cancel()
+	f.cancel(nil)
 }
 
 // Status is the recorded status, 0 before WriteHeader.
@@ -420,7 +492,7 @@ func (f *Flight) leave() {
 	f.mu.Unlock()
 	if last {
 		f.g.leave(f)
-		f.cancel()
+		f.cancel(nil)
 	}
 }
 

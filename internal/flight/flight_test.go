@@ -213,3 +213,32 @@ func TestMaxTotal(t *testing.T) {
 		}
 	})
 }
+
+// TestClose: Close ends every flight in progress, joined or solo, with its
+// cause, and every flight started after it; the flights' contexts keep
+// their parent's values but not its cancellation.
+func TestClose(t *testing.T) {
+	type ctxKey struct{}
+	var g Group
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "v"))
+	a, _ := g.Join(parent, Key{1})
+	b := g.Solo(parent)
+	cancel()
+	if a.Context().Err() != nil || a.Context().Value(ctxKey{}) != "v" {
+		t.Fatalf("a flight followed its parent's cancellation (%v) or lost its values", a.Context().Err())
+	}
+	stop := errors.New("stop")
+	g.Close(stop)
+	c, _ := g.Join(context.Background(), Key{2})
+	for i, f := range []*Flight{a, b, c} {
+		if !errors.Is(context.Cause(f.Context()), stop) {
+			t.Fatalf("flight %d after Close: cause %v", i, context.Cause(f.Context()))
+		}
+	}
+	for _, f := range []*Flight{a, b, c} {
+		f.Finish(false)
+	}
+	if n := g.InFlight(); n != 0 {
+		t.Fatalf("%d flights left after every one finished", n)
+	}
+}

@@ -244,7 +244,10 @@ func (h *Handler) BaseContext(net.Listener) context.Context { return h.ctx }
 // Abort ends the shutdown grace period: every request still queued or in
 // flight is cancelled and answered 503/10004 (504/10001 when it may have
 // reached the upstream).
-func (h *Handler) Abort() { h.abort(ErrShutdown) }
+func (h *Handler) Abort() {
+	h.abort(ErrShutdown)
+	h.flights.Close(ErrShutdown)
+}
 
 // baseKey marks the Handler's base context: a request whose context
 // carries it is cancelled by Abort already.
