@@ -105,7 +105,18 @@ func PeekCode(resp *http.Response) Code {
 		rest = errReader{err}
 	}
 	resp.Body = &peekedBody{data: buf, rest: rest, orig: resp.Body}
-	return codeOf(buf, resp.Header.Get("Content-Encoding"))
+	return CodeOf(resp.StatusCode, resp.Header, buf)
+}
+
+// CodeOf returns the Fusioo code of an answer of status and header whose
+// body starts with b, as PeekCode reads it (at most MaxErrorBody bytes,
+// only for status >= 400): for an answer recorded rather than received,
+// such as one shared by coalesced reads.
+func CodeOf(status int, h http.Header, b []byte) Code {
+	if status < 400 {
+		return 0
+	}
+	return codeOf(b[:min(len(b), MaxErrorBody)], h.Get("Content-Encoding"))
 }
 
 // codeOf returns the Fusioo code in the first bytes of an error body with

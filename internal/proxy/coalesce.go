@@ -14,6 +14,7 @@ import (
 
 	"github.com/fusioo-gateway/gateway/internal/cache"
 	"github.com/fusioo-gateway/gateway/internal/flight"
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
 )
 
 // answerHeaders are the request headers that can change a read's answer,
@@ -133,8 +134,16 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 	})
 	defer stop()
 	status, err := f.Serve(ctx, w, nil)
+	var code fusioo.Code
+	if status >= 400 {
+		if b, ok := f.Body(); ok {
+			// The shared answer's code, as the first request's log
+			// tells it.
+			code = fusioo.CodeOf(status, f.SentHeader(), b)
+		}
+	}
 	rs.mu.Lock()
-	rs.status = status
+	rs.status, rs.code = status, code
 	if err != nil && ctx.Err() != nil {
 		rs.status = statusClientClosed
 	}

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/fusioo-gateway/gateway/internal/fusioo"
 	"github.com/fusioo-gateway/gateway/internal/proxy"
 	"github.com/fusioo-gateway/gateway/internal/quota"
 )
@@ -345,6 +347,58 @@ func TestCoalescedLeaderLeaves(t *testing.T) {
 		case <-cancelled:
 		case <-time.After(30 * time.Second):
 			t.Fatal("the exchange outlived every client waiting for it by 30 s")
+		}
+	})
+}
+
+// TestCoalescedErrorLogsItsCode: a shared error answer is logged with its
+// Fusioo code for every request that got it, not only the one that sent
+// it.
+func TestCoalescedErrorLogsItsCode(t *testing.T) {
+	t.Parallel()
+	nets(t, func(t *testing.T, n *testNet) {
+		g := newGate()
+		s := coalescingStack(t, n, g)
+		done := make(chan []answer)
+		go func() { done <- s.sendAll(3, "GET", "/v3/records/no-such-record", "tok-e", nil) }()
+		if up := s.settle(t, g, 3, 0, 0); up != 1 {
+			t.Fatalf("3 identical reads: %d reached the upstream, want 1", up)
+		}
+		g.release()
+		for i, a := range <-done {
+			if a.status != http.StatusBadRequest {
+				t.Fatalf("client %d: %d %s", i, a.status, a.body)
+			}
+		}
+		type line struct {
+			Msg       string `json:"msg"`
+			Code      int    `json:"code"`
+			Coalesced bool   `json:"coalesced"`
+		}
+		logged := func() []line {
+			var lines []line
+			for _, l := range strings.Split(strings.TrimSpace(s.logs.String()), "\n") {
+				var e line
+				if json.Unmarshal([]byte(l), &e) == nil && e.Msg == "request" {
+					lines = append(lines, e)
+				}
+			}
+			return lines
+		}
+		// A request is logged once its answer is sent.
+		until(t, "3 requests logged", func() bool { return len(logged()) >= 3 })
+		lines := logged()
+		coalesced := 0
+		for _, l := range lines {
+			if l.Code != int(fusioo.CodeRecordNotFound) {
+				t.Fatalf("a request line with code %d, want %d: %+v", l.Code, fusioo.CodeRecordNotFound, lines)
+			}
+			if l.Coalesced {
+				coalesced++
+			}
+		}
+		if len(lines) != 3 || coalesced != 2 {
+			t.Fatalf("%d request lines, %d coalesced; want 3 and 2", len(lines), coalesced)
 		}
 	})
 }
