@@ -101,8 +101,12 @@ func (g *Group) shard(f *Flight) *groupShard {
 func (g *Group) newFlight(parent context.Context, f *Flight) *Flight {
 	f.g, f.callers, f.max = g, 1, g.Buffer()
 	// Without parent's cancellation, which would register every flight
-	// under one context (a lock all keys share): Close ends them.
-	f.ctx, f.cancel = context.WithCancelCause(context.WithoutCancel(parent))
+	// under one context (a lock all keys share): Close ends them. (A
+	// parent that cannot be cancelled is used as it is.)
+	if parent.Done() != nil {
+		parent = context.WithoutCancel(parent)
+	}
+	f.ctx, f.cancel = context.WithCancelCause(parent)
 	if cause := g.closed.Load(); cause != nil {
 		f.cancel(*cause)
 	}

@@ -110,9 +110,9 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 	var f *flight.Flight
 	leader := true
 	if h.cfg.Coalesce {
-		f, leader = h.flights.Join(h.ctx, key)
+		f, leader = h.flights.Join(h.flightCtx, key)
 	} else {
-		f = h.flights.Solo(h.ctx)
+		f = h.flights.Solo(h.flightCtx)
 	}
 	if leader {
 		if h.lead(f, w, r, rs) && store {

@@ -179,8 +179,10 @@ type Handler struct {
 	// or 20007: their requests go under the anonymous limit.
 	rejected *rejectedKeys
 	// flights are the reads in flight that identical reads of the same
-	// token join (Config.Coalesce).
-	flights flight.Group
+	// token join (Config.Coalesce). Their contexts have ctx's values
+	// (flightCtx) but not its cancellation: Abort closes the group.
+	flights   flight.Group
+	flightCtx context.Context
 }
 
 // New returns a handler for cfg. It does no I/O.
@@ -213,6 +215,7 @@ func New(cfg Config) *Handler {
 		h.retry = retry.New(rc)
 	}
 	h.ctx, h.abort = context.WithCancelCause(context.WithValue(context.Background(), baseKey{}, h))
+	h.flightCtx = context.WithoutCancel(h.ctx)
 	h.policy = fmt.Sprintf("%q;q=%d;w=%d", cfg.PolicyName, cfg.Limit, ceilSeconds(cfg.Window))
 	h.rlPrefix = strconv.Quote(cfg.PolicyName) + ";r="
 	h.limitStr = strconv.Itoa(cfg.Limit)
