@@ -828,7 +828,7 @@ func (l *Limiter) release(key string, ks *keyState) {
 func (l *Limiter) Sweep() int {
 	now := l.clock.Now()
 	idle := now.Add(-l.cfg.IdleAfter).UnixNano()
-	recent := now.Add(-min(l.refillTime(), l.cfg.IdleAfter)).UnixNano()
+	recent := now.Add(-min(l.cfg.RefillTime(), l.cfg.IdleAfter)).UnixNano()
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
@@ -849,12 +849,14 @@ func (l *Limiter) Sweep() int {
 	return int(l.nkeys.Load())
 }
 
-// refillTime is how long an unused key's smoother takes to refill.
-func (l *Limiter) refillTime() time.Duration {
-	if l.cfg.Rate <= 0 || l.cfg.Rate == rate.Inf {
+// RefillTime is how long an unused key's smoother takes to refill from
+// empty: a wiring that wants no sweep to hand a key a fresh burst early
+// keeps IdleAfter at least this long. 0 without smoothing.
+func (c Config) RefillTime() time.Duration {
+	if c.Rate <= 0 || c.Rate == rate.Inf {
 		return 0
 	}
-	return time.Duration(float64(max(l.cfg.Burst, 1)) / float64(l.cfg.Rate) * float64(time.Second))
+	return time.Duration(float64(max(c.Burst, 1)) / float64(c.Rate) * float64(time.Second))
 }
 
 // spent reports whether ks, which no request uses, holds nothing a fresh

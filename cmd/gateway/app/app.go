@@ -273,7 +273,7 @@ func limiterConfig(cfg config.Config, store quota.Store, m *metrics.Metrics) lim
 	lc.MaxDepth, lc.MaxQueued = cfg.Queue.MaxDepth, cfg.Queue.MaxQueued
 	// Kept idle at least until the smoother has refilled, so a sweep
 	// never hands a key a fresh burst early.
-	lc.IdleAfter = max(lc.IdleAfter, time.Duration(float64(burst)/r*float64(time.Second)))
+	lc.IdleAfter = max(lc.IdleAfter, lc.RefillTime())
 	lc.MaxKeys = cfg.Quota.MaxKeys
 	lc.Observer = m
 	if cfg.Quota.Store == "redis" {
