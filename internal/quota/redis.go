@@ -741,8 +741,11 @@ func (o RedisClientOptions) tlsConfig(host string) (*tls.Config, error) {
 // for a quota store behind a circuit breaker: no command retries (a retry
 // would double the time a dead Redis holds a request; the breaker and the
 // fallback decide instead), one dial attempt, context deadlines honoured,
-// and maintenance notifications off (they would relax the timeouts during
-// a failover). Its errors are Validate's.
+// maintenance notifications off (they would relax the timeouts during a
+// failover), and RESP2 unless the URL asks for another protocol: the
+// store needs no RESP3 push, whose check before every reply cost 2.5 µs
+// of CPU per call (profile of 2,000 tokens, one call per admission). Its
+// errors are Validate's.
 func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -774,6 +777,9 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 		opt.PoolTimeout = timeout
 		opt.ContextTimeoutEnabled = true
 		opt.MaintNotificationsConfig = off
+		if opt.Protocol == 0 {
+			opt.Protocol = 2
+		}
 		return redis.NewClient(opt), nil
 	}
 
@@ -783,6 +789,7 @@ func NewRedisClient(o RedisClientOptions) (redis.UniversalClient, error) {
 		Password:              o.Password,
 		DB:                    o.DB,
 		PoolSize:              o.PoolSize,
+		Protocol:              2,
 		MaxRetries:            -1,
 		DialerRetries:         1,
 		DialTimeout:           dial,

@@ -582,6 +582,23 @@ func TestNewRedisClient(t *testing.T) {
 			},
 		},
 		{
+			name: "RESP2 unless the URL asks",
+			opts: RedisClientOptions{URL: "redis://redis.example:6380", Timeout: timeout},
+			check: func(t *testing.T, c redis.UniversalClient) {
+				if p := c.(*redis.Client).Options().Protocol; p != 2 {
+					t.Fatalf("protocol %d, want 2", p)
+				}
+				c3, err := NewRedisClient(RedisClientOptions{URL: "redis://redis.example:6380?protocol=3", Timeout: timeout})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c3.Close()
+				if p := c3.(*redis.Client).Options().Protocol; p != 3 {
+					t.Fatalf("protocol=3 in the URL: %d", p)
+				}
+			},
+		},
+		{
 			name: "rediss",
 			opts: RedisClientOptions{URL: "rediss://redis.example:6380", Timeout: timeout},
 			check: func(t *testing.T, c redis.UniversalClient) {
