@@ -95,9 +95,11 @@ func (g *Group) shard(f *Flight) *groupShard {
 	return &g.shards[f.key[0]%groupShards]
 }
 
-// newFlight returns a flight whose context ends with cause when the
-// group is closed (at once if it is already), and whose values are
-// parent's; sh.mu held, where f is then added.
+// newFlight sets f up as a new flight of g, one caller in: its context
+// has parent's values and ends with Close's cause when the group is
+// closed, at once if it already is. Called with the lock of the shard f
+// is then added to held, so that Close, which takes each shard's lock in
+// turn, either sees f there or is seen here.
 func (g *Group) newFlight(parent context.Context, f *Flight) *Flight {
 	f.g, f.callers, f.max = g, 1, g.Buffer()
 	// Without parent's cancellation, which would register every flight
