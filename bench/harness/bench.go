@@ -137,6 +137,21 @@ type Level struct {
 	Rounds    map[string][]float64
 }
 
+// startTarget starts one of the proxies a run compares with l: "bare",
+// or the gateway (as name) on the "memory" store or the "redis" one at
+// redisURL, its access log at level, with env.
+func startTarget(l Launcher, name, target, upURL, redisURL, level string, env []string) (*Service, error) {
+	switch target {
+	case "bare":
+		return l.Bare(upURL)
+	case "memory":
+		return l.Gateway(name, BenchGatewayConfig("memory", level), env)
+	case "redis":
+		return l.Gateway(name, BenchGatewayConfig("redis", level), append(env[:len(env):len(env)], "FUSIOO_GATEWAY_REDIS_URL="+redisURL))
+	}
+	return nil, fmt.Errorf("unknown target %q", target)
+}
+
 // RunBench starts the simulator (no faults, no quota), the bare proxy and
 // the gateways, and drives each with the same load: a closed loop (max
 // throughput), then a constant rate below the bare proxy's maximum, in
@@ -179,24 +194,17 @@ func RunBench(ctx context.Context, l Launcher, o BenchOptions) (*BenchResult, er
 		gwEnv = append(gwEnv, "FUSIOO_GATEWAY_SERVER_PPROF=true")
 	}
 	for _, t := range o.Targets {
-		var s *Service
-		switch t {
-		case "bare":
-			s, err = l.Bare(sim.URL)
-		case "memory":
-			s, err = l.Gateway("gateway-memory", BenchGatewayConfig("memory", o.LogLevel), gwEnv)
-		case "redis":
-			var rs *Redis
-			if rs, err = StartRedis(l.LogDir()); err != nil {
+		redisURL := ""
+		if t == "redis" {
+			rs, err := StartRedis(l.LogDir())
+			if err != nil {
 				return nil, err
 			}
 			cleanup = append(cleanup, rs.Stop)
 			redisPid[t] = rs.Pid()
-			s, err = l.Gateway("gateway-redis", BenchGatewayConfig("redis", o.LogLevel),
-				append(gwEnv[:len(gwEnv):len(gwEnv)], "FUSIOO_GATEWAY_REDIS_URL="+rs.URL()))
-		default:
-			err = fmt.Errorf("unknown target %q", t)
+			redisURL = rs.URL()
 		}
+		s, err := startTarget(l, "gateway-"+t, t, sim.URL, redisURL, o.LogLevel, gwEnv)
 		if err != nil {
 			return nil, err
 		}

@@ -166,21 +166,12 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 	}
 	services := map[string]*Service{}
 	start := func(target string) error {
-		var s *Service
-		var err error
-		switch target {
-		case "bare":
-			s, err = proxyL.Bare(upURL)
-		case "memory":
-			s, err = proxyL.Gateway("gateway-memory", BenchGatewayConfig("memory", "info"), gwEnv)
-		case "redis", "base-redis":
-			ll := proxyL
-			if target == "base-redis" {
-				ll = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}
-			}
-			s, err = ll.Gateway("gateway-"+target, BenchGatewayConfig("redis", "info"),
-				append(gwEnv[:len(gwEnv):len(gwEnv)], "FUSIOO_GATEWAY_REDIS_URL="+rs.URL()))
+		var ll Launcher = proxyL
+		kind := target
+		if target == "base-redis" {
+			ll, kind = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}, "redis"
 		}
+		s, err := startTarget(ll, "gateway-"+target, kind, upURL, rs.URL(), "info", gwEnv)
 		if err != nil {
 			return err
 		}
