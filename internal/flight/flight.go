@@ -83,9 +83,21 @@ type Group struct {
 const groupShards = 64
 
 type groupShard struct {
-	mu    sync.Mutex
-	m     map[Key]*Flight
-	solos map[*Flight]struct{}
+	mu sync.Mutex
+	m  map[Key]*Flight // the joinable flight of each key
+	// others are the flights in progress nobody joins by key: Solo's,
+	// and those a later flight of their key displaced from m once they
+	// stopped being joinable (a body past MaxBuffer), kept so that Close
+	// reaches them.
+	others map[*Flight]struct{}
+}
+
+// keep adds f to sh.others (sh.mu held).
+func (sh *groupShard) keep(f *Flight) {
+	if sh.others == nil {
+		sh.others = map[*Flight]struct{}{}
+	}
+	sh.others[f] = struct{}{}
 }
 
 func (g *Group) shard(f *Flight) *groupShard {
@@ -118,7 +130,8 @@ func (g *Group) newFlight(parent context.Context, f *Flight) *Flight {
 // Close cancels every flight in progress with cause, and every one
 // started from now on: a gateway's shutdown, whose grace period ran out.
 func (g *Group) Close(cause error) {
-	g.closed.CompareAndSwap(nil, &cause)
+	c := cause // not &cause: the parameter is written below
+	g.closed.CompareAndSwap(nil, &c)
 	cause = *g.closed.Load()
 	for i := range g.shards {
 		sh := &g.shards[i]
@@ -126,7 +139,7 @@ func (g *Group) Close(cause error) {
 		for _, f := range sh.m {
 			f.cancel(cause)
 		}
-		for f := range sh.solos {
+		for f := range sh.others {
 			f.cancel(cause)
 		}
 		sh.mu.Unlock()
@@ -159,6 +172,9 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 	if sh.m == nil {
 		sh.m = map[Key]*Flight{}
 	}
+	if old := sh.m[key]; old != nil {
+		sh.keep(old) // still in progress, joinable no more
+	}
 	f = g.newFlight(parent, &Flight{key: key, joinable: true})
 	sh.m[key] = f
 	return f, true
@@ -171,10 +187,7 @@ func (g *Group) Solo(parent context.Context) *Flight {
 	sh := g.shard(f)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.solos == nil {
-		sh.solos = map[*Flight]struct{}{}
-	}
-	sh.solos[g.newFlight(parent, f)] = struct{}{}
+	sh.keep(g.newFlight(parent, f))
 	return f
 }
 
@@ -193,7 +206,7 @@ func (g *Group) InFlight() int {
 	for i := range g.shards {
 		sh := &g.shards[i]
 		sh.mu.Lock()
-		n += len(sh.m) + len(sh.solos)
+		n += len(sh.m) + len(sh.others)
 		sh.mu.Unlock()
 	}
 	return n
@@ -204,10 +217,10 @@ func (g *Group) leave(f *Flight) {
 	sh := g.shard(f)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if f.solo {
-		delete(sh.solos, f)
-	} else if sh.m[f.key] == f {
+	if !f.solo && sh.m[f.key] == f {
 		delete(sh.m, f.key)
+	} else {
+		delete(sh.others, f)
 	}
 }
 

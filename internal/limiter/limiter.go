@@ -681,27 +681,30 @@ func (l *Limiter) acquire(key string) *keyState {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	ks := sh.keys[key]
-	switch {
-	case ks != nil:
-		sh.unlink(ks)
-	case !l.reserveKey(sh):
-		return nil
-	case sh.keys[key] != nil:
-		// reserveKey let sh's lock go, and another request of key added
-		// it meanwhile.
-		l.nkeys.Add(-1)
-		ks = sh.keys[key]
-		sh.unlink(ks)
-	default:
-		ks = &keyState{key: key}
-		if l.leasing() {
-			ks.lease = new(lease)
+	if ks == nil {
+		reserved := l.reserveKey(sh)
+		// reserveKey may have let sh's lock go: another request of key
+		// may have added it meanwhile.
+		switch ks = sh.keys[key]; {
+		case ks != nil && reserved:
+			l.nkeys.Add(-1)
+		case ks == nil && !reserved:
+			return nil
+		case ks == nil:
+			ks = &keyState{key: key}
+			if l.leasing() {
+				ks.lease = new(lease)
+			}
+			if l.cfg.Rate > 0 {
+				ks.smooth = rate.NewLimiter(l.cfg.Rate, max(l.cfg.Burst, 1))
+			}
+			sh.keys[key] = ks
+			sh.pushFront(ks)
+			ks.refs++
+			return ks
 		}
-		if l.cfg.Rate > 0 {
-			ks.smooth = rate.NewLimiter(l.cfg.Rate, max(l.cfg.Burst, 1))
-		}
-		sh.keys[key] = ks
 	}
+	sh.unlink(ks)
 	sh.pushFront(ks)
 	ks.refs++
 	return ks
@@ -711,13 +714,14 @@ func (l *Limiter) acquire(key string) *keyState {
 // room when at the bound: the least recently used key no request is using,
 // of sh or, when sh has none, of another shard (each locked in turn, sh's
 // lock let go meanwhile, so that no two shard locks are ever held). It
-// reports false when every key is in use.
+// reports false only when no key is idle in any shard: one that was freed
+// and taken by another new key meanwhile is no reason to refuse.
 func (l *Limiter) reserveKey(sh *keyShard) bool {
 	if l.cfg.MaxKeys <= 0 {
 		l.nkeys.Add(1)
 		return true
 	}
-	for range 2 {
+	for {
 		if l.nkeys.Add(1) <= int64(l.cfg.MaxKeys) {
 			return true
 		}
@@ -742,7 +746,6 @@ func (l *Limiter) reserveKey(sh *keyShard) bool {
 			return false
 		}
 	}
-	return false
 }
 
 // evictIdle drops the least recently used key of sh no request is using
