@@ -87,7 +87,7 @@ func appendPart(b []byte, s string) []byte {
 func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqState, cached bool) {
 	key, err := readKey(r, rs.key)
 	if err != nil {
-		h.errorHandler(w, r, err)
+		h.errorHandler(w, withState(r, rs), err)
 		return
 	}
 	store := false

@@ -237,6 +237,21 @@ func TestStalledBodiesBounded(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestTimeout || time.Since(start) != idle {
 			t.Fatalf("slow client body: %d after %s, want 408 after server.body_timeout %s", resp.StatusCode, time.Since(start), idle)
 		}
+
+		// The same to a search route, whose body coalescing reads whole
+		// for the read's key before anything is sent.
+		s = newStack(t, stackOpts{bodyTimeout: idle, coalesce: true, inBubble: true})
+		conn = s.dial()
+		start = time.Now()
+		_, _ = io.WriteString(conn, "POST /v3/records/apps/app1/filter HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"fil")
+		resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("slow search body: %v after %s", err, time.Since(start))
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestTimeout || time.Since(start) != idle {
+			t.Fatalf("slow search body: %d after %s, want 408 after server.body_timeout %s", resp.StatusCode, time.Since(start), idle)
+		}
 	})
 }
 

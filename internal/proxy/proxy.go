@@ -323,6 +323,15 @@ func stateFrom(ctx context.Context) *reqState {
 	return rs
 }
 
+// withState returns r with rs in its context, for the ReverseProxy
+// callbacks, which find it there (stateFrom).
+func withState(r *http.Request, rs *reqState) *http.Request {
+	if stateFrom(r.Context()) == rs {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), stateKey{}, rs))
+}
+
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := &reqState{h: h, w: w, start: h.clock.Now()}
@@ -384,13 +393,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if dl, ok := ctx.Deadline(); ok && dl.Before(rs.deadline) {
 		rs.deadline = dl
 	}
+	shared, cached := false, false
+	if rs.key != "" && rs.route.Kind == fusioo.KindRead && h.keyable(r) {
+		_, cached = h.cfg.Cache.Rule(rs.route.Name())
+		shared = h.cfg.Coalesce || cached
+	}
+	if shared && ctx == r.Context() {
+		// The shared exchange runs on a request of its own (lead): this
+		// one needs no copy carrying rs.
+		h.serveShared(w, r, rs, cached)
+		return
+	}
 	ctx = context.WithValue(ctx, stateKey{}, rs)
 	r = r.WithContext(ctx)
-	if rs.key != "" && rs.route.Kind == fusioo.KindRead && h.keyable(r) {
-		if _, cached := h.cfg.Cache.Rule(rs.route.Name()); h.cfg.Coalesce || cached {
-			h.serveShared(w, r, rs, cached)
-			return
-		}
+	if shared {
+		h.serveShared(w, r, rs, cached)
+		return
 	}
 	if rs.key != "" && rs.route.Kind != fusioo.KindRead && h.cfg.Cache != nil {
 		// Before (no cached read of what changes is served while it is
