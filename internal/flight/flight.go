@@ -71,8 +71,8 @@ type Group struct {
 
 	// shards hold the flights in progress, by their key's first byte: a
 	// request locks its key's shard only, so reads of different keys
-	// never wait for each other. Solo flights are kept by sequence
-	// number (solo), so that Close reaches them too.
+	// never wait for each other. Solo flights go to the shard of their
+	// sequence number (solo), in its others.
 	shards [groupShards]groupShard
 	solo   atomic.Uint64
 	// closed is Close's cause once it ran.
