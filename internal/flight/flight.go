@@ -92,8 +92,8 @@ type groupShard struct {
 	others map[*Flight]struct{}
 }
 
-// keep adds f to sh.others (sh.mu held).
-func (sh *groupShard) keep(f *Flight) {
+// addOther adds f to sh.others (sh.mu held).
+func (sh *groupShard) addOther(f *Flight) {
 	if sh.others == nil {
 		sh.others = map[*Flight]struct{}{}
 	}
@@ -101,7 +101,7 @@ func (sh *groupShard) keep(f *Flight) {
 }
 
 func (g *Group) shard(f *Flight) *groupShard {
-	if f.solo {
+	if f.seq != 0 {
 		return &g.shards[f.seq%groupShards]
 	}
 	return &g.shards[f.key[0]%groupShards]
@@ -173,7 +173,7 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 		sh.m = map[Key]*Flight{}
 	}
 	if old := sh.m[key]; old != nil {
-		sh.keep(old) // still in progress, joinable no more
+		sh.addOther(old) // still in progress, joinable no more
 	}
 	f = g.newFlight(parent, &Flight{key: key, joinable: true})
 	sh.m[key] = f
@@ -183,11 +183,11 @@ func (g *Group) Join(parent context.Context, key Key) (f *Flight, leader bool) {
 // Solo returns a flight nobody joins: the recording of one request's
 // answer (to cache it), run as a leader runs one.
 func (g *Group) Solo(parent context.Context) *Flight {
-	f := &Flight{solo: true, seq: g.solo.Add(1)}
+	f := &Flight{seq: g.solo.Add(1)}
 	sh := g.shard(f)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	sh.keep(g.newFlight(parent, f))
+	sh.addOther(g.newFlight(parent, f))
 	return f
 }
 
@@ -217,7 +217,7 @@ func (g *Group) leave(f *Flight) {
 	sh := g.shard(f)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if !f.solo && sh.m[f.key] == f {
+	if f.seq == 0 && sh.m[f.key] == f {
 		delete(sh.m, f.key)
 	} else {
 		delete(sh.others, f)
@@ -238,8 +238,7 @@ var ErrLagged = errors.New("flight: fell too far behind the shared answer")
 type Flight struct {
 	g      *Group
 	key    Key
-	solo   bool   // made by Solo: kept by seq, not key
-	seq    uint64 // Solo's sequence number
+	seq    uint64 // Solo's sequence number (from 1); 0: a flight of key
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 

@@ -202,6 +202,24 @@ func (s *stack) settle(t *testing.T, g *gate, n, arrivedFrom, coalescedFrom int6
 	return g.arrived.Load() - arrivedFrom
 }
 
+// batch runs every send at once, holds their requests at g until the want
+// requests they make have settled (reached the upstream or joined
+// another's read), lets them through, waits for the sends to return, and
+// returns how many reached the upstream.
+func (s *stack) batch(t *testing.T, g *gate, want int64, sends ...func()) int64 {
+	t.Helper()
+	g.hold()
+	from, cfrom := g.arrived.Load(), s.coalesced()
+	var wg sync.WaitGroup
+	for _, send := range sends {
+		wg.Go(send)
+	}
+	up := s.settle(t, g, want, from, cfrom)
+	g.release()
+	wg.Wait()
+	return up
+}
+
 // TestCoalescedReadsSpendOneUnit: 100 identical concurrent GETs of one
 // token reach the upstream once and spend one unit of quota; every client
 // gets the same answer, and RateLimit headers that say the quota left, not
@@ -211,13 +229,10 @@ func TestCoalescedReadsSpendOneUnit(t *testing.T) {
 	nets(t, func(t *testing.T, n *testNet) {
 		g := newGate()
 		s := coalescingStack(t, n, g)
-		done := make(chan []answer)
-		go func() { done <- s.sendAll(100, "GET", "/v3/records/apps/app1?limit=5", "tok-c", nil) }()
-		if up := s.settle(t, g, 100, 0, 0); up != 1 {
+		var got []answer
+		if up := s.batch(t, g, 100, func() { got = s.sendAll(100, "GET", "/v3/records/apps/app1?limit=5", "tok-c", nil) }); up != 1 {
 			t.Fatalf("100 identical reads held at the upstream: %d reached it, want 1", up)
 		}
-		g.release()
-		got := <-done
 		for i, a := range got {
 			if a.err != nil || a.status != 200 || a.body != got[0].body || a.remaining != "999" {
 				t.Fatalf("client %d: %d remaining %q %v, body %.60s (first: %.60s)", i, a.status, a.remaining, a.err, a.body, got[0].body)
@@ -248,21 +263,7 @@ func TestCoalescingNeverSharesAcross(t *testing.T) {
 	nets(t, func(t *testing.T, n *testNet) {
 		g := newGate()
 		s := coalescingStack(t, n, g)
-		// batch sends the requests of each send at once, holds them at
-		// the upstream until they settle, and returns how many reached it.
-		batch := func(want int64, sends ...func()) int64 {
-			t.Helper()
-			g.hold()
-			from, cfrom := g.arrived.Load(), s.coalesced()
-			var wg sync.WaitGroup
-			for _, send := range sends {
-				wg.Go(send)
-			}
-			up := s.settle(t, g, want, from, cfrom)
-			g.release()
-			wg.Wait()
-			return up
-		}
+		batch := func(want int64, sends ...func()) int64 { t.Helper(); return s.batch(t, g, want, sends...) }
 		tokens := func(tok string) func() { return func() { s.sendAll(10, "GET", "/v3/apps", tok, nil) } }
 		if up := batch(20, tokens("tok-a"), tokens("tok-b")); up != 2 {
 			t.Fatalf("two tokens' 20 reads reached the upstream %d times, want 2", up)
@@ -359,13 +360,11 @@ func TestCoalescedErrorLogsItsCode(t *testing.T) {
 	nets(t, func(t *testing.T, n *testNet) {
 		g := newGate()
 		s := coalescingStack(t, n, g)
-		done := make(chan []answer)
-		go func() { done <- s.sendAll(3, "GET", "/v3/records/no-such-record", "tok-e", nil) }()
-		if up := s.settle(t, g, 3, 0, 0); up != 1 {
+		var got []answer
+		if up := s.batch(t, g, 3, func() { got = s.sendAll(3, "GET", "/v3/records/no-such-record", "tok-e", nil) }); up != 1 {
 			t.Fatalf("3 identical reads: %d reached the upstream, want 1", up)
 		}
-		g.release()
-		for i, a := range <-done {
+		for i, a := range got {
 			if a.status != http.StatusBadRequest {
 				t.Fatalf("client %d: %d %s", i, a.status, a.body)
 			}

@@ -398,18 +398,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, cached = h.cfg.Cache.Rule(rs.route.Name())
 		shared = h.cfg.Coalesce || cached
 	}
-	if shared && ctx == r.Context() {
+	if shared {
 		// The shared exchange runs on a request of its own (lead): this
-		// one needs no copy carrying rs.
+		// one needs no copy carrying rs, only the context made above.
+		if ctx != r.Context() {
+			r = r.WithContext(ctx)
+		}
 		h.serveShared(w, r, rs, cached)
 		return
 	}
 	ctx = context.WithValue(ctx, stateKey{}, rs)
 	r = r.WithContext(ctx)
-	if shared {
-		h.serveShared(w, r, rs, cached)
-		return
-	}
 	if rs.key != "" && rs.route.Kind != fusioo.KindRead && h.cfg.Cache != nil {
 		// Before (no cached read of what changes is served while it is
 		// sent) and after (none stored from a read it overtook: the
