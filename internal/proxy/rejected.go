@@ -23,23 +23,29 @@ type rejectedKeys struct {
 	mu    sync.RWMutex
 	ttl   time.Duration
 	until map[string]time.Time
-	ring  []string // insertion order, for eviction
-	next  int
+	// ring holds the marks in insertion order, for eviction; it grows
+	// to max as marks come, so a gateway no client sent a bad token to
+	// keeps no 1 MB of empty slots for every collection to scan.
+	ring []string
+	max  int
+	next int // the oldest mark's index once ring is full
 }
 
 func newRejectedKeys(n int, ttl time.Duration) *rejectedKeys {
-	return &rejectedKeys{ttl: ttl, until: make(map[string]time.Time), ring: make([]string, n)}
+	return &rejectedKeys{ttl: ttl, until: make(map[string]time.Time), max: n}
 }
 
 func (r *rejectedKeys) add(key string, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.until[key]; !ok {
-		if old := r.ring[r.next]; old != "" {
-			delete(r.until, old)
+		if len(r.ring) < r.max {
+			r.ring = append(r.ring, key)
+		} else {
+			delete(r.until, r.ring[r.next])
+			r.ring[r.next] = key
+			r.next = (r.next + 1) % len(r.ring)
 		}
-		r.ring[r.next] = key
-		r.next = (r.next + 1) % len(r.ring)
 	}
 	r.until[key] = now.Add(r.ttl)
 	r.size.Store(int64(len(r.until)))
