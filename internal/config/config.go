@@ -57,7 +57,11 @@ type Server struct {
 	IdleTimeout       Duration `toml:"idle_timeout"`
 	MaxBodyBytes      int64    `toml:"max_body_bytes"`
 	MaxHeaderBytes    int      `toml:"max_header_bytes"`
-	Pprof             bool     `toml:"pprof"`
+	// GCHeapFloor is the heap the collector may let garbage grow to
+	// before collecting while the live heap is smaller (bytes; 0: Go's
+	// own pacing, a 4 MB goal at least).
+	GCHeapFloor int64 `toml:"gc_heap_floor"`
+	Pprof       bool  `toml:"pprof"`
 }
 
 // Upstream is the one place requests go.
@@ -178,6 +182,7 @@ func Default() Config {
 			IdleTimeout:       Duration{120 * time.Second},
 			MaxBodyBytes:      26 << 20,
 			MaxHeaderBytes:    64 << 10,
+			GCHeapFloor:       16 << 20,
 		},
 		Upstream: Upstream{
 			URL:                 "https://api.fusioo.com",
@@ -585,6 +590,9 @@ func (c *Config) validate() Errors {
 	positive("server.idle_timeout", c.Server.IdleTimeout)
 	if c.Server.MaxBodyBytes <= 0 {
 		add("server.max_body_bytes", "must be positive, got %d", c.Server.MaxBodyBytes)
+	}
+	if c.Server.GCHeapFloor < 0 {
+		add("server.gc_heap_floor", "must be 0 (off) or positive, got %d", c.Server.GCHeapFloor)
 	}
 	if c.Server.MaxHeaderBytes < 4096 {
 		add("server.max_header_bytes", "must be at least 4096 (Fusioo tokens alone are about 1 KB), got %d", c.Server.MaxHeaderBytes)

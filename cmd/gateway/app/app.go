@@ -356,7 +356,11 @@ func (g *Gateway) Admin() http.Handler {
 func (g *Gateway) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = g.Limiter.Run(ctx, 5*time.Second) })
-	wg.Go(func() { newMemoryRelease().Run(ctx, 30*time.Second) })
+	floor := uint64(g.Config.Server.GCHeapFloor)
+	wg.Go(func() { newMemoryRelease(floor).Run(ctx, 30*time.Second) })
+	if floor > 0 {
+		wg.Go(func() { newHeapFloor(floor).Run(ctx) })
+	}
 	if g.mem != nil {
 		wg.Go(func() { _ = g.mem.Run(ctx, time.Minute) })
 	}

@@ -1,8 +1,10 @@
 package app
 
 import (
+	"context"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // TestMemoryReleaseDue: free memory is returned only when it is more than
@@ -10,7 +12,7 @@ import (
 // not the headroom of a steady heap).
 func TestMemoryReleaseDue(t *testing.T) {
 	t.Parallel()
-	m := newMemoryRelease()
+	m := newMemoryRelease(0)
 	for _, c := range []struct {
 		free, objects uint64
 		want          bool
@@ -33,7 +35,7 @@ func TestMemoryReleaseDue(t *testing.T) {
 // releases (with the real runtime figures) and the heap's free memory
 // falls below releaseAfter.
 func TestMemoryReleaseReturnsFreedHeap(t *testing.T) {
-	m := newMemoryRelease()
+	m := newMemoryRelease(0)
 	// 64 MB of 1 MB objects, then garbage: their spans stay free in the
 	// heap until returned.
 	burst := make([][]byte, 64)
@@ -45,7 +47,7 @@ func TestMemoryReleaseReturnsFreedHeap(t *testing.T) {
 	burst = nil
 	runtime.GC()
 	released := 0
-	m.release = func() { released++; newMemoryRelease().release() }
+	m.release = func() { released++; newMemoryRelease(0).release() }
 	if !m.check() {
 		t.Fatalf("check after a 64 MB burst: not due (free %d B, objects %d B)", m.samples[0].Value.Uint64(), m.samples[1].Value.Uint64())
 	}
@@ -54,5 +56,76 @@ func TestMemoryReleaseReturnsFreedHeap(t *testing.T) {
 	}
 	if m.check() {
 		t.Fatalf("check right after a release: due again (free %d B, objects %d B)", m.samples[0].Value.Uint64(), m.samples[1].Value.Uint64())
+	}
+}
+
+// TestHeapFloorPercent: GOGC is raised to put the goal at the floor for a
+// small live heap, bounded, and left at the process's own setting for a
+// live heap at the floor or above, before any collection, or with GOGC off.
+func TestHeapFloorPercent(t *testing.T) {
+	t.Parallel()
+	const mb = 1 << 20
+	f := newHeapFloor(16 * mb)
+	f.base = 100
+	for _, c := range []struct {
+		live, goal uint64
+		gogc, want int
+	}{
+		{1 * mb, 4 * mb, 100, 500},     // scans 3 MB: (16-1)/3
+		{2 * mb, 4 * mb, 100, 700},     // scans 2 MB
+		{2 * mb, 16 * mb, 700, 700},    // at the floor: stays
+		{1 * mb, 1*mb + 10, 100, 1500}, // scans next to nothing: counted as 1 MB
+		{12 * mb, 36 * mb, 100, 100},   // (16-12)/24 is under base
+		{16 * mb, 32 * mb, 100, 100},   // a live heap at the floor
+		{40 * mb, 80 * mb, 100, 100},   // 100,000 tokens: as Go would
+		{0, 4 * mb, 100, 100},          // no collection yet
+		{1 * mb, 1 * mb, 100, 100},     // no headroom reported
+	} {
+		if got := f.percent(c.live, c.goal, c.gogc); got != c.want {
+			t.Errorf("percent(live %d MB, goal %d B, GOGC %d) = %d, want %d", c.live/mb, c.goal, c.gogc, got, c.want)
+		}
+	}
+	f.base = 300 // GOGC=300: never below it
+	if got := f.percent(12*mb, 36*mb, 300); got != 300 {
+		t.Errorf("with GOGC=300, percent = %d, want 300", got)
+	}
+	f.base = -1 // GOGC=off
+	if got := f.percent(1*mb, 4*mb, 100); got != -1 {
+		t.Errorf("with GOGC=off, percent = %d, want -1", got)
+	}
+}
+
+// TestHeapFloorRun: with the runtime's own figures, a collection of this
+// test's small heap raises GOGC above 100, and the end of Run gives the
+// process its setting back.
+func TestHeapFloorRun(t *testing.T) {
+	f := newHeapFloor(64 << 20)
+	set := make(chan int, 16)
+	f.set = func(p int) int { set <- p; return 0 }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	deadline := time.After(30 * time.Second)
+	for raised := false; !raised; {
+		runtime.GC()
+		select {
+		case p := <-set:
+			if p <= 100 {
+				t.Fatalf("GOGC set to %d after a collection of a small heap, want above 100", p)
+			}
+			raised = true
+		case <-time.After(10 * time.Millisecond): // collect again: Run may have armed after this one
+		case <-deadline:
+			t.Fatal("no GOGC set within 30 s of collections")
+		}
+	}
+	cancel()
+	<-done
+	var last int
+	for len(set) > 0 {
+		last = <-set
+	}
+	if want := int(f.samples[1].Value.Uint64()); last != want {
+		t.Errorf("after Run: GOGC set to %d, want the process's own %d", last, want)
 	}
 }
