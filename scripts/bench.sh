@@ -17,7 +17,7 @@
 #                                    # proxy, gateway memory 1/16 tokens, Redis
 #                                    # 16/2000 tokens, rotated rounds, paired
 #                                    # ratios; with REV, the gateway built at REV
-#                                    # runs the Redis workloads too (base-…)
+#                                    # runs every gateway workload too (base-…)
 #   scripts/bench.sh quota-compare [REV]  # the quota run with the gateway
 #                                    # built at REV (default 9ae3c03, before
 #                                    # fleet-wide reservations), then this tree

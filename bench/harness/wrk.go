@@ -27,7 +27,7 @@ type WrkOptions struct {
 	// proxy costs is measured on a core of its own ["0", "1"].
 	ProxyCPU, LoadCPU string
 	// BaseBin, when set, is a directory with another build of the
-	// gateway: its Redis-store workloads run too (as base-redis-…), paired
+	// gateway: every gateway workload runs on it too (as base-…), paired
 	// with the same rounds, to compare two revisions.
 	BaseBin string
 	// SimUpstream forwards to the simulator itself instead of nginx
@@ -168,8 +168,8 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 	start := func(target string) error {
 		var ll Launcher = proxyL
 		kind := target
-		if target == "base-redis" {
-			ll, kind = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}, "redis"
+		if k, ok := strings.CutPrefix(target, "base-"); ok {
+			ll, kind = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}, k
 		}
 		s, err := startTarget(ll, "gateway-"+target, kind, upURL, rs.URL(), "info", gwEnv)
 		if err != nil {
@@ -188,8 +188,8 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 		if len(want) == 0 || want[wl.name] || wl.name == "bare" {
 			loads = append(loads, wl)
 		}
-		if o.BaseBin != "" && wl.target == "redis" && (len(want) == 0 || want[wl.name]) {
-			loads = append(loads, wrkWorkload{"base-" + wl.name, "base-redis", wl.tokens})
+		if o.BaseBin != "" && wl.target != "bare" && (len(want) == 0 || want[wl.name]) {
+			loads = append(loads, wrkWorkload{"base-" + wl.name, "base-" + wl.target, wl.tokens})
 		}
 	}
 	for _, wl := range loads {
