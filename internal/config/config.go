@@ -47,6 +47,10 @@ type Config struct {
 	Cache     []Cache   `toml:"cache"`
 }
 
+// maxHeapFloor bounds server.gc_heap_floor: a floor is a few MB, a
+// larger one is a typo, not a tuning.
+const maxHeapFloor = 4 << 30
+
 // Server configures the two listeners.
 type Server struct {
 	Listen            string   `toml:"listen"`
@@ -58,8 +62,8 @@ type Server struct {
 	MaxBodyBytes      int64    `toml:"max_body_bytes"`
 	MaxHeaderBytes    int      `toml:"max_header_bytes"`
 	// GCHeapFloor is the heap the collector may let garbage grow to
-	// before collecting while the live heap is smaller (bytes; 0: Go's
-	// own pacing, a 4 MB goal at least).
+	// before collecting while the live heap is smaller (bytes, at most
+	// 4 GB; 0: Go's own pacing, a 4 MB goal at least).
 	GCHeapFloor int64 `toml:"gc_heap_floor"`
 	Pprof       bool  `toml:"pprof"`
 }
@@ -591,8 +595,8 @@ func (c *Config) validate() Errors {
 	if c.Server.MaxBodyBytes <= 0 {
 		add("server.max_body_bytes", "must be positive, got %d", c.Server.MaxBodyBytes)
 	}
-	if c.Server.GCHeapFloor < 0 {
-		add("server.gc_heap_floor", "must be 0 (off) or positive, got %d", c.Server.GCHeapFloor)
+	if c.Server.GCHeapFloor < 0 || c.Server.GCHeapFloor > maxHeapFloor {
+		add("server.gc_heap_floor", "must be 0 (off) or a size in bytes up to %d, got %d", int64(maxHeapFloor), c.Server.GCHeapFloor)
 	}
 	if c.Server.MaxHeaderBytes < 4096 {
 		add("server.max_header_bytes", "must be at least 4096 (Fusioo tokens alone are about 1 KB), got %d", c.Server.MaxHeaderBytes)

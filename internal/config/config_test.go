@@ -100,6 +100,7 @@ func TestEveryBadKeyReported(t *testing.T) {
 listen = "x"
 admin_listen = 3
 nope = true
+gc_heap_floor = -1
 [upstream]
 url = "ftp://a"
 [quota]
@@ -125,7 +126,7 @@ bogus = 1
 	if !errors.As(err, &errs) {
 		t.Fatalf("%v", err)
 	}
-	want := []string{"server.listen", "server.admin_listen", "server.nope", "upstream.url", "quota.margin", "quota.on_store_failure",
+	want := []string{"server.listen", "server.admin_listen", "server.nope", "server.gc_heap_floor", "upstream.url", "quota.margin", "quota.on_store_failure",
 		"redis.url: redis.url, redis.sentinel_master and redis.cluster_addrs are exclusive", "retry.budget_ratio", "retry.max_delay", "log.format", "routes[0].method", "routes[0].bogus", "typo: unknown key"}
 	msg := err.Error()
 	for _, w := range want {

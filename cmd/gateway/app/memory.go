@@ -91,7 +91,8 @@ func newHeapFloor(floor uint64) *heapFloor {
 		samples: []metrics.Sample{
 			{Name: "/gc/heap/live:bytes"},
 			{Name: "/gc/gogc:percent"},
-			{Name: "/gc/heap/goal:bytes"},
+			{Name: "/gc/scan/stack:bytes"},
+			{Name: "/gc/scan/globals:bytes"},
 		},
 		set: debug.SetGCPercent,
 	}
@@ -99,30 +100,29 @@ func newHeapFloor(floor uint64) *heapFloor {
 }
 
 // percent is the GOGC that puts the next goal at the floor, or base when
-// that is higher, from what the runtime reports: the live heap the last
-// collection found, the goal it set and the GOGC it set it with (the goal
-// is live plus what the collector scans, heap, stacks and globals, times
-// GOGC/100). What it scans counts as minScan at least, so GOGC stays
-// bounded; a live heap of 0 (no collection yet: nothing measured) leaves
-// base, as a goal computed from it would let the heap grow without bound.
-func (f *heapFloor) percent(live, goal uint64, gogc int) int {
-	if f.base <= 0 || gogc <= 0 || live == 0 || goal <= live || live >= f.floor {
+// that is higher, by Go's own pacing: the goal is the live heap plus what
+// the collector scans (the live heap, stacks and globals) times GOGC/100,
+// and never under the 4 MB minimum times GOGC/100, so GOGC stays at most
+// what puts that minimum at the floor. A live heap of 0 (no collection
+// yet: nothing measured) leaves base, as a goal computed from it would let
+// the heap grow without bound.
+func (f *heapFloor) percent(live, stacks, globals uint64) int {
+	if f.base <= 0 || live == 0 || live >= f.floor {
 		return f.base
 	}
-	scan := max((goal-live)*100/uint64(gogc), minScan)
-	p := (f.floor - live) * 100 / scan
+	p := min((f.floor-live)*100/(live+stacks+globals), f.floor*100/goMinHeap)
 	return int(max(p, uint64(f.base)))
 }
 
-// minScan is the least percent takes the collector's work to be.
-const minScan = 1 << 20
+// goMinHeap is the runtime's smallest heap goal at GOGC=100.
+const goMinHeap = 4 << 20
 
 // adjust sets GOGC for the live heap the last collection found. It
 // leaves it alone when it would change by less than a tenth, except to go
 // back to the process's own setting.
 func (f *heapFloor) adjust() {
 	metrics.Read(f.samples)
-	p := f.percent(f.samples[0].Value.Uint64(), f.samples[2].Value.Uint64(), f.cur)
+	p := f.percent(f.samples[0].Value.Uint64(), f.samples[2].Value.Uint64(), f.samples[3].Value.Uint64())
 	if d := p - f.cur; d == 0 || (p != f.base && d < f.cur/10 && -d < f.cur/10) {
 		return
 	}

@@ -60,38 +60,40 @@ func TestMemoryReleaseReturnsFreedHeap(t *testing.T) {
 }
 
 // TestHeapFloorPercent: GOGC is raised to put the goal at the floor for a
-// small live heap, bounded, and left at the process's own setting for a
-// live heap at the floor or above, before any collection, or with GOGC off.
+// small live heap, no higher than puts Go's minimum goal at the floor, and
+// left at the process's own setting for a live heap at the floor or above,
+// before any collection, or with GOGC off or 0.
 func TestHeapFloorPercent(t *testing.T) {
 	t.Parallel()
 	const mb = 1 << 20
 	f := newHeapFloor(16 * mb)
 	f.base = 100
 	for _, c := range []struct {
-		live, goal uint64
-		gogc, want int
+		live, stacks, globals uint64
+		want                  int
 	}{
-		{1 * mb, 4 * mb, 100, 500},     // scans 3 MB: (16-1)/3
-		{2 * mb, 4 * mb, 100, 700},     // scans 2 MB
-		{2 * mb, 16 * mb, 700, 700},    // at the floor: stays
-		{1 * mb, 1*mb + 10, 100, 1500}, // scans next to nothing: counted as 1 MB
-		{12 * mb, 36 * mb, 100, 100},   // (16-12)/24 is under base
-		{16 * mb, 32 * mb, 100, 100},   // a live heap at the floor
-		{40 * mb, 80 * mb, 100, 100},   // 100,000 tokens: as Go would
-		{0, 4 * mb, 100, 100},          // no collection yet
-		{1 * mb, 1 * mb, 100, 100},     // no headroom reported
+		{4 * mb, 0, 0, 300},           // 4 + 4×3 = 16
+		{3 * mb, 1 * mb, 0, 325},      // 3 + 4×3.25 = 16
+		{1 * mb, 1 * mb, 1 * mb, 400}, // 500 would put the minimum goal at 20 MB
+		{1 * mb, 0, 0, 400},           // 1,500 likewise
+		{12 * mb, 0, 0, 100},          // (16-12)/12 is under base
+		{16 * mb, 0, 0, 100},          // a live heap at the floor
+		{40 * mb, 1 * mb, 0, 100},     // 100,000 tokens: as Go would
+		{0, 1 * mb, 0, 100},           // no collection yet
 	} {
-		if got := f.percent(c.live, c.goal, c.gogc); got != c.want {
-			t.Errorf("percent(live %d MB, goal %d B, GOGC %d) = %d, want %d", c.live/mb, c.goal, c.gogc, got, c.want)
+		if got := f.percent(c.live, c.stacks, c.globals); got != c.want {
+			t.Errorf("percent(live %d, stacks %d, globals %d MB) = %d, want %d", c.live/mb, c.stacks/mb, c.globals/mb, got, c.want)
 		}
 	}
 	f.base = 300 // GOGC=300: never below it
-	if got := f.percent(12*mb, 36*mb, 300); got != 300 {
+	if got := f.percent(12*mb, 0, 0); got != 300 {
 		t.Errorf("with GOGC=300, percent = %d, want 300", got)
 	}
-	f.base = -1 // GOGC=off
-	if got := f.percent(1*mb, 4*mb, 100); got != -1 {
-		t.Errorf("with GOGC=off, percent = %d, want -1", got)
+	for _, base := range []int{-1, 0} { // GOGC=off, GOGC=0
+		f.base = base
+		if got := f.percent(1*mb, 0, 0); got != base {
+			t.Errorf("with GOGC %d, percent = %d, want %d", base, got, base)
+		}
 	}
 }
 
