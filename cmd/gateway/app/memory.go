@@ -72,7 +72,7 @@ func (m *memoryRelease) Run(ctx context.Context, interval time.Duration) {
 // allocates, a few hundred requests: each cycle scans every goroutine's
 // stack and the roots whatever the heap holds, and under load that made
 // collection 8 µs of the 74 µs of CPU a request took (issue 17's profile,
-// against 2.5 µs in the bare proxy, whose heap has few pointers). After
+// against 2.5 µs in the bare proxy). After
 // every collection heapFloor raises GOGC to what puts the next goal at
 // floor, never lowering it below the process's own setting (GOGC, 100 by
 // default): a large live heap (100,000 tracked tokens) is collected as Go
@@ -81,12 +81,13 @@ type heapFloor struct {
 	floor   uint64
 	samples []metrics.Sample
 	set     func(int) int // debug.SetGCPercent; a test's stand-in
-	base    int           // the process's own GOGC; < 0: off, left alone
-	cur     int
+	base    int           // the process's own GOGC; <= 0 (off, or 0): left alone
+	cur     int           // the GOGC last set
 }
 
+// newHeapFloor returns a heapFloor of floor bytes; Run does the work.
 func newHeapFloor(floor uint64) *heapFloor {
-	f := &heapFloor{
+	return &heapFloor{
 		floor: floor,
 		samples: []metrics.Sample{
 			{Name: "/gc/heap/live:bytes"},
@@ -96,7 +97,6 @@ func newHeapFloor(floor uint64) *heapFloor {
 		},
 		set: debug.SetGCPercent,
 	}
-	return f
 }
 
 // percent is the GOGC that puts the next goal at the floor, or base when
