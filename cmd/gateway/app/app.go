@@ -351,8 +351,8 @@ func (g *Gateway) Admin() http.Handler {
 }
 
 // Run does the gateway's background work (idle-key sweeps, the Redis
-// fallback's probes and write-backs, returning memory a burst left) until
-// ctx is done.
+// fallback's probes and write-backs, returning memory a burst left, the
+// collector's heap floor) until ctx is done.
 func (g *Gateway) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = g.Limiter.Run(ctx, 5*time.Second) })
