@@ -699,12 +699,9 @@ func (l *Limiter) acquire(key string) *keyState {
 				ks.smooth = rate.NewLimiter(l.cfg.Rate, max(l.cfg.Burst, 1))
 			}
 			sh.keys[key] = ks
-			sh.pushFront(ks)
-			ks.refs++
-			return ks
 		}
 	}
-	sh.unlink(ks)
+	sh.unlink(ks) // a new key is in no list yet: nothing to unlink
 	sh.pushFront(ks)
 	ks.refs++
 	return ks

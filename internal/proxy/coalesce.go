@@ -177,7 +177,7 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 	}()
 	tw := f.Writer(w)
 	rs.w = tw
-	h.forward(tw, r.WithContext(context.WithValue(f.Context(), stateKey{}, rs)), rs)
+	h.forward(tw, r.WithContext(contextWithState(f.Context(), rs)), rs)
 	complete = true
 	gone = r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShutdown)
 	return true

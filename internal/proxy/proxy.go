@@ -323,13 +323,19 @@ func stateFrom(ctx context.Context) *reqState {
 	return rs
 }
 
-// withState returns r with rs in its context, for the ReverseProxy
+// contextWithState returns ctx carrying rs, for the ReverseProxy
 // callbacks, which find it there (stateFrom).
+func contextWithState(ctx context.Context, rs *reqState) context.Context {
+	return context.WithValue(ctx, stateKey{}, rs)
+}
+
+// withState returns r with rs in its context (contextWithState), r itself
+// when it has it already.
 func withState(r *http.Request, rs *reqState) *http.Request {
 	if stateFrom(r.Context()) == rs {
 		return r
 	}
-	return r.WithContext(context.WithValue(r.Context(), stateKey{}, rs))
+	return r.WithContext(contextWithState(r.Context(), rs))
 }
 
 // ServeHTTP implements http.Handler.
@@ -407,8 +413,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveShared(w, r, rs, cached)
 		return
 	}
-	ctx = context.WithValue(ctx, stateKey{}, rs)
-	r = r.WithContext(ctx)
+	r = r.WithContext(contextWithState(ctx, rs))
 	if rs.key != "" && rs.route.Kind != fusioo.KindRead && h.cfg.Cache != nil {
 		// Before (no cached read of what changes is served while it is
 		// sent) and after (none stored from a read it overtook: the
