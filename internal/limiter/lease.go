@@ -81,14 +81,14 @@ func (ls *lease) want(most int) int { return min(max(ls.prev, ls.count, 1), most
 // (before the call: the store counted them hold after the moment it ran,
 // which is later, so they are safe to use until asked + hold). kept is how
 // many of them the caller used itself.
-func (ls *lease) grant(res quota.Result, asked time.Time, hold time.Duration, kept int) {
+func (ls *lease) grant(res *quota.Result, asked time.Time, hold time.Duration, kept int) {
 	b := batch{left: res.Granted - kept, until: asked.Add(hold)}
 	if ls.cur.left == 0 {
 		ls.cur = b
 	} else {
 		ls.next = b
 	}
-	ls.last, ls.lastAt, ls.granted = res, asked, res.Granted
+	ls.last, ls.lastAt, ls.granted = *res, asked, res.Granted
 }
 
 // refillDue reports, after a take from the current batch at now, whether
@@ -123,29 +123,20 @@ func (l *Limiter) leasing() bool { return l.cfg.Lease > 0 && l.cfg.LeaseMax > 1 
 // from the store, now or reserved within wait, asking for a batch sized to
 // the demand the last one saw when nobody else of the key is asking
 // already. ok false is the store's refusal, and s.res says why.
-func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time.Time, turn, wait time.Duration) (s slot, ok bool, _ error) {
+func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time.Time, turn, wait time.Duration, s *slot) (ok bool, _ error) {
 	t := quota.Take{Wait: wait, NotBefore: turn}
 	fetch, gen := false, uint64(0)
 	if l.leasing() && turn == 0 {
-		ks.mu.Lock()
-		ls := ks.lease
-		ls.observe(now, l.cfg.Lease)
-		if res, until, ok := ls.use(now); ok {
-			want, hold, due := ls.refillDue(now, l.cfg.Lease, l.cfg.LeaseMax)
-			ls.fetching = ls.fetching || due
-			gen := ls.gen
-			ks.mu.Unlock()
-			if due {
-				l.startRefill(ks, key, want, hold, now, gen)
-			}
-			return slot{notBefore: now, notAfter: until, res: res}, true, nil
+		if l.fromLease(ks, key, now, s) {
+			return true, nil
 		}
+		ks.mu.Lock()
 		// While another request of the key asks for a batch, take a
 		// single slot rather than leasing a second batch; and with demand
 		// too low for a batch, an ordinary take.
-		if want := ls.want(l.cfg.LeaseMax); !ls.fetching && want > 1 {
+		if want := ks.lease.want(l.cfg.LeaseMax); !ks.lease.fetching && want > 1 {
 			t.Want, t.Hold = want, l.cfg.Lease
-			ls.fetching, fetch, gen = true, true, ls.gen
+			ks.lease.fetching, fetch, gen = true, true, ks.lease.gen
 		}
 		ks.mu.Unlock()
 	}
@@ -162,7 +153,7 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 		case !res.Allowed:
 			ls.drop()
 		case res.Granted > 0 && ls.gen == gen:
-			ls.grant(res, sent, l.cfg.Lease, 1)
+			ls.grant(&res, sent, l.cfg.Lease, 1)
 			res.Remaining += res.Granted - 1 // held here, not used
 		default:
 			// An ordinary take or a reservation (the local fallback while
@@ -172,13 +163,37 @@ func (l *Limiter) obtain(ctx context.Context, ks *keyState, key string, now time
 		ks.mu.Unlock()
 	}
 	if err != nil {
-		return slot{}, false, fmt.Errorf("quota store: %w", err)
+		return false, fmt.Errorf("quota store: %w", err)
 	}
+	s.res = res
 	if !res.Allowed {
-		return slot{res: res}, false, nil
+		return false, nil
 	}
-	res.Granted = 0
-	return slot{notBefore: recv.Add(res.Delay), notAfter: sent.Add(res.Usable), res: res, give: res.Slot}, true, nil
+	s.res.Granted = 0
+	s.notBefore, s.notAfter, s.give = recv.Add(res.Delay), sent.Add(res.Usable), res.Slot
+	return true, nil
+}
+
+// fromLease takes s from the key's lease when one is usable now, starting
+// the background refill when it is due. It records the demand either way.
+func (l *Limiter) fromLease(ks *keyState, key string, now time.Time, s *slot) bool {
+	ks.mu.Lock()
+	ls := ks.lease
+	ls.observe(now, l.cfg.Lease)
+	res, until, ok := ls.use(now)
+	if !ok {
+		ks.mu.Unlock()
+		return false
+	}
+	want, hold, due := ls.refillDue(now, l.cfg.Lease, l.cfg.LeaseMax)
+	ls.fetching = ls.fetching || due
+	gen := ls.gen
+	ks.mu.Unlock()
+	if due {
+		l.startRefill(ks, key, want, hold, now, gen)
+	}
+	s.notBefore, s.notAfter, s.res = now, until, res
+	return true
 }
 
 // startRefill fetches the key's next batch in the background. The refill
@@ -211,7 +226,7 @@ func (l *Limiter) startRefill(ks *keyState, key string, want int, hold time.Dura
 		// A refill the store answered without a lease counted a slot now
 		// that nobody can use now: it is lost, as refused refills are.
 		if err == nil && res.Allowed && res.Granted > 0 && ks.lease.gen == gen {
-			ks.lease.grant(res, asked, hold, 0)
+			ks.lease.grant(&res, asked, hold, 0)
 		}
 	}()
 }

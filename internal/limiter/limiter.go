@@ -281,72 +281,112 @@ func (l *Limiter) Admit(ctx context.Context, key string, deadline time.Time) (De
 	}
 	ks := l.acquire(key)
 	if ks == nil {
-		return l.refuse(quota.Result{RetryAfter: time.Second}, ReasonKeysFull, start), nil
+		return l.keysFull(start), nil
 	}
 	defer l.release(key, ks)
 	if key == "" {
 		return l.admitAnonymous(ctx, ks, start, deadline)
 	}
 	for {
-		d, again, err := l.admitOnce(ctx, ks, key, start, deadline)
+		var a attempt
+		err := l.ask(ctx, ks, key, deadline, &a)
+		d, again, err := l.answer(ctx, ks, key, &a, err, start, deadline)
 		if !again {
 			return d, err
 		}
 	}
 }
 
-// admitOnce asks the store for a slot and waits for it. again is true when
-// the slot was lost before use (withdrawn by Exhaust, or the process woke
-// too late to use it) and the request must ask anew.
-func (l *Limiter) admitOnce(ctx context.Context, ks *keyState, key string, start, deadline time.Time) (_ Decision, again bool, _ error) {
-	now := l.clock.Now()
-	wait := max(deadline.Sub(now), 0)
+// attempt is one ask of the store for a slot, from ask to answer.
+type attempt struct {
+	now  time.Time
+	full bool              // no room to wait: a slot now, or a refusal
+	ok   bool              // the store granted s
+	turn *rate.Reservation // the smoother's turn, cancelled unless s is used
+	s    slot
+}
+
+// ask asks the store for a slot for key into a: one now, or one that frees
+// by deadline, after the smoother's turn.
+//
+// The store is called from here, at the deepest point of the request
+// path, so this frame is kept small and what follows the answer is in
+// answer: a handler goroutine's stack only grows (to 16 KB once the path
+// needs more than 8) and keeps its size while the request waits or is
+// forwarded. Every frame on the way down (the proxy's too) is that stack;
+// TestStackStaysSmall measures it.
+func (l *Limiter) ask(ctx context.Context, ks *keyState, key string, deadline time.Time, a *attempt) error {
+	a.now = l.clock.Now()
+	wait := max(deadline.Sub(a.now), 0)
 	ks.mu.Lock()
-	full := ks.waiting() >= l.cfg.MaxDepth || l.queued.Load() >= int64(l.cfg.MaxQueued)
+	a.full = ks.waiting() >= l.cfg.MaxDepth || l.queued.Load() >= int64(l.cfg.MaxQueued)
 	ks.mu.Unlock()
-	if full {
+	if a.full {
 		wait = 0 // no room to wait: a slot now, or a refusal
 	}
-	turn, sr := l.turn(ks, now, wait)
-	s, ok, err := l.obtain(ctx, ks, key, now, turn, wait)
-	if err != nil || !ok {
-		cancelTurn(sr, l.clock.Now())
+	var turn time.Duration
+	turn, a.turn = l.turn(ks, a.now, wait)
+	var err error
+	a.ok, err = l.obtain(ctx, ks, key, a.now, turn, wait, &a.s)
+	return err
+}
+
+// answer makes the store's answer in a (or its error err) the request's
+// decision: a refusal, or the slot used now or after waiting in the key's
+// queue. again is true when the slot was lost before use (withdrawn by
+// Exhaust, or the process woke too late to use it) and the request must
+// ask anew.
+func (l *Limiter) answer(ctx context.Context, ks *keyState, key string, a *attempt, err error, start, deadline time.Time) (_ Decision, again bool, _ error) {
+	if err != nil || !a.ok {
+		cancelTurn(a.turn, l.clock.Now())
 		if err != nil {
 			return Decision{}, false, err
 		}
-		if s.res.Settling && fits(now, s.res.RetryAfter, deadline) {
-			// The store is taking the replicas' counts back after losing
-			// its data: wait for that, then ask again.
-			if err := l.sleep(ctx, s.res.RetryAfter); err != nil {
-				return Decision{}, false, err
-			}
-			return Decision{}, true, nil
-		}
-		reason := reasonFor(s.res)
-		if full && !s.res.Blocked && !s.res.Full && s.res.RetryAfter <= deadline.Sub(now) {
-			reason = ReasonQueueFull
-		}
-		return l.refuse(s.res, reason, start), false, nil
+		return l.refused(ctx, &a.s.res, a.full, a.now, start, deadline)
 	}
+	return l.hold(ctx, ks, key, &a.s, a.turn, a.full, start, deadline)
+}
 
+// refused answers a request the store gave no slot: once a settling store
+// has taken the replicas' counts back, again; otherwise a refusal.
+func (l *Limiter) refused(ctx context.Context, res *quota.Result, full bool, now, start, deadline time.Time) (_ Decision, again bool, _ error) {
+	if res.Settling && fits(now, res.RetryAfter, deadline) {
+		// The store is taking the replicas' counts back after losing
+		// its data: wait for that, then ask again.
+		if err := l.sleep(ctx, res.RetryAfter); err != nil {
+			return Decision{}, false, err
+		}
+		return Decision{}, true, nil
+	}
+	reason := reasonFor(*res)
+	if full && !res.Blocked && !res.Full && res.RetryAfter <= deadline.Sub(now) {
+		reason = ReasonQueueFull
+	}
+	return l.refuse(res, reason, start), false, nil
+}
+
+// hold uses the slot s the store granted: now, or after waiting in the
+// key's queue until it may be used (sr is the smoother's turn, cancelled
+// when the slot is not used).
+func (l *Limiter) hold(ctx context.Context, ks *keyState, key string, s *slot, sr *rate.Reservation, full bool, start, deadline time.Time) (_ Decision, again bool, _ error) {
 	if s.res.Delay > 0 && s.notBefore.After(deadline) {
 		// The answer came back too late for the slot to be waited for
 		// (the store was slow): given back, refused with when it frees.
-		l.giveBack(ctx, key, &s)
+		l.giveBack(ctx, key, s)
 		cancelTurn(sr, l.clock.Now())
 		res := s.res
 		res.RetryAfter = max(s.notBefore.Sub(l.clock.Now()), 0)
-		return l.refuse(res, ReasonQuota, start), false, nil
+		return l.refuse(&res, ReasonQuota, start), false, nil
 	}
 	ks.mu.Lock()
 	if !s.notBefore.After(l.clock.Now()) && (ks.waiting() == 0 || full) {
 		ks.mu.Unlock()
-		return l.admitted(&s, start), false, nil
+		return l.admitted(s, start), false, nil
 	}
 	w := &waiter{wake: make(chan struct{}, 1), deadline: deadline}
 	el := ks.enqueue(w)
 	held := new(slot)
-	*held = s
+	*held = *s
 	ks.insert(held)
 	ks.mu.Unlock()
 	l.queued.Add(1)
@@ -557,7 +597,7 @@ func (l *Limiter) admitAnonymous(ctx context.Context, ks *keyState, start, deadl
 	d := r.DelayFrom(start)
 	if !r.OK() || !fits(start, d, deadline) {
 		r.CancelAt(start)
-		return l.refuse(quota.Result{RetryAfter: max(d, time.Second)}, ReasonSmoothing, start), nil
+		return l.refuse(&quota.Result{RetryAfter: max(d, time.Second)}, ReasonSmoothing, start), nil
 	}
 	if d > 0 {
 		if err := l.sleep(ctx, d); err != nil {
@@ -587,10 +627,23 @@ func (l *Limiter) admitted(s *slot, start time.Time) Decision {
 	return Decision{Allowed: true, Result: s.res, Waited: l.clock.Since(start)}
 }
 
-func (l *Limiter) refuse(res quota.Result, reason string, start time.Time) Decision {
+// refuse is the refusal for the store's answer res. res is passed by
+// pointer: every copy of a Result on the way to the store is stack the
+// handler goroutine keeps (see ask).
+func (l *Limiter) refuse(res *quota.Result, reason string, start time.Time) Decision {
 	l.obs.Rejected(reason)
-	res.Allowed = false
-	return Decision{Result: res, Reason: reason, Waited: l.clock.Since(start)}
+	d := Decision{Result: *res, Reason: reason, Waited: l.clock.Since(start)}
+	d.Result.Allowed = false
+	return d
+}
+
+// keysFull refuses a new key when the limiter tracks MaxKeys keys. It is
+// kept out of Admit (go:noinline) so its temporaries are not in Admit's
+// frame while the store is called (see ask).
+//
+//go:noinline
+func (l *Limiter) keysFull(start time.Time) Decision {
+	return l.refuse(&quota.Result{RetryAfter: time.Second}, ReasonKeysFull, start)
 }
 
 func reasonFor(res quota.Result) string {

@@ -120,6 +120,13 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 		}
 		return
 	}
+	h.follow(f, w, r, rs)
+}
+
+// follow answers w from the flight f another request leads. It is apart
+// from serveShared, whose leader calls the quota store: a frame on that way
+// is stack the handler goroutine keeps (see limiter.Limiter.ask).
+func (h *Handler) follow(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState) {
 	rs.coalesced = true
 	h.obs.Coalesced(rs.route.Name())
 	// The client's leaving ends its wait; the end of the shutdown grace

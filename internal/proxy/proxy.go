@@ -339,14 +339,40 @@ func withState(r *http.Request, rs *reqState) *http.Request {
 }
 
 // ServeHTTP implements http.Handler.
+//
+// It is split in two, prepare then serve, and keeps a small frame of its
+// own: the request's checks are done by the time the quota store is
+// called, deep below serve, and every byte of a frame on the way there is
+// stack the handler goroutine keeps (limiter.Limiter.ask says why).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := &reqState{h: h, w: w, start: h.clock.Now()}
 	defer h.finish(r, rs)
+	if !h.prepare(w, r, rs) {
+		return
+	}
+	ctx := r.Context()
+	if ctx.Value(baseKey{}) != h {
+		// Served without BaseContext: Abort reaches the request this way.
+		c, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := context.AfterFunc(h.ctx, func() { cancel(context.Cause(h.ctx)) })
+		defer stop()
+		ctx = c
+	}
+	rs.deadline = rs.start.Add(h.cfg.MaxWait)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(rs.deadline) {
+		rs.deadline = dl
+	}
+	h.serve(ctx, w, r, rs)
+}
 
+// prepare checks r, answering w and returning false when it is refused,
+// and fills rs: its route, its key, its body's limits.
+func (h *Handler) prepare(w http.ResponseWriter, r *http.Request, rs *reqState) bool {
 	if code, msg := h.refuse(r); code != 0 {
 		rs.route = h.cfg.Routes.Match(r.Method, "")
 		h.writeError(w, rs, http.StatusBadRequest, code, msg)
-		return
+		return false
 	}
 	rs.route = h.cfg.Routes.Match(r.Method, r.URL.Path)
 	if !rs.route.Charged && r.URL.RawPath != "" {
@@ -357,12 +383,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tok, bad := Credential(r)
 	if bad != "" {
 		h.writeError(w, rs, http.StatusUnauthorized, fusioo.CodeUnauthorized, bad)
-		return
+		return false
 	}
 	if formBody(r, rs.route) {
 		h.writeError(w, rs, http.StatusUnsupportedMediaType, fusioo.CodeNotFound,
 			"Form bodies are not accepted (Fusioo's API takes JSON, and multipart only for uploads): one could carry a second credential")
-		return
+		return false
 	}
 	if tok != "" {
 		rs.key = h.cfg.Identifier.Key(tok)
@@ -376,7 +402,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > h.cfg.MaxBodyBytes {
 			h.writeError(w, rs, http.StatusRequestEntityTooLarge, fusioo.CodeFileTooLarge,
 				fmt.Sprintf("Request body exceeds the gateway's limit of %d bytes", h.cfg.MaxBodyBytes))
-			return
+			return false
 		}
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
@@ -385,20 +411,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &clientBody{ReadCloser: r.Body, rs: rs, rc: http.NewResponseController(w), idle: h.cfg.BodyTimeout}
 	}
-	ctx := r.Context()
-	if ctx.Value(baseKey{}) != h {
-		// Served without BaseContext: Abort reaches the request this way.
-		c, cancel := context.WithCancelCause(ctx)
-		defer cancel(nil)
-		stop := context.AfterFunc(h.ctx, func() { cancel(context.Cause(h.ctx)) })
-		defer stop()
-		ctx = c
-	}
+	return true
+}
 
-	rs.deadline = rs.start.Add(h.cfg.MaxWait)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(rs.deadline) {
-		rs.deadline = dl
-	}
+// serve sends r, prepared, on its way, in ctx (r's, or one Abort
+// reaches): shared with identical reads, or alone.
+func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, rs *reqState) {
 	shared, cached := false, false
 	if rs.key != "" && rs.route.Kind == fusioo.KindRead && h.keyable(r) {
 		_, cached = h.cfg.Cache.Rule(rs.route.Name())
@@ -573,22 +591,11 @@ func (h *Handler) refuse(r *http.Request) (fusioo.Code, string) {
 // returns false when the request must not go upstream.
 func (h *Handler) admit(ctx context.Context, w http.ResponseWriter, rs *reqState) bool {
 	if wait, ok := h.awaitPause(ctx, rs.deadline); !ok {
-		if ctx.Err() == nil {
-			w.Header().Set("Retry-After", strconv.FormatInt(max(ceilSeconds(wait), 1), 10))
-			h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable,
-				"The upstream asked for a pause (maintenance); nothing was sent")
-		} else {
-			h.admitFailed(ctx, w, rs, ctx.Err())
-		}
+		h.refusePaused(ctx, w, rs, wait)
 		return false
 	}
 	if !rs.route.Charged {
-		// Not charged, but the client still learns where its quota stands.
-		if rs.key != "" {
-			if q, err := h.cfg.Limiter.Status(ctx, rs.key); err == nil {
-				rs.quota, rs.hasQuota = q, true
-			}
-		}
+		h.quotaStatus(ctx, rs)
 		return true
 	}
 	d, err := h.cfg.Limiter.Admit(ctx, rs.key, rs.deadline)
@@ -601,10 +608,35 @@ func (h *Handler) admit(ctx context.Context, w http.ResponseWriter, rs *reqState
 		rs.quota, rs.hasQuota = d.Result, true
 	}
 	if !d.Allowed {
-		h.writeDenied(w, rs, d)
+		h.writeDenied(w, rs, &d)
 		return false
 	}
 	return true
+}
+
+// refusePaused answers a request the upstream's pause outlasts (wait more).
+// It and quotaStatus are apart from admit, which calls the quota store: a
+// frame on that way is stack the handler goroutine keeps (see
+// limiter.Limiter.ask).
+func (h *Handler) refusePaused(ctx context.Context, w http.ResponseWriter, rs *reqState, wait time.Duration) {
+	if ctx.Err() != nil {
+		h.admitFailed(ctx, w, rs, ctx.Err())
+		return
+	}
+	w.Header().Set("Retry-After", strconv.FormatInt(max(ceilSeconds(wait), 1), 10))
+	h.writeError(w, rs, http.StatusServiceUnavailable, fusioo.CodeUnavailable,
+		"The upstream asked for a pause (maintenance); nothing was sent")
+}
+
+// quotaStatus tells a request that is not charged where its key's quota
+// stands, for its headers.
+func (h *Handler) quotaStatus(ctx context.Context, rs *reqState) {
+	if rs.key == "" {
+		return
+	}
+	if q, err := h.cfg.Limiter.Status(ctx, rs.key); err == nil {
+		rs.quota, rs.hasQuota = q, true
+	}
 }
 
 func (h *Handler) admitFailed(ctx context.Context, w http.ResponseWriter, rs *reqState, err error) {
@@ -802,7 +834,7 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 
 // writeDenied answers a request the quota refused: 429/20005 with an
 // honest Retry-After.
-func (h *Handler) writeDenied(w http.ResponseWriter, rs *reqState, d limiter.Decision) {
+func (h *Handler) writeDenied(w http.ResponseWriter, rs *reqState, d *limiter.Decision) {
 	if rs.hasQuota {
 		h.setQuotaHeaders(w.Header(), rs, d.Result)
 	}

@@ -97,10 +97,10 @@ func (s *MemoryStore) Take(_ context.Context, key string, t Take) (Result, error
 	c.prune(s.geo, now)
 	// A memory store does not lease: a take is one slot counted now.
 	v := decide(s.geo, c, ask{now: now, wait: int64(max(t.Wait, 0)), notBefore: int64(max(t.NotBefore, 0)), peek: t.Peek})
-	return s.result(v), nil
+	return s.result(&v), nil
 }
 
-func (s *MemoryStore) result(v verdict) Result {
+func (s *MemoryStore) result(v *verdict) Result {
 	res := Result{
 		Allowed:    v.allowed,
 		Limit:      s.policy.Limit,

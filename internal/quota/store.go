@@ -128,16 +128,6 @@ type Result struct {
 	// Allowed: a slot was counted for the caller, to be used from Delay
 	// after the answer arrived until Usable after the call was sent.
 	Allowed bool
-	Limit   int
-	// Remaining is how many more slots the key could be granted now
-	// without taking one counted or reserved for later (by any replica).
-	Remaining int
-	// RetryAfter is, when Allowed is false, how long until a slot could be
-	// reserved, counting everything counted and reserved for the key.
-	RetryAfter time.Duration
-	// ResetAfter is how long until the oldest counted attempt stops
-	// counting, that is until Remaining next grows (0 when nothing counts).
-	ResetAfter time.Duration
 	// Blocked is set when the key was refused because the upstream said its
 	// quota is exhausted (see Store.Block), not because of local counting.
 	Blocked bool
@@ -149,6 +139,18 @@ type Result struct {
 	// keys that still count something: RetryAfter is when the first of
 	// them frees. Nothing was counted.
 	Full bool
+	// (The flags are together: a Result is copied by value on every
+	// admission, and padding is stack the request's goroutine keeps.)
+	Limit int
+	// Remaining is how many more slots the key could be granted now
+	// without taking one counted or reserved for later (by any replica).
+	Remaining int
+	// RetryAfter is, when Allowed is false, how long until a slot could be
+	// reserved, counting everything counted and reserved for the key.
+	RetryAfter time.Duration
+	// ResetAfter is how long until the oldest counted attempt stops
+	// counting, that is until Remaining next grows (0 when nothing counts).
+	ResetAfter time.Duration
 	// Granted is how many slots an allowed lease counted (see Take.Hold);
 	// 0 for an ordinary take.
 	Granted int
@@ -166,10 +168,10 @@ type Result struct {
 // made it reads its fields.
 type Reservation struct {
 	at       int64  // taken: its sub-bucket; reserved: its start (store units)
-	reserved bool   // a reservation (counted from its start) or a take
 	epoch    string // Redis: the key's incarnation that counted it
-	local    bool   // FallbackStore: counted by the local store
 	shadow   int64  // FallbackStore: the Redis-time bucket of a local count
+	reserved bool   // a reservation (counted from its start) or a take
+	local    bool   // FallbackStore: counted by the local store
 	ok       bool   // zero Reservation: nothing to release
 }
 

@@ -1,6 +1,10 @@
 package quota
 
-import "sort"
+import (
+	"cmp"
+	"slices"
+	"sort"
+)
 
 // This file is the quota algorithm, stated once: MemoryStore runs it on
 // its own clock in nanoseconds, redis_take.lua runs the same steps on Redis
@@ -179,9 +183,10 @@ func decide(g geometry, c *counts, a ask) verdict {
 			return v
 		}
 		if room >= 1 {
-			k := grant(room, a, lease)
+			k := grant(room, a.want, lease)
 			v.remaining = room - k
-			return placeTake(g, c, v, now, takeAt, k, lease, a.hold)
+			placeTake(g, c, &v, now, takeAt, k, lease, a.hold)
+			return v
 		}
 	}
 
@@ -201,9 +206,10 @@ func decide(g geometry, c *counts, a ask) verdict {
 	}
 	if !blocked && a.notBefore == 0 {
 		if room := g.limit - maxOver(prof, now, g.end(takeAt)); room >= 1 {
-			k := grant(room, a, lease)
+			k := grant(room, a.want, lease)
 			v.remaining = max(g.limit-maxWith(prof, now, g.end(cur), now, g.end(takeAt), k), 0)
-			return placeTake(g, c, v, now, takeAt, k, lease, a.hold)
+			placeTake(g, c, &v, now, takeAt, k, lease, a.hold)
+			return v
 		}
 	}
 	start := earliest(g, prof, max(from, now+a.notBefore))
@@ -219,7 +225,8 @@ func decide(g geometry, c *counts, a ask) verdict {
 	case start == now:
 		// Free now (only reached when the smoothing turn was given up).
 		v.remaining = max(g.limit-maxWith(prof, now, g.end(cur), now, g.end(cur), 1), 0)
-		return placeTake(g, c, v, now, cur, 1, false, 0)
+		placeTake(g, c, &v, now, cur, 1, false, 0)
+		return v
 	}
 	b := g.bucket(start)
 	c.reserved = add(c.reserved, start, 1)
@@ -255,14 +262,15 @@ func minEnd(cur, e int64) int64 {
 // lease what it wants, at most 1/16 of the room (at least one), so that near
 // the limit every admission is a single slot again and no replica sits on
 // slots another could use.
-func grant(room int, a ask, lease bool) int {
+func grant(room, want int, lease bool) int {
 	if !lease {
 		return 1
 	}
-	return max(1, min(max(a.want, 1), room/16))
+	return max(1, min(max(want, 1), room/16))
 }
 
-func placeTake(g geometry, c *counts, v verdict, now, at int64, k int, lease bool, hold int64) verdict {
+// placeTake counts k slots taken at bucket at into c and v.
+func placeTake(g geometry, c *counts, v *verdict, now, at int64, k int, lease bool, hold int64) {
 	c.taken = add(c.taken, at, k)
 	v.allowed, v.at, v.n, v.lease = true, at, k, lease
 	v.reset = resetWith(v.reset, g.end(at)-now)
@@ -270,7 +278,6 @@ func placeTake(g geometry, c *counts, v verdict, now, at int64, k int, lease boo
 	if lease {
 		v.usable = hold
 	}
-	return v
 }
 
 // profile is count(t) for t >= now as steps: used from now, then every
@@ -290,7 +297,7 @@ func profile(g geometry, c *counts, now int64, used int) []step {
 		}
 		ch = append(ch, change{g.end(g.bucket(x.at)), -x.n})
 	}
-	sort.Slice(ch, func(i, j int) bool { return ch[i].at < ch[j].at })
+	slices.SortFunc(ch, func(a, b change) int { return cmp.Compare(a.at, b.at) })
 	prof := []step{{now, used}}
 	for _, x := range ch {
 		last := &prof[len(prof)-1]

@@ -1,0 +1,169 @@
+package requestpath
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fusioo-gateway/gateway/bench/bareproxy"
+)
+
+// The handler goroutine of a request served over a connection (net/http's
+// conn.serve) keeps the largest stack the request ever needed while it
+// waits, queued or forwarded: the runtime grows a stack by doubling and
+// halves a parked one only when it uses under a quarter of it, which a
+// request parked below the proxy never does. So how deep the request path
+// goes, down to the quota store, is memory per request in flight:
+// 8 KB, or 16 KB once anything on the way passes 8 KB.
+
+// connsHeld opens n client connections to a server of h, each sending one
+// read of one token (distinct, so none is coalesced), waits until held()
+// reports n requests in h (or the server's upstream), and returns the
+// goroutine stacks and live heap the n requests added, per request. The
+// clients are raw connections: they add a socket each, no goroutine.
+func connsHeld(tb testing.TB, h http.Handler, n int, held func() int) (stack, heap float64) {
+	srv := httptest.NewUnstartedServer(h)
+	if b, ok := h.(interface {
+		BaseContext(net.Listener) context.Context
+	}); ok {
+		srv.Config.BaseContext = b.BaseContext
+	}
+	srv.Start()
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		srv.Close()
+	}()
+	heap0, stack0 := liveHeap(), stackInuse()
+	for i := range n {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			tb.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		if _, err := fmt.Fprintf(c, "GET /v3/apps?seq=%d HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer queued-token\r\n\r\n", i); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for held() < n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d requests held after 60 s", held(), n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling, bounded by the deadline
+	}
+	heap1, stack1 := liveHeap(), stackInuse()
+	return float64(int64(stack1)-int64(stack0)) / float64(n), float64(int64(heap1)-int64(heap0)) / float64(n)
+}
+
+// holding is a handler that holds every request until the client leaves:
+// what a connection with a request in it costs net/http alone.
+func holding() (http.Handler, func() int) {
+	var n atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		<-r.Context().Done()
+	}), func() int { return int(n.Load()) }
+}
+
+// queuedGateway is a gateway (memory store, deployed defaults otherwise)
+// whose token has used its quota of n, so that its next n requests queue
+// for slots freeing within their wait.
+func queuedGateway(tb testing.TB, n int) (http.Handler, func() int) {
+	g := gatewayConfig(tb, "memory", upstream(tb).URL, "", "warn",
+		"FUSIOO_GATEWAY_QUOTA_LIMIT="+strconv.Itoa(n), "FUSIOO_GATEWAY_QUOTA_WINDOW=20s",
+		"FUSIOO_GATEWAY_QUEUE_MAX_WAIT=60s", "FUSIOO_GATEWAY_QUEUE_MAX_DEPTH="+strconv.Itoa(2*n),
+		"FUSIOO_GATEWAY_QUEUE_MAX_QUEUED="+strconv.Itoa(2*n),
+		"FUSIOO_GATEWAY_SMOOTHING_RATE=1000000000", "FUSIOO_GATEWAY_SMOOTHING_BURST=1000000000")
+	base := baseContext(g.Handler)
+	for i := range n {
+		req := httptest.NewRequestWithContext(base, http.MethodGet, "/v3/apps?used="+strconv.Itoa(i), nil)
+		req.Header.Set("Authorization", "Bearer queued-token")
+		serveOne(tb, g.Handler, req, &discardWriter{h: http.Header{}})
+	}
+	return g.Handler, func() int {
+		d, err := queueDepth(g)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return d
+	}
+}
+
+// stalledUpstream holds every request until the client (the proxy) leaves.
+func stalledUpstream(tb testing.TB) (*url.URL, func() int) {
+	h, held := holding()
+	up := httptest.NewServer(h)
+	tb.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	return u, held
+}
+
+// TestStackStaysSmall holds the request path to an 8 KB handler stack on
+// the memory store, queued and forwarded: against the same requests held
+// by net/http alone (queued) and by the bare proxy (forwarded to a stalled
+// upstream), the gateway adds under 10 KB and 6 KB of stack per request.
+// A path passing 8 KB anywhere (a new frame on the way to the store, a
+// larger one) doubles the handler's stack to 16 KB and fails this: before
+// stop 26 trimmed the frames on the way to the store, a queued request
+// added 12.9 KB (forwarded ones were just within 8 KB: 2.8 KB more than
+// the bare proxy's).
+func TestStackStaysSmall(t *testing.T) {
+	const n = 200
+	h, held := holding()
+	base, _ := connsHeld(t, h, n, held)
+	gw, queued := queuedGateway(t, n)
+	q, _ := connsHeld(t, gw, n, queued)
+	t.Logf("stack per queued request: %.0f B; per request net/http holds: %.0f B", q, base)
+	if q-base >= 10<<10 {
+		t.Errorf("a queued request adds %.0f B of stack over a held one (%.0f against %.0f): the handler's stack grew past 8 KB", q-base, q, base)
+	}
+
+	u, upHeld := stalledUpstream(t)
+	bare, tr := bareproxy.New(u)
+	t.Cleanup(tr.CloseIdleConnections)
+	fb, _ := connsHeld(t, bare, n, upHeld)
+	u2, upHeld2 := stalledUpstream(t)
+	g := gatewayConfig(t, "memory", u2.String(), "", "warn", "FUSIOO_GATEWAY_UPSTREAM_TIMEOUT=120s")
+	fg, _ := connsHeld(t, g.Handler, n, upHeld2)
+	t.Logf("stack per forwarded request: gateway %.0f B, bare proxy %.0f B", fg, fb)
+	if fg-fb >= 6<<10 {
+		t.Errorf("a forwarded request costs the gateway %.0f B of stack more than the bare proxy (%.0f against %.0f): the handler's stack grew past 8 KB", fg-fb, fg, fb)
+	}
+}
+
+// BenchmarkQueuedConns is BenchmarkQueued over real client connections:
+// b.N requests of one token queued in a gateway served by net/http, against
+// b.N requests a bare handler holds (what a connection with a request in it
+// costs net/http alone: its buffers, its goroutines). It reports each's
+// stack and live heap per request and in all; the gateway's own cost of a
+// queued request is the difference.
+//
+//	go test -run '^$' -bench QueuedConns -benchtime 5000x ./bench/requestpath
+//
+// (10,000 would need 20,000 descriptors in this one process.)
+func BenchmarkQueuedConns(b *testing.B) {
+	run := func(b *testing.B, h http.Handler, held func() int) {
+		stack, heap := connsHeld(b, h, b.N, held)
+		b.ReportMetric(stack, "stack-B/req")
+		b.ReportMetric(heap, "heap-B/req")
+		b.ReportMetric((stack+heap)*float64(b.N)/1e6, "MB-total")
+	}
+	b.Run("held", func(b *testing.B) {
+		h, held := holding()
+		run(b, h, held)
+	})
+	b.Run("gateway", func(b *testing.B) {
+		h, held := queuedGateway(b, b.N)
+		run(b, h, held)
+	})
+}
