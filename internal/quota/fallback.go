@@ -434,8 +434,17 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		sent = f.clock.Now()
 		k := Known{Epoch: known, Instance: instance, HoldBack: f.holdBack()}
 		_, err = f.breakerFor(ctx, key).Execute(func() (struct{}, error) {
+			// Asked here, not in a function of its own: the call is on
+			// the request path's deepest way, whose every frame the
+			// handler goroutine's stack keeps (see limiter's ask). A
+			// Shared primary is told what this replica holds of the key.
 			var err error
-			res, info, err = f.takePrimary(ctx, key, t, k, sent)
+			if f.shared != nil {
+				res, info, err = f.shared.TakeKnowing(ctx, key, t, k)
+			} else {
+				res, err = f.primary.Take(ctx, key, t)
+				info = Answer{Now: sent.UnixMilli()}
+			}
 			return struct{}{}, f.classify(ctx, err)
 		})
 		if err == nil {
@@ -455,7 +464,7 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		err = errors.New("redis lost the key twice in a row")
 	}
 	if err == nil {
-		f.recordRedis(key, res, info, sent)
+		f.recordRedis(key, &res, &info, sent)
 		return res, nil
 	}
 	if ctx.Err() != nil {
@@ -482,16 +491,6 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 		return Result{}, f.unavailable(err)
 	}
 	return f.takeLocal(ctx, key, t, false)
-}
-
-// takePrimary asks the primary, telling a Shared one what this replica
-// holds; a plain store's answer is dated by the local clock.
-func (f *FallbackStore) takePrimary(ctx context.Context, key string, t Take, k Known, sent time.Time) (Result, Answer, error) {
-	if f.shared != nil {
-		return f.shared.TakeKnowing(ctx, key, t, k)
-	}
-	res, err := f.primary.Take(ctx, key, t)
-	return res, Answer{Now: sent.UnixMilli()}, err
 }
 
 func isOpenState(err error) bool {
@@ -801,7 +800,7 @@ func (f *FallbackStore) localResult(r Result) Result {
 }
 
 // recordRedis updates the shadow after Redis answered a take.
-func (f *FallbackStore) recordRedis(key string, res Result, info Answer, sent time.Time) {
+func (f *FallbackStore) recordRedis(key string, res *Result, info *Answer, sent time.Time) {
 	f.answered.Store(true)
 	f.offset.Store(info.Now - sent.UnixMilli())
 	now := f.clock.Now()

@@ -238,6 +238,13 @@ func (s *RedisStore) TakeKnowing(ctx context.Context, key string, t Take, k Know
 	if err != nil {
 		return Result{}, Answer{}, fmt.Errorf("redis take: %w", err)
 	}
+	return s.takeResult(vals)
+}
+
+// takeResult reads the take script's answer. It is apart from TakeKnowing,
+// which calls Redis: a frame on that way is stack the handler goroutine
+// keeps (see limiter's ask).
+func (s *RedisStore) takeResult(vals []any) (Result, Answer, error) {
 	const nvals = 14
 	if len(vals) != nvals {
 		return Result{}, Answer{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)

@@ -68,11 +68,11 @@ type Known struct {
 // shadow accounting.
 type Answer struct {
 	At       int64  // the bucket taken in, or the start reserved from
-	Reserved bool   // At is a reservation's start (ms)
 	Now      int64  // the store's time of the call, ms
 	Epoch    string // the key's epoch ("" when the key does not exist)
-	Lost     bool   // the epoch the caller knew is gone: nothing was admitted
 	Instance string // the instance epoch ("" without one)
+	Reserved bool   // At is a reservation's start (ms)
+	Lost     bool   // the epoch the caller knew is gone: nothing was admitted
 }
 
 // Count is one replica's count at one place (a bucket, or a reservation's
