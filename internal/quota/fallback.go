@@ -440,7 +440,7 @@ func (f *FallbackStore) Take(ctx context.Context, key string, t Take) (Result, e
 			// Shared primary is told what this replica holds of the key.
 			var err error
 			if f.shared != nil {
-				res, info, err = f.shared.TakeKnowing(ctx, key, t, k)
+				err = f.shared.TakeKnowing(ctx, key, t, k, &res, &info)
 			} else {
 				res, err = f.primary.Take(ctx, key, t)
 				info = Answer{Now: sent.UnixMilli()}

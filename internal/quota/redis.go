@@ -206,7 +206,8 @@ func (s *RedisStore) Key(key string) string { return s.prefix + ":{" + key + "}:
 
 // Take implements Store with one script call (one round trip).
 func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, error) {
-	res, _, err := s.TakeKnowing(ctx, key, t, Known{})
+	var res Result
+	err := s.TakeKnowing(ctx, key, t, Known{}, &res, new(Answer))
 	return res, err
 }
 
@@ -215,7 +216,7 @@ func (s *RedisStore) Take(ctx context.Context, key string, t Take) (Result, erro
 // it lost everything (the instance key is gone), no slot is used for
 // Settle, so every replica can write back first. The script enforces the
 // limit less k.HoldBack.
-func (s *RedisStore) TakeKnowing(ctx context.Context, key string, t Take, k Known) (Result, Answer, error) {
+func (s *RedisStore) TakeKnowing(ctx context.Context, key string, t Take, k Known, res *Result, info *Answer) error {
 	want, hold := 1, int64(0)
 	if t.Hold > 0 && t.Hold <= s.maxHold {
 		want, hold = max(t.Want, 1), ceilMillis(t.Hold)
@@ -236,18 +237,18 @@ func (s *RedisStore) TakeKnowing(ctx context.Context, key string, t Take, k Know
 		s.limitArg(k.HoldBack), s.widthArg, s.spanArg, max(t.Wait, 0).Milliseconds(), s.testNow(), want, hold,
 		ceilMillis(max(t.NotBefore, 0)), peek, k.Epoch, k.Instance, s.settleArg)
 	if err != nil {
-		return Result{}, Answer{}, fmt.Errorf("redis take: %w", err)
+		return fmt.Errorf("redis take: %w", err)
 	}
-	return s.takeResult(vals)
+	return s.takeResult(vals, res, info)
 }
 
 // takeResult reads the take script's answer. It is apart from TakeKnowing,
 // which calls Redis: a frame on that way is stack the handler goroutine
 // keeps (see limiter's ask).
-func (s *RedisStore) takeResult(vals []any) (Result, Answer, error) {
+func (s *RedisStore) takeResult(vals []any, res *Result, info *Answer) error {
 	const nvals = 14
 	if len(vals) != nvals {
-		return Result{}, Answer{}, fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
+		return fmt.Errorf("redis take: script returned %d values, want %d", len(vals), nvals)
 	}
 	var n [nvals]int64
 	for i := range n {
@@ -256,14 +257,14 @@ func (s *RedisStore) takeResult(vals []any) (Result, Answer, error) {
 		}
 		v, ok := vals[i].(int64)
 		if !ok {
-			return Result{}, Answer{}, fmt.Errorf("redis take: value %d is %T, want an integer", i, vals[i])
+			return fmt.Errorf("redis take: value %d is %T, want an integer", i, vals[i])
 		}
 		n[i] = v
 	}
 	epoch, _ := vals[7].(string)
 	inst, _ := vals[13].(string)
 	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
-	res := Result{
+	*res = Result{
 		Allowed:    n[0] == 1,
 		Limit:      s.policy.Limit,
 		Remaining:  int(n[1]),
@@ -273,12 +274,12 @@ func (s *RedisStore) takeResult(vals []any) (Result, Answer, error) {
 		Settling:   n[4] == 2,
 		Granted:    int(n[8]),
 	}
-	info := Answer{At: n[5], Reserved: n[11] == 1, Now: n[6], Epoch: epoch, Lost: n[12] == 1, Instance: inst}
+	*info = Answer{At: n[5], Reserved: n[11] == 1, Now: n[6], Epoch: epoch, Lost: n[12] == 1, Instance: inst}
 	if res.Allowed {
 		res.Delay, res.Usable = ms(n[9]), ms(n[10])
 		res.Slot = Reservation{at: info.At, reserved: info.Reserved, epoch: epoch, ok: true}
 	}
-	return res, info, nil
+	return nil
 }
 
 // Release implements Store: the slot is given back only if the key is

@@ -289,7 +289,9 @@ func testRedisBoundUnderConcurrency(t *testing.T, autoPipeline bool) {
 				defer tick.Stop()
 				for time.Now().Before(end) {
 					attempts.Add(1)
-					res, info, err := store.TakeKnowing(ctx, key, Take{}, Known{})
+					var res Result
+					var info Answer
+					err := store.TakeKnowing(ctx, key, Take{}, Known{}, &res, &info)
 					if err != nil {
 						errs.Add(1)
 					} else if res.Allowed {

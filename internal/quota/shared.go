@@ -33,8 +33,12 @@ import (
 type Shared interface {
 	Store
 	// TakeKnowing is Take by a caller that holds counts of the key (see
-	// Known); the Answer says what the store did beyond the Result.
-	TakeKnowing(ctx context.Context, key string, t Take, k Known) (Result, Answer, error)
+	// Known), answering into res and, with what the store did beyond it,
+	// info. The answer is written, not returned: this call is at the
+	// bottom of the request path, and every copy of a Result on the way is
+	// stack the request's goroutine keeps while it is in flight (see the
+	// limiter's ask).
+	TakeKnowing(ctx context.Context, key string, t Take, k Known, res *Result, info *Answer) error
 	// WriteBack adds to key the counts the store does not hold (those
 	// whose Tag is not the key's epoch) and a block until blockUntil (0:
 	// none), and returns the key's epoch after the call ("" when nothing
