@@ -58,12 +58,8 @@ func connsHeld(tb testing.TB, h http.Handler, n int, held func() int) (stack, he
 			tb.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for held() < n {
-		if time.Now().After(deadline) {
-			tb.Fatalf("%d of %d requests held after 60 s", held(), n)
-		}
-		time.Sleep(10 * time.Millisecond) // polling, bounded by the deadline
+	if err := waitHeld(held, n, 60*time.Second); err != nil {
+		tb.Fatal(err)
 	}
 	heap1, stack1 := liveHeap(), stackInuse()
 	return float64(int64(stack1)-int64(stack0)) / float64(n), float64(int64(heap1)-int64(heap0)) / float64(n)

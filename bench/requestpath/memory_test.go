@@ -107,26 +107,15 @@ func writeHeapProfile(b *testing.B) {
 //	go test -run '^$' -bench Queued -benchtime 10000x ./bench/requestpath
 func BenchmarkQueued(b *testing.B) {
 	n := b.N
-	g := gatewayConfig(b, "memory", upstream(b).URL, "", "warn",
-		"FUSIOO_GATEWAY_QUOTA_LIMIT="+strconv.Itoa(n), "FUSIOO_GATEWAY_QUOTA_WINDOW=20s",
-		"FUSIOO_GATEWAY_QUEUE_MAX_WAIT=60s", "FUSIOO_GATEWAY_QUEUE_MAX_DEPTH="+strconv.Itoa(2*n),
-		"FUSIOO_GATEWAY_QUEUE_MAX_QUEUED="+strconv.Itoa(2*n),
-		"FUSIOO_GATEWAY_SMOOTHING_RATE=1000000000", "FUSIOO_GATEWAY_SMOOTHING_BURST=1000000000")
-	base := baseContext(g.Handler)
+	h, queued := queuedGateway(b, n) // the quota, used up
+	base := baseContext(h)
 	var seq atomic.Int64
-	send := func(ctx context.Context) int {
+	send := func(ctx context.Context) {
 		// Distinct reads (a sequence number in the query): identical ones
 		// would wait as one, coalesced.
 		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v3/apps?seq="+strconv.FormatInt(seq.Add(1), 10), nil)
 		req.Header.Set("Authorization", "Bearer queued-token")
-		w := &discardWriter{h: http.Header{}}
-		g.Handler.ServeHTTP(w, req)
-		return w.status
-	}
-	for range n { // the quota, used up
-		if st := send(base); st != http.StatusOK {
-			b.Fatalf("using the quota: status %d", st)
-		}
+		h.ServeHTTP(&discardWriter{h: http.Header{}}, req)
 	}
 	before, stacks0 := liveHeap(), stackInuse()
 	ctx, cancel := context.WithCancel(base)
@@ -135,7 +124,7 @@ func BenchmarkQueued(b *testing.B) {
 	for range n {
 		wg.Go(func() { send(ctx) })
 	}
-	if err := waitQueued(g, n, 30*time.Second); err != nil {
+	if err := waitHeld(queued, n, 30*time.Second); err != nil {
 		cancel()
 		wg.Wait()
 		b.Fatal(err)
@@ -156,22 +145,19 @@ func stackInuse() uint64 {
 	return ms.StackInuse
 }
 
-// waitQueued polls the gateway's queue depth gauge until n requests wait,
-// for at most d.
-func waitQueued(g *inproc.Gateway, n int, d time.Duration) error {
+// waitHeld polls held (a queue depth gauge, a count of requests in a
+// handler) until n requests are held, for at most d.
+func waitHeld(held func() int, n int, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
-		depth, err := queueDepth(g)
-		if err != nil {
-			return err
-		}
-		if depth >= n {
+		k := held()
+		if k >= n {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d requests queued after %s", depth, n, d)
+			return fmt.Errorf("%d of %d requests held after %s", k, n, d)
 		}
-		time.Sleep(10 * time.Millisecond) // polling the gauge, bounded by d
+		time.Sleep(10 * time.Millisecond) // polling, bounded by d
 	}
 }
 
