@@ -614,7 +614,8 @@ func (h *Handler) admit(ctx context.Context, w http.ResponseWriter, rs *reqState
 	return true
 }
 
-// refusePaused answers a request the upstream's pause outlasts (wait more).
+// refusePaused answers a request that cannot wait out the upstream's pause
+// (wait left of it).
 // It and quotaStatus are apart from admit, which calls the quota store: a
 // frame on that way is stack the handler goroutine keeps (see
 // limiter.Limiter.ask).
