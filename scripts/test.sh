@@ -29,6 +29,9 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 stage "go test -race"
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v '/bench/harness$')
 
+stage "handler stacks (without -race, which makes every frame larger)"
+go test -count=1 -run '^TestStackStaysSmall$' ./bench/requestpath
+
 stage "bench/harness (the fleet runs, three at a time, without -race)"
 # The fleet runs are paced by the wall clock and judge the gateway's own
 # timing: they run without the race detector and after the race-enabled

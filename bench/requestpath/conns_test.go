@@ -123,7 +123,14 @@ func stalledUpstream(tb testing.TB) (*url.URL, func() int) {
 // Each case runs in a process of its own: goroutines of an earlier case
 // still ending, and the stacks they leave to the runtime's pools, would
 // blur what the next one measures.
+//
+// It measures the stacks the gateway's code needs, so it runs without the
+// race detector, whose instrumentation makes every frame larger (a held
+// request's stack 12.5 KB instead of 6.2): scripts/test.sh runs it so.
 func TestStackStaysSmall(t *testing.T) {
+	if raceEnabled {
+		t.Skip("stack sizes under the race detector are not the gateway's: run without -race (scripts/test.sh does)")
+	}
 	if c := os.Getenv("STACK_CASE"); c != "" {
 		fmt.Printf("stack-per-request %.0f\n", stackCase(t, c))
 		return
