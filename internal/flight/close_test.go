@@ -20,7 +20,7 @@ func TestCloseReachesDisplacedFlight(t *testing.T) {
 	if !leader {
 		t.Fatal("not leader")
 	}
-	w := f1.Writer(httptest.NewRecorder())
+	w := f1.Writer(httptest.NewRecorder(), true)
 	_, _ = w.Write([]byte(strings.Repeat("x", 10))) // past MaxBuffer: not joinable
 	f2, leader := g.Join(context.Background(), k1)
 	if !leader || f2 == f1 {

@@ -259,6 +259,10 @@ type Flight struct {
 	leaderGone bool
 	kept       int64 // bytes counted against the group's MaxTotal
 	over       bool  // the group's MaxTotal refused more: keep nothing for late joiners
+	// keep: the answer is recorded even when nobody shares it (Writer);
+	// direct: it was not (nobody shared it when its header came), and
+	// the flight goes to the leader's client alone.
+	keep, direct bool
 }
 
 // Context is the exchange's context: cancelled when every caller has left
@@ -271,7 +275,18 @@ func (f *Flight) Context() context.Context { return f.ctx }
 // other callers serve. Once the leader's client has gone (LeaderLeft, or a
 // failed write), writes still record, so the others keep getting the
 // answer.
-func (f *Flight) Writer(w http.ResponseWriter) http.ResponseWriter {
+//
+// An answer nobody shares when its header comes is not recorded unless
+// keep is true (the caller stores it, Body) or the flight is Solo: the
+// flight stops being joinable then, so a caller that comes later starts
+// a flight of its own, and the answer goes to w alone, its header not
+// copied, its body not kept. Most reads are shared by nobody, and
+// recording each one's header and body for callers that might still
+// come cost every read two copies of its answer.
+func (f *Flight) Writer(w http.ResponseWriter, keep bool) http.ResponseWriter {
+	f.mu.Lock()
+	f.keep = keep || f.seq != 0
+	f.mu.Unlock()
 	return &tee{f: f, w: w, rc: http.NewResponseController(w)}
 }
 
@@ -288,22 +303,34 @@ func (f *Flight) LeaderLeft() {
 	}
 }
 
-// record notes the status and a copy of the header.
-func (f *Flight) record(status int, h http.Header) {
+// record notes the status and a copy of the header; when nobody shares
+// the answer and it is not kept (Writer), only the status, and the flight
+// is joinable no more: direct reports that.
+func (f *Flight) record(status int, h http.Header) (direct bool) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.status != 0 {
-		return
+		direct = f.direct
+		f.mu.Unlock()
+		return direct
 	}
-	f.status, f.sent = status, h.Clone()
+	f.status = status
+	if f.callers == 1 && !f.leaderGone && !f.keep {
+		f.direct, f.joinable = true, false
+		f.mu.Unlock()
+		f.g.leave(f)
+		return true
+	}
+	f.sent = h.Clone()
 	f.broadcast()
+	f.mu.Unlock()
+	return false
 }
 
 // append records body bytes.
 func (f *Flight) append(p []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.done || len(p) == 0 {
+	if f.done || f.direct || len(p) == 0 {
 		return
 	}
 	f.chunks = append(f.chunks, append([]byte(nil), p...))
@@ -358,7 +385,7 @@ func (f *Flight) Status() int {
 func (f *Flight) Body() ([]byte, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.complete || f.base != 0 {
+	if !f.complete || f.direct || f.base != 0 {
 		return nil, false
 	}
 	b := make([]byte, 0, f.size)
@@ -520,6 +547,7 @@ type tee struct {
 	w           http.ResponseWriter
 	rc          *http.ResponseController
 	wroteHeader bool
+	direct      bool // the flight's direct: the answer goes to w alone
 }
 
 // gone reports whether the leader's client has left.
@@ -534,9 +562,9 @@ func (t *tee) Header() http.Header { return t.w.Header() }
 func (t *tee) WriteHeader(status int) {
 	if status >= 200 && !t.wroteHeader {
 		t.wroteHeader = true
-		t.f.record(status, t.w.Header())
+		t.direct = t.f.record(status, t.w.Header())
 	}
-	if !t.gone() {
+	if t.direct || !t.gone() {
 		t.w.WriteHeader(status)
 	}
 }
@@ -544,6 +572,11 @@ func (t *tee) WriteHeader(status int) {
 func (t *tee) Write(p []byte) (int, error) {
 	if !t.wroteHeader {
 		t.WriteHeader(http.StatusOK)
+	}
+	if t.direct {
+		// Nobody else gets this answer: a failed write ends it, as it
+		// would a bare proxy's.
+		return t.w.Write(p)
 	}
 	t.f.append(p)
 	if !t.gone() {
@@ -555,7 +588,7 @@ func (t *tee) Write(p []byte) (int, error) {
 }
 
 func (t *tee) Flush() {
-	if !t.gone() {
+	if t.direct || !t.gone() {
 		_ = t.rc.Flush()
 	}
 }

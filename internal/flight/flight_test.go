@@ -14,7 +14,8 @@ import (
 var k1 = Key(sha256.Sum256([]byte("GET /v3/apps")))
 
 // TestLateCallerGetsAll: a caller that joins after part of the body was
-// written gets the whole answer, headers first, fixed its own way.
+// written gets the whole answer, headers first, fixed its own way, once
+// the answer is shared (one caller joined before its header came).
 func TestLateCallerGetsAll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var g Group
@@ -22,13 +23,8 @@ func TestLateCallerGetsAll(t *testing.T) {
 		if !leader {
 			t.Fatal("first caller not the leader")
 		}
-		own := httptest.NewRecorder()
-		lw := f.Writer(own)
-		lw.Header().Set("Content-Type", "application/json")
-		lw.WriteHeader(201)
-		_, _ = lw.Write([]byte(`{"a":`))
 		results := make(chan *httptest.ResponseRecorder, 3)
-		for i := range 2 {
+		serve := func(i int) {
 			if f2, leader := g.Join(t.Context(), k1); leader || f2 != f {
 				t.Fatal("a later caller did not join")
 			}
@@ -41,6 +37,13 @@ func TestLateCallerGetsAll(t *testing.T) {
 				results <- w
 			}()
 		}
+		serve(0)
+		own := httptest.NewRecorder()
+		lw := f.Writer(own, false)
+		lw.Header().Set("Content-Type", "application/json")
+		lw.WriteHeader(201)
+		_, _ = lw.Write([]byte(`{"a":`))
+		serve(1)
 		synctest.Wait()
 		_, _ = lw.Write([]byte(`1}`))
 		f.Finish(true)
@@ -66,6 +69,53 @@ func TestLateCallerGetsAll(t *testing.T) {
 		}
 		if _, leader := g.Join(t.Context(), k1); !leader {
 			t.Fatal("joined a finished flight")
+		}
+	})
+}
+
+// TestUnsharedNotRecorded: an answer nobody shares when its header comes
+// goes to the leader's client alone (nothing kept, nothing held), and a
+// caller that comes after it starts a flight of its own; one the caller
+// keeps (for the cache) is recorded all the same, and a Solo one always.
+func TestUnsharedNotRecorded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g Group
+		f, _ := g.Join(t.Context(), k1)
+		own := httptest.NewRecorder()
+		lw := f.Writer(own, false)
+		lw.Header().Set("Content-Type", "application/json")
+		_, _ = lw.Write([]byte(`{"a":1}`))
+		if g.Held() != 0 || f.SentHeader() != nil {
+			t.Fatalf("held %d, header %v: recorded an answer nobody shares", g.Held(), f.SentHeader())
+		}
+		if f2, leader := g.Join(t.Context(), k1); !leader || f2 == f {
+			t.Fatal("joined an answer that is not recorded")
+		}
+		f.Finish(true)
+		if _, ok := f.Body(); ok {
+			t.Fatal("Body of an answer not recorded")
+		}
+		if own.Code != 200 || own.Body.String() != `{"a":1}` || own.Header().Get("Content-Type") != "application/json" {
+			t.Fatalf("leader's client got %d %q %v", own.Code, own.Body, own.Header())
+		}
+		if f.Status() != 200 {
+			t.Fatalf("Status %d", f.Status())
+		}
+
+		for _, tc := range []struct {
+			name string
+			f    *Flight
+			keep bool
+		}{{"kept", nil, true}, {"solo", g.Solo(t.Context()), false}} {
+			k := tc.f
+			if k == nil {
+				k, _ = g.Join(t.Context(), Key(sha256.Sum256([]byte(tc.name))))
+			}
+			_, _ = k.Writer(httptest.NewRecorder(), tc.keep).Write([]byte("body"))
+			k.Finish(true)
+			if b, ok := k.Body(); !ok || string(b) != "body" {
+				t.Fatalf("%s: Body %q %v", tc.name, b, ok)
+			}
 		}
 	})
 }
@@ -119,7 +169,7 @@ func TestAbortedAndLagged(t *testing.T) {
 		var g Group
 		f, _ := g.Join(t.Context(), k1)
 		g.Join(t.Context(), k1)
-		_, _ = f.Writer(httptest.NewRecorder()).Write([]byte("part"))
+		_, _ = f.Writer(httptest.NewRecorder(), true).Write([]byte("part"))
 		f.Finish(false)
 		w := httptest.NewRecorder()
 		if st, err := f.Serve(t.Context(), w, nil); st != 200 || !errors.Is(err, ErrAborted) || w.Body.String() != "part" {
@@ -128,7 +178,7 @@ func TestAbortedAndLagged(t *testing.T) {
 
 		g = Group{MaxBuffer: 10}
 		f, _ = g.Join(t.Context(), k1)
-		lw := f.Writer(httptest.NewRecorder())
+		lw := f.Writer(httptest.NewRecorder(), true)
 		g.Join(t.Context(), k1)
 		g.Join(t.Context(), k1)
 		stalled := &blockingWriter{ResponseRecorder: httptest.NewRecorder(), release: make(chan struct{})}
@@ -190,8 +240,8 @@ func TestMaxTotal(t *testing.T) {
 		k2 := Key(sha256.Sum256([]byte("GET /v3/apps/2")))
 		a, _ := g.Join(t.Context(), k1)
 		b, _ := g.Join(t.Context(), k2)
-		_, _ = a.Writer(httptest.NewRecorder()).Write([]byte("0123456789"))
-		_, _ = b.Writer(httptest.NewRecorder()).Write([]byte("0123456789"))
+		_, _ = a.Writer(httptest.NewRecorder(), true).Write([]byte("0123456789"))
+		_, _ = b.Writer(httptest.NewRecorder(), true).Write([]byte("0123456789"))
 		if g.Held() != 10 {
 			t.Fatalf("held %d, want the first flight's 10", g.Held())
 		}

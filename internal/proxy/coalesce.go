@@ -115,7 +115,7 @@ func (h *Handler) serveShared(w http.ResponseWriter, r *http.Request, rs *reqSta
 		f = h.flights.Solo(h.flightCtx)
 	}
 	if leader {
-		if h.lead(f, w, r, rs) && store {
+		if h.lead(f, w, r, rs, store) && store {
 			h.store(f, r, rs, key, since)
 		}
 		return
@@ -164,8 +164,9 @@ func (h *Handler) follow(f *flight.Flight, w http.ResponseWriter, r *http.Reques
 }
 
 // lead runs a shared read's exchange into its flight, answering w; it
-// reports whether the exchange ended with a whole answer.
-func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState) bool {
+// reports whether the exchange ended with a whole answer. keep: the
+// answer is to be stored, so recorded even when nobody shares it.
+func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState, keep bool) bool {
 	gone := false
 	stop := context.AfterFunc(r.Context(), func() {
 		if !errors.Is(context.Cause(r.Context()), ErrShutdown) {
@@ -182,7 +183,7 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 			rs.mu.Unlock()
 		}
 	}()
-	tw := f.Writer(w)
+	tw := f.Writer(w, keep)
 	rs.w = tw
 	h.forward(tw, r.WithContext(contextWithState(f.Context(), rs)), rs)
 	complete = true
