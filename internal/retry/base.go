@@ -129,9 +129,8 @@ type bodyTimeout struct {
 func (b bodyTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := b.rt.RoundTrip(req)
 	if err == nil && resp.Body != nil && resp.Body != http.NoBody {
-		ib := &idleBody{rc: resp.Body, idle: b.idle}
-		ib.timer = time.AfterFunc(time.Hour, ib.expire)
-		ib.timer.Stop()
+		ib := &idleBody{rc: resp.Body, idle: b.idle, base: time.Now()}
+		ib.timer = time.AfterFunc(b.idle, ib.expire)
 		resp.Body = ib
 	}
 	return resp, err
@@ -145,25 +144,53 @@ func (b bodyTimeout) CloseIdleConnections() {
 }
 
 // idleBody is a response body whose reads each have idle to complete.
+//
+// One timer runs while the body is open, and a read only notes when it
+// began and that it ended: the timer, when it fires, sees whether a read
+// has been waiting idle and, if not, is set again for when the read in
+// flight (or the next) would have. A timer set and stopped around each
+// read cost every response two timer operations per read.
 type idleBody struct {
-	rc      io.ReadCloser
-	idle    time.Duration
-	timer   *time.Timer
+	rc    io.ReadCloser
+	idle  time.Duration
+	base  time.Time // since is counted from base (monotonic)
+	timer *time.Timer
+	// since is when the read in flight began, in ns since base plus 1;
+	// 0: none in flight.
+	since   atomic.Int64
 	stalled atomic.Bool
+	closed  atomic.Bool
 }
 
+func (b *idleBody) now() int64 { return int64(time.Since(b.base)) + 1 }
+
+// expire runs when the timer fires: a read waiting idle or longer has
+// stalled, and its body is closed, which ends the read; otherwise the
+// timer is set again.
 func (b *idleBody) expire() {
-	b.stalled.Store(true)
-	_ = b.rc.Close() // unblocks the read in flight
+	if b.closed.Load() {
+		return
+	}
+	next := b.idle
+	if s := b.since.Load(); s != 0 {
+		waited := time.Duration(b.now() - s)
+		if waited >= b.idle {
+			b.stalled.Store(true)
+			_ = b.rc.Close() // unblocks the read in flight
+			return
+		}
+		next = b.idle - waited
+	}
+	b.timer.Reset(next)
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	if b.stalled.Load() {
 		return 0, ErrBodyStalled
 	}
-	b.timer.Reset(b.idle)
+	b.since.Store(b.now())
 	n, err := b.rc.Read(p)
-	b.timer.Stop()
+	b.since.Store(0)
 	if b.stalled.Load() {
 		return n, ErrBodyStalled
 	}
@@ -171,6 +198,7 @@ func (b *idleBody) Read(p []byte) (int, error) {
 }
 
 func (b *idleBody) Close() error {
+	b.closed.Store(true)
 	b.timer.Stop()
 	return b.rc.Close()
 }
