@@ -130,7 +130,9 @@ func (b bodyTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := b.rt.RoundTrip(req)
 	if err == nil && resp.Body != nil && resp.Body != http.NoBody {
 		ib := &idleBody{rc: resp.Body, idle: b.idle, base: time.Now()}
-		ib.timer = time.AfterFunc(b.idle, ib.expire)
+		// Set after the field is: expire reads it (Reset orders the two).
+		ib.timer = time.AfterFunc(time.Hour, ib.expire)
+		ib.timer.Reset(b.idle)
 		resp.Body = ib
 	}
 	return resp, err
