@@ -401,3 +401,50 @@ func TestCoalescedErrorLogsItsCode(t *testing.T) {
 		}
 	})
 }
+
+// TestLeaderGoneMidBodyLogged: the client of a read nobody shares leaves
+// while its body comes (the answer goes to it alone, unrecorded, so its
+// leaving ends the exchange): the request is logged as 499, the client
+// gone, not as the 200 the upstream began.
+func TestLeaderGoneMidBodyLogged(t *testing.T) {
+	t.Parallel()
+	nets(t, func(t *testing.T, n *testNet) {
+		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			_, _ = io.WriteString(w, `{"data":[`)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		})
+		s := newStack(t, n.opts(stackOpts{upstream: up, coalesce: true}, false))
+		req, _ := http.NewRequest("GET", s.gw.URL+"/v3/records/apps/app1", nil)
+		req.Header.Set("Authorization", "Bearer tok-mid")
+		resp, err := s.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 9)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%d %q %v", resp.StatusCode, buf, err)
+		}
+		resp.Body.Close() // mid-body: the connection is closed
+		type line struct {
+			Msg    string `json:"msg"`
+			Status int    `json:"status"`
+		}
+		var got []line
+		until(t, "the request logged", func() bool {
+			got = got[:0]
+			for _, l := range strings.Split(strings.TrimSpace(s.logs.String()), "\n") {
+				var e line
+				if json.Unmarshal([]byte(l), &e) == nil && e.Msg == "request" {
+					got = append(got, e)
+				}
+			}
+			return len(got) > 0
+		})
+		if len(got) != 1 || got[0].Status != 499 {
+			t.Fatalf("logged %+v, want one request with status 499 (client gone)", got)
+		}
+	})
+}
