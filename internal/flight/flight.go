@@ -287,7 +287,7 @@ func (f *Flight) Writer(w http.ResponseWriter, keep bool) http.ResponseWriter {
 	f.mu.Lock()
 	f.keep = keep || f.seq != 0
 	f.mu.Unlock()
-	return &tee{f: f, w: w, rc: http.NewResponseController(w)}
+	return &tee{f: f, w: w}
 }
 
 // LeaderLeft says the leader's client has gone: it no longer counts among
@@ -545,7 +545,6 @@ func (f *Flight) leave() {
 type tee struct {
 	f           *Flight
 	w           http.ResponseWriter
-	rc          *http.ResponseController
 	wroteHeader bool
 	direct      bool // the flight's direct: the answer goes to w alone
 }
@@ -589,6 +588,7 @@ func (t *tee) Write(p []byte) (int, error) {
 
 func (t *tee) Flush() {
 	if t.direct || !t.gone() {
-		_ = t.rc.Flush()
+		// Made here (on the stack), not kept in the tee (on the heap).
+		_ = http.NewResponseController(t.w).Flush()
 	}
 }
