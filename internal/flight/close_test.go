@@ -41,6 +41,34 @@ func TestCloseReachesDisplacedFlight(t *testing.T) {
 	}
 }
 
+// TestCloseReachesDirectFlight: a flight nobody joined by its header is
+// joinable no more and its key's place is free, but it is in progress:
+// Close cancels it, and it leaves the group when it finishes (found by
+// review: it had left the group at its header, out of Close's reach, so a
+// shutdown's end did not cut an unshared read still streaming).
+func TestCloseReachesDirectFlight(t *testing.T) {
+	var g Group
+	f, _ := g.Join(context.Background(), k1)
+	_, _ = f.Writer(httptest.NewRecorder(), false).Write([]byte("first bytes"))
+	if f2, leader := g.Join(context.Background(), k1); !leader || f2 == f {
+		t.Fatal("joined a flight nobody shared at its header")
+	} else {
+		f2.Finish(true)
+	}
+	if n := g.InFlight(); n != 1 {
+		t.Fatalf("InFlight %d, want the direct flight in progress", n)
+	}
+	boom := errors.New("shutdown")
+	g.Close(boom)
+	if context.Cause(f.Context()) != boom {
+		t.Fatalf("Close did not cancel a direct flight in progress: cause %v", context.Cause(f.Context()))
+	}
+	f.Finish(true)
+	if n := g.InFlight(); n != 0 {
+		t.Fatalf("InFlight %d after Finish", n)
+	}
+}
+
 // TestCloseConcurrent: flights (keyed and solo) started while Close runs:
 // every one not yet finished when Close returns is cancelled with its
 // cause, and none stays in the group after Finish or its last caller

@@ -212,6 +212,18 @@ func (g *Group) InFlight() int {
 	return n
 }
 
+// displace takes f out of its key's map (nobody joins it) but keeps it in
+// others, so that Close still reaches it; Finish drops it.
+func (g *Group) displace(f *Flight) {
+	sh := g.shard(f)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.m[f.key] == f {
+		delete(sh.m, f.key)
+	}
+	sh.addOther(f)
+}
+
 // leave drops f from the group, if it is still the flight of its key.
 func (g *Group) leave(f *Flight) {
 	sh := g.shard(f)
@@ -317,7 +329,7 @@ func (f *Flight) record(status int, h http.Header) (direct bool) {
 	if f.callers == 1 && !f.leaderGone && !f.keep {
 		f.direct, f.joinable = true, false
 		f.mu.Unlock()
-		f.g.leave(f)
+		f.g.displace(f)
 		return true
 	}
 	f.sent = h.Clone()

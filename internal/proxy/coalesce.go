@@ -167,7 +167,6 @@ func (h *Handler) follow(f *flight.Flight, w http.ResponseWriter, r *http.Reques
 // reports whether the exchange ended with a whole answer. keep: the
 // answer is to be stored, so recorded even when nobody shares it.
 func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState, keep bool) bool {
-	gone := false
 	stop := context.AfterFunc(r.Context(), func() {
 		if !errors.Is(context.Cause(r.Context()), ErrShutdown) {
 			f.LeaderLeft()
@@ -175,9 +174,11 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 	})
 	complete := false
 	defer func() {
+		// Also when ReverseProxy aborts (a panic, below): the log says
+		// the client left.
 		stop()
 		f.Finish(complete)
-		if gone {
+		if r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShutdown) {
 			rs.mu.Lock()
 			rs.status = statusClientClosed
 			rs.mu.Unlock()
@@ -185,9 +186,17 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 	}()
 	tw := f.Writer(w, keep)
 	rs.w = tw
-	h.forward(tw, r.WithContext(contextWithState(f.Context(), rs)), rs)
+	ctx := contextWithState(f.Context(), rs)
+	if srv := r.Context().Value(http.ServerContextKey); srv != nil {
+		// ReverseProxy cuts a client whose answer's body failed
+		// (http.ErrAbortHandler) only under a server, which it finds in
+		// the request's context; the flight's has none of the client's
+		// values. Without it, a cut body ended as if whole: a truncated
+		// answer, Finish(true), and the other callers told it was all.
+		ctx = context.WithValue(ctx, http.ServerContextKey, srv)
+	}
+	h.forward(tw, r.WithContext(ctx), rs)
 	complete = true
-	gone = r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShutdown)
 	return true
 }
 
