@@ -409,13 +409,7 @@ func TestCoalescedErrorLogsItsCode(t *testing.T) {
 func TestLeaderGoneMidBodyLogged(t *testing.T) {
 	t.Parallel()
 	nets(t, func(t *testing.T, n *testNet) {
-		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusOK)
-			_, _ = io.WriteString(w, `{"data":[`)
-			w.(http.Flusher).Flush()
-			<-r.Context().Done()
-		})
+		up := bodyStarted(func(r *http.Request) { <-r.Context().Done() })
 		s := newStack(t, n.opts(stackOpts{upstream: up, coalesce: true}, false))
 		req, _ := http.NewRequest("GET", s.gw.URL+"/v3/records/apps/app1", nil)
 		req.Header.Set("Authorization", "Bearer tok-mid")
@@ -460,11 +454,7 @@ func TestAbortCutsStreamingRead(t *testing.T) {
 		t.Run(fmt.Sprintf("coalesce=%v", coalesce), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				var ended atomic.Bool
-				up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(http.StatusOK)
-					_, _ = io.WriteString(w, `{"data":[`)
-					w.(http.Flusher).Flush()
+				up := bodyStarted(func(r *http.Request) {
 					<-r.Context().Done()
 					ended.Store(true)
 				})
@@ -506,15 +496,10 @@ func TestCutBodyCutsSharedRead(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		release := make(chan struct{})
-		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			<-release
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusOK)
-			_, _ = io.WriteString(w, `{"data":[`)
-			w.(http.Flusher).Flush()
-			panic(http.ErrAbortHandler) // the upstream's connection cut mid-body
-		})
-		s := newStack(t, stackOpts{upstream: up, coalesce: true, inBubble: true})
+		// The upstream's connection cut mid-body.
+		up := bodyStarted(func(*http.Request) { panic(http.ErrAbortHandler) })
+		gated := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release; up.ServeHTTP(w, r) })
+		s := newStack(t, stackOpts{upstream: gated, coalesce: true, inBubble: true})
 		errs := make(chan error, 2)
 		for range 2 {
 			go func() {
@@ -538,5 +523,17 @@ func TestCutBodyCutsSharedRead(t *testing.T) {
 				t.Fatalf("client %d: a cut upstream body ended whole", i)
 			}
 		}
+	})
+}
+
+// bodyStarted is an upstream that sends a 200's header and the start of a
+// JSON body, flushed, then does then (waits, or cuts the connection).
+func bodyStarted(then func(*http.Request)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, `{"data":[`)
+		w.(http.Flusher).Flush()
+		then(r)
 	})
 }
