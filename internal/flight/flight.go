@@ -3,7 +3,9 @@
 // answers its own client through Flight.Writer, which records the answer
 // as it passes; every later caller streams the recording to its client
 // (Serve): the status and headers once they are known, then the body as it
-// comes, from its first byte, however late it joined.
+// comes, from its first byte, however late it joined. An answer nobody has
+// joined by its header is not recorded (Writer): who comes later leads a
+// flight of its own.
 //
 // It is golang.org/x/sync/singleflight for a streamed answer, with one
 // difference that matters to a gateway: the exchange belongs to no caller.
