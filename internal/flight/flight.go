@@ -273,10 +273,9 @@ type Flight struct {
 	leaderGone bool
 	kept       int64 // bytes counted against the group's MaxTotal
 	over       bool  // the group's MaxTotal refused more: keep nothing for late joiners
-	// keep: the answer is recorded even when nobody shares it (Writer);
-	// direct: it was not (nobody shared it when its header came), and
-	// the flight goes to the leader's client alone.
-	keep, direct bool
+	// direct: the answer was not recorded (nobody shared it when its
+	// header came, Writer), and goes to the leader's client alone.
+	direct bool
 }
 
 // Context is the exchange's context: cancelled when every caller has left
@@ -298,10 +297,7 @@ func (f *Flight) Context() context.Context { return f.ctx }
 // recording each one's header and body for callers that might still
 // come cost every read two copies of its answer.
 func (f *Flight) Writer(w http.ResponseWriter, keep bool) http.ResponseWriter {
-	f.mu.Lock()
-	f.keep = keep || f.seq != 0
-	f.mu.Unlock()
-	return &tee{f: f, w: w}
+	return &tee{f: f, w: w, keep: keep}
 }
 
 // LeaderLeft says the leader's client has gone: it no longer counts among
@@ -318,9 +314,9 @@ func (f *Flight) LeaderLeft() {
 }
 
 // record notes the status and a copy of the header; when nobody shares
-// the answer and it is not kept (Writer), only the status, and the flight
-// is joinable no more: direct reports that.
-func (f *Flight) record(status int, h http.Header) (direct bool) {
+// the answer and it is not kept (Writer's keep, or a Solo flight), only
+// the status, and the flight is joinable no more: direct reports that.
+func (f *Flight) record(status int, h http.Header, keep bool) (direct bool) {
 	f.mu.Lock()
 	if f.status != 0 {
 		direct = f.direct
@@ -328,7 +324,7 @@ func (f *Flight) record(status int, h http.Header) (direct bool) {
 		return direct
 	}
 	f.status = status
-	if f.callers == 1 && !f.leaderGone && !f.keep {
+	if f.callers == 1 && !f.leaderGone && !keep && f.seq == 0 {
 		f.direct, f.joinable = true, false
 		f.mu.Unlock()
 		f.g.displace(f)
@@ -344,7 +340,7 @@ func (f *Flight) record(status int, h http.Header) (direct bool) {
 func (f *Flight) append(p []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.done || f.direct || len(p) == 0 {
+	if f.done || len(p) == 0 {
 		return
 	}
 	f.chunks = append(f.chunks, append([]byte(nil), p...))
@@ -559,6 +555,7 @@ func (f *Flight) leave() {
 type tee struct {
 	f           *Flight
 	w           http.ResponseWriter
+	keep        bool // Writer's: record the answer even when nobody shares it
 	wroteHeader bool
 	direct      bool // the flight's direct: the answer goes to w alone
 }
@@ -575,7 +572,7 @@ func (t *tee) Header() http.Header { return t.w.Header() }
 func (t *tee) WriteHeader(status int) {
 	if status >= 200 && !t.wroteHeader {
 		t.wroteHeader = true
-		t.direct = t.f.record(status, t.w.Header())
+		t.direct = t.f.record(status, t.w.Header(), t.keep)
 	}
 	if t.direct || !t.gone() {
 		t.w.WriteHeader(status)

@@ -174,10 +174,10 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 	})
 	complete := false
 	defer func() {
-		// Also when ReverseProxy aborts (a panic, below): the log says
-		// the client left.
 		stop()
 		f.Finish(complete)
+		// Here, not after forward: also when ReverseProxy aborts (a
+		// panic, below), the log says the client left.
 		if r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShutdown) {
 			rs.mu.Lock()
 			rs.status = statusClientClosed

@@ -411,12 +411,7 @@ func TestLeaderGoneMidBodyLogged(t *testing.T) {
 	nets(t, func(t *testing.T, n *testNet) {
 		up := bodyStarted(func(r *http.Request) { <-r.Context().Done() })
 		s := newStack(t, n.opts(stackOpts{upstream: up, coalesce: true}, false))
-		req, _ := http.NewRequest("GET", s.gw.URL+"/v3/records/apps/app1", nil)
-		req.Header.Set("Authorization", "Bearer tok-mid")
-		resp, err := s.client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := s.open("GET", "/v3/records/apps/app1", "tok-mid", nil)
 		buf := make([]byte, 9)
 		if _, err := io.ReadFull(resp.Body, buf); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("%d %q %v", resp.StatusCode, buf, err)
@@ -459,12 +454,7 @@ func TestAbortCutsStreamingRead(t *testing.T) {
 					ended.Store(true)
 				})
 				s := newStack(t, stackOpts{upstream: up, coalesce: coalesce, inBubble: true})
-				req, _ := http.NewRequest("GET", s.gw.URL+"/v3/records/apps/app1", nil)
-				req.Header.Set("Authorization", "Bearer tok-abort")
-				resp, err := s.client.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
+				resp := s.open("GET", "/v3/records/apps/app1", "tok-abort", nil)
 				defer resp.Body.Close()
 				buf := make([]byte, 9)
 				if _, err := io.ReadFull(resp.Body, buf); err != nil {

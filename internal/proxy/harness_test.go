@@ -218,6 +218,19 @@ func (s *stack) dial() net.Conn {
 // body read.
 func (s *stack) do(method, path, token string, body []byte, hdr ...string) (*http.Response, []byte) {
 	s.t.Helper()
+	resp := s.open(method, path, token, body, hdr...)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return resp, b
+}
+
+// open sends a request through the gateway (as do) and returns the
+// response, its body for the caller to read and close.
+func (s *stack) open(method, path, token string, body []byte, hdr ...string) *http.Response {
+	s.t.Helper()
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
@@ -236,12 +249,7 @@ func (s *stack) do(method, path, token string, body []byte, hdr ...string) (*htt
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return resp, b
+	return resp
 }
 
 // envelope decodes a Fusioo envelope and fails the test when b is not one.
