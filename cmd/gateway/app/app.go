@@ -43,7 +43,7 @@ func NewLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
 	ec := zap.NewProductionEncoderConfig()
-	ec.EncodeTime = encodeISO8601
+	ec.EncodeTime = new(isoEncoder).encode
 	var enc zapcore.Encoder
 	if c.Format == "console" {
 		enc = zapcore.NewConsoleEncoder(ec)
