@@ -75,6 +75,36 @@ func holding() (http.Handler, func() int) {
 	}), func() int { return int(n.Load()) }
 }
 
+// holdingDeep is holding, but each request first makes a call that needs
+// an 8 KB stack (as the gateway's way to the quota store does) and returns
+// before it waits, at the very top of the handler: what a gateway would
+// pay whose queued requests waited at the top of ServeHTTP, the admission
+// decided below and returned. The runtime halves a parked goroutine's
+// stack only when it uses under a quarter of it; over a connection,
+// net/http's frames and the wait's already use more than 2 KB, so this
+// still holds 8 KB (in process, where a goroutine starts shallow, the
+// same stack shrinks to 2 KB).
+func holdingDeep() (http.Handler, func() int) {
+	var n atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		growStack(5)
+		n.Add(1)
+		<-r.Context().Done()
+	}), func() int { return int(n.Load()) }
+}
+
+// growStack uses about n KB of stack.
+//
+//go:noinline
+func growStack(n int) byte {
+	var pad [1000]byte
+	pad[n] = byte(n)
+	if n == 0 {
+		return pad[0]
+	}
+	return growStack(n-1) + pad[n]
+}
+
 // queuedGateway is a gateway (memory store, deployed defaults otherwise)
 // whose token has used its quota of n, so that its next n requests queue
 // for slots freeing within their wait.
@@ -207,7 +237,9 @@ func stackCase(t *testing.T, c string) float64 {
 // BenchmarkQueuedConns is BenchmarkQueued over real client connections:
 // b.N requests of one token queued in a gateway served by net/http, against
 // b.N requests a bare handler holds (what a connection with a request in it
-// costs net/http alone: its buffers, its goroutines). It reports each's
+// costs net/http alone: its buffers, its goroutines), and against b.N a
+// bare handler holds at its top after a call that needed 8 KB of stack
+// (holdingDeep). It reports each's
 // stack and live heap per request and in all; the gateway's own cost of a
 // queued request is the difference.
 //
@@ -223,6 +255,10 @@ func BenchmarkQueuedConns(b *testing.B) {
 	}
 	b.Run("held", func(b *testing.B) {
 		h, held := holding()
+		run(b, h, held)
+	})
+	b.Run("held-after-8KB", func(b *testing.B) {
+		h, held := holdingDeep()
 		run(b, h, held)
 	})
 	b.Run("gateway", func(b *testing.B) {
