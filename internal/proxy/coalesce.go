@@ -135,7 +135,7 @@ func (h *Handler) follow(f *flight.Flight, w http.ResponseWriter, r *http.Reques
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
 	stop := context.AfterFunc(r.Context(), func() {
-		if !errors.Is(context.Cause(r.Context()), ErrShutdown) {
+		if clientLeft(r.Context()) {
 			cancel()
 		}
 	})
@@ -163,12 +163,21 @@ func (h *Handler) follow(f *flight.Flight, w http.ResponseWriter, r *http.Reques
 	}
 }
 
+// clientLeft reports whether ctx, a client request's, ended because the
+// client went away, not because the shutdown's grace period ran out
+// (which cancels it too, with cause ErrShutdown): a client that left is
+// logged 499 and stops waiting for a shared answer, while a shutdown
+// cancels the shared exchange itself, whose answer is then told.
+func clientLeft(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), ErrShutdown)
+}
+
 // lead runs a shared read's exchange into its flight, answering w; it
 // reports whether the exchange ended with a whole answer. keep: the
 // answer is to be stored, so recorded even when nobody shares it.
 func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request, rs *reqState, keep bool) bool {
 	stop := context.AfterFunc(r.Context(), func() {
-		if !errors.Is(context.Cause(r.Context()), ErrShutdown) {
+		if clientLeft(r.Context()) {
 			f.LeaderLeft()
 		}
 	})
@@ -178,7 +187,7 @@ func (h *Handler) lead(f *flight.Flight, w http.ResponseWriter, r *http.Request,
 		f.Finish(complete)
 		// Here, not after forward: also when ReverseProxy aborts (a
 		// panic, below), the log says the client left.
-		if r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShutdown) {
+		if clientLeft(r.Context()) {
 			rs.mu.Lock()
 			rs.status = statusClientClosed
 			rs.mu.Unlock()
