@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,9 @@ type WrkOptions struct {
 	// gateway: every gateway workload runs on it too (as base-…), paired
 	// with the same rounds, to compare two revisions.
 	BaseBin string
+	// BaseEnv is added to the environment of the base-… gateways only
+	// (KEY=VALUE), e.g. to pair two settings of one build by round.
+	BaseEnv []string
 	// SimUpstream forwards to the simulator itself instead of nginx
 	// serving the simulator's page.
 	SimUpstream bool
@@ -167,11 +171,12 @@ func RunWrk(ctx context.Context, l *ProcLauncher, o WrkOptions) (*WrkResult, err
 	services := map[string]*Service{}
 	start := func(target string) error {
 		var ll Launcher = proxyL
-		kind := target
+		kind, env := target, gwEnv
 		if k, ok := strings.CutPrefix(target, "base-"); ok {
 			ll, kind = &ProcLauncher{BinDir: o.BaseBin, Logs: l.Logs, CPUs: o.ProxyCPU, Defaults: true}, k
+			env = append(slices.Clip(gwEnv), o.BaseEnv...)
 		}
-		s, err := startTarget(ll, "gateway-"+target, kind, upURL, rs.URL(), "info", gwEnv)
+		s, err := startTarget(ll, "gateway-"+target, kind, upURL, rs.URL(), "info", env)
 		if err != nil {
 			return err
 		}
