@@ -22,7 +22,9 @@ func TestEncodeISO8601MatchesZap(t *testing.T) {
 			}
 		}
 	}
-	times = append(times, time.Date(1999, 12, 31, 23, 59, 59, 999999999, time.UTC))
+	times = append(times, time.Date(1999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Time{}, time.Date(-5, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(999, 1, 1, 0, 0, 0, 1e6, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.FixedZone("z", -1)), time.Now())
 	enc := func(e zapcore.TimeEncoder, tm time.Time) string {
 		cfg := zapcore.EncoderConfig{TimeKey: "ts", EncodeTime: e}
 		buf, err := zapcore.NewJSONEncoder(cfg).EncodeEntry(zapcore.Entry{Time: tm}, nil)
@@ -59,15 +61,22 @@ func BenchmarkEncodeTime(b *testing.B) {
 		name string
 		e    zapcore.TimeEncoder
 	}{{"zap-iso8601", zapcore.ISO8601TimeEncoder}, {"cached", new(isoEncoder).encode}} {
-		b.Run(c.name, func(b *testing.B) {
-			cfg.EncodeTime = c.e
-			je := zapcore.NewJSONEncoder(cfg)
-			now := time.Now()
-			b.ReportAllocs()
-			for i := range b.N {
-				buf, _ := je.EncodeEntry(zapcore.Entry{Time: now.Add(time.Duration(i) * time.Microsecond)}, nil)
-				buf.Free()
-			}
-		})
+		// Lines a microsecond apart (a busy gateway: the millisecond's
+		// stamp reused) and a millisecond apart (a new stamp each line).
+		for _, step := range []struct {
+			name string
+			d    time.Duration
+		}{{"same-ms", time.Microsecond}, {"new-ms", time.Millisecond}} {
+			b.Run(c.name+"/"+step.name, func(b *testing.B) {
+				cfg.EncodeTime = c.e
+				je := zapcore.NewJSONEncoder(cfg)
+				now := time.Now()
+				b.ReportAllocs()
+				for i := range b.N {
+					buf, _ := je.EncodeEntry(zapcore.Entry{Time: now.Add(time.Duration(i) * step.d)}, nil)
+					buf.Free()
+				}
+			})
+		}
 	}
 }
