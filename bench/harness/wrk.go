@@ -32,7 +32,9 @@ type WrkOptions struct {
 	// with the same rounds, to compare two revisions.
 	BaseBin string
 	// BaseEnv is added to the environment of the base-… gateways only
-	// (KEY=VALUE), e.g. to pair two settings of one build by round.
+	// (KEY=VALUE), e.g. to pair two settings of one build by round. The
+	// launcher's own settings (listen addresses, the Redis URL) come after
+	// it and win.
 	BaseEnv []string
 	// SimUpstream forwards to the simulator itself instead of nginx
 	// serving the simulator's page.

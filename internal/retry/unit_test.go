@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
 	"testing"
 	"time"
@@ -231,7 +233,11 @@ func BenchmarkRoundTrip(b *testing.B) {
 	stub := stubBase(func(r *http.Request) (*http.Response, error) {
 		return &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
 	})
-	for _, layer := range []string{"base", "retry", "overhead"} {
+	// "overhead-traced" is the same under a ClientTrace in the request's
+	// context, as ReverseProxy gives every request it sends (its
+	// Got1xxResponse hook): each attempt's trace is then composed with it,
+	// by reflection (httptrace.WithClientTrace).
+	for _, layer := range []string{"base", "retry", "overhead", "overhead-traced"} {
 		for _, m := range []string{"GET", "POST"} {
 			b.Run(layer+"/"+m, func(b *testing.B) {
 				base := NewBaseTransport(DefaultBaseOptions())
@@ -240,11 +246,16 @@ func BenchmarkRoundTrip(b *testing.B) {
 				switch layer {
 				case "retry":
 					rt = newTransport(b, defaultConfig(b, nil), base)
-				case "overhead":
+				case "overhead", "overhead-traced":
 					rt = newTransport(b, defaultConfig(b, nil), stub)
 				}
 				hooks := &Hooks{Key: "k"}
 				ctx := WithHooks(context.Background(), hooks)
+				if layer == "overhead-traced" {
+					ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+						Got1xxResponse: func(int, textproto.MIMEHeader) error { return nil },
+					})
+				}
 				b.ReportAllocs()
 				for b.Loop() {
 					var rd io.Reader

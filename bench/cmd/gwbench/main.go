@@ -51,7 +51,7 @@ func run() int {
 	tokens := fs.Int("tokens", 16, "bench: distinct client tokens the load is spread over")
 	var gwEnv envList
 	var baseEnv envList
-	fs.Var(&baseEnv, "wrk-base-env", "wrk: KEY=VALUE added to the environment of the -wrk-base gateways only (repeatable), e.g. to pair two settings of one build")
+	fs.Var(&baseEnv, "wrk-base-env", "wrk: KEY=VALUE added to the environment of the -wrk-base gateways only (repeatable), e.g. to pair two settings of one build; the harness's own settings (listen addresses, Redis URL) come after it and win")
 	fs.Var(&gwEnv, "env", "bench, quota: KEY=VALUE added to the gateways' environment (repeatable), e.g. FUSIOO_GATEWAY_REDIS_LEASE_TIME=0s")
 	profile := fs.String("profile", "", "bench, wrk: save a CPU profile of each gateway's first round in this directory")
 	enforce := fs.Bool("enforce", true, "bench: fail unless the Redis gateway meets the issue's targets (closed loop: >= 0.9x throughput, <= 1.2x p99)")
@@ -123,7 +123,7 @@ func run() int {
 	case "wrk":
 		if len(baseEnv) > 0 && *wrkBase == "" {
 			fmt.Fprintln(os.Stderr, "gwbench: -wrk-base-env needs -wrk-base (scripts/bench.sh wrk REV …)")
-			os.Exit(2)
+			return 2
 		}
 		var loads []string
 		if *wrkLoads != "" {
