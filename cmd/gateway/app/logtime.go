@@ -7,27 +7,27 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// isoLayout is what isoEncoder writes, zapcore.ISO8601TimeEncoder's layout.
-const isoLayout = "2006-01-02T15:04:05.000Z0700"
+// isoSecond and isoZone are the parts of zapcore.ISO8601TimeEncoder's
+// layout ("2006-01-02T15:04:05.000Z0700") around its milliseconds.
+const isoSecond, isoZone = "2006-01-02T15:04:05.", "Z0700"
 
 // isoStamp is the latest log timestamp isoEncoder formatted, whole in b
 // (one allocation a millisecond): its second's part, formatted once a
 // second, its millisecond's three digits and its zone.
 type isoStamp struct {
-	sec       int64
-	offset    int   // zone offset, seconds
-	ms        int   // milliseconds of sec
-	pre, zone uint8 // lengths in b of "2006-01-02T15:04:05." and "Z0700"
-	b         [40]byte
+	sec    int64
+	offset int   // zone offset, seconds
+	ms     int   // milliseconds of sec
+	pre, n uint8 // lengths in b of the second's part and of the stamp
+	// b fits the longest stamp, of year -292277026596: 37 bytes.
+	b [40]byte
 }
 
-func (s *isoStamp) bytes() []byte { return s.b[:int(s.pre)+3+int(s.zone)] }
-
-// isoEncoder writes exactly what zapcore.ISO8601TimeEncoder writes
-// (isoLayout), formatting each second once and each millisecond's stamp
-// once: one access log line per request would otherwise format the same
-// second thousands of times (time.Format is the dearest part of a log
-// line). NewLogger makes one per logger; the zero value is ready to use.
+// isoEncoder writes exactly what zapcore.ISO8601TimeEncoder writes,
+// formatting each second once and each millisecond's stamp once: one
+// access log line per request would otherwise format the same second
+// thousands of times (time.Format is the dearest part of a log line).
+// NewLogger makes one per logger; the zero value is ready to use.
 type isoEncoder struct {
 	last atomic.Pointer[isoStamp] // never written once stored
 }
@@ -39,24 +39,21 @@ func (e *isoEncoder) encode(t time.Time, enc zapcore.PrimitiveArrayEncoder) {
 	ms := t.Nanosecond() / int(time.Millisecond)
 	c := e.last.Load()
 	if c != nil && c.sec == sec && c.offset == offset && c.ms == ms {
-		enc.AppendByteString(c.bytes())
+		enc.AppendByteString(c.b[:c.n])
 		return
 	}
-	var prefix, zone []byte
+	n := new(isoStamp)
 	if c != nil && c.sec == sec && c.offset == offset {
-		prefix, zone = c.b[:c.pre], c.b[int(c.pre)+3:len(c.bytes())]
+		*n = *c // the same second's part and zone; only the digits change
 	} else {
-		prefix, zone = t.AppendFormat(nil, "2006-01-02T15:04:05."), t.AppendFormat(nil, "Z0700")
+		n.sec, n.offset = sec, offset
+		b := t.AppendFormat(n.b[:0], isoSecond)
+		n.pre = uint8(len(b))
+		b = t.AppendFormat(append(b, "000"...), isoZone)
+		n.n = uint8(len(b))
 	}
-	n := &isoStamp{sec: sec, offset: offset, ms: ms, pre: uint8(len(prefix)), zone: uint8(len(zone))}
-	if len(prefix)+3+len(zone) > len(n.b) {
-		// A year of more digits than time.Time holds; never kept.
-		enc.AppendString(t.Format(isoLayout))
-		return
-	}
-	k := copy(n.b[:], prefix)
-	n.b[k], n.b[k+1], n.b[k+2] = byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10)
-	copy(n.b[k+3:], zone)
+	n.ms = ms
+	n.b[n.pre], n.b[n.pre+1], n.b[n.pre+2] = byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10)
 	e.last.Store(n)
-	enc.AppendByteString(n.bytes())
+	enc.AppendByteString(n.b[:n.n])
 }

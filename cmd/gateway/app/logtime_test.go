@@ -24,7 +24,8 @@ func TestEncodeISO8601MatchesZap(t *testing.T) {
 	}
 	times = append(times, time.Date(1999, 12, 31, 23, 59, 59, 999999999, time.UTC),
 		time.Time{}, time.Date(-5, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(999, 1, 1, 0, 0, 0, 1e6, time.UTC),
-		time.Date(10000, 1, 1, 0, 0, 0, 0, time.FixedZone("z", -1)), time.Now())
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.FixedZone("z", -1)), time.Now(),
+		time.Unix(-1<<63, 0).UTC(), time.Unix(1<<63-1, 999e6).In(time.FixedZone("w", -(23*3600+59*60))))
 	enc := func(e zapcore.TimeEncoder, tm time.Time) string {
 		cfg := zapcore.EncoderConfig{TimeKey: "ts", EncodeTime: e}
 		buf, err := zapcore.NewJSONEncoder(cfg).EncodeEntry(zapcore.Entry{Time: tm}, nil)
