@@ -38,12 +38,13 @@ func (e *isoEncoder) encode(t time.Time, enc zapcore.PrimitiveArrayEncoder) {
 	_, offset := t.Zone()
 	ms := t.Nanosecond() / int(time.Millisecond)
 	c := e.last.Load()
-	if c != nil && c.sec == sec && c.offset == offset && c.ms == ms {
+	sameSecond := c != nil && c.sec == sec && c.offset == offset
+	if sameSecond && c.ms == ms {
 		enc.AppendByteString(c.b[:c.n])
 		return
 	}
 	n := new(isoStamp)
-	if c != nil && c.sec == sec && c.offset == offset {
+	if sameSecond {
 		*n = *c // the same second's part and zone; only the digits change
 	} else {
 		n.sec, n.offset = sec, offset
